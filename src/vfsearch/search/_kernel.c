@@ -1,0 +1,706 @@
+/*
+ * vfsearch search kernel: masked region cosine at every offset of every image.
+ *
+ * For a query of K cells (dy_k, dx_k) inside an h x w box, with folded query
+ * vectors Q_k = m_k^2 q_k, and an image feature map x (H, W, C):
+ *
+ *   num(a,b) = sum_k <Q_k, x[a+dy_k, b+dx_k]>
+ *   den(a,b) = sum_k m_k^2 |x[a+dy_k, b+dx_k]|^2      (|x|^2 given as sqnorm)
+ *   score    = num / (qnorm * sqrt(den))              (0 if den <= 0 or qnorm == 0)
+ *
+ * Every image cell is loaded once per group of up to GMAX query cells for
+ * which the implied offset is valid; the (cell, k) pair lists are built once
+ * per call (they do not depend on the image).
+ *
+ * 8-bit features (uint8 / int8 with a per-cell float scale) are dotted in
+ * exact int32 arithmetic with an int16 query (Qi_k, per-cell scale sq_k);
+ * float16 / float32 features are accumulated in float32.
+ *
+ * Built once with plain "-O3 -fPIC -shared"; the SIMD variants carry
+ * target attributes and are selected at run time (vfs_cpu_level()).
+ *
+ * Levels: 0 generic C, 1 AVX2+FMA+F16C, 2 AVX-512 (F, BW, VL, VNNI).
+ * Dtypes: 0 uint8, 1 int8, 2 float16, 3 float32.
+ */
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define VFS_X86 1
+#include <immintrin.h>
+#define VFS_AVX2 __attribute__((target("avx2,fma,f16c")))
+#define VFS_AVX512 \
+    __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")))
+#endif
+
+#define VFS_INLINE static inline __attribute__((always_inline))
+#define GMAX 8
+
+#define VFS_PI 3.14159265358979323846
+#define VFS_PI_2 1.57079632679489661923
+#define VFS_SLACK 1e-5
+
+enum { DT_U8 = 0, DT_I8 = 1, DT_F16 = 2, DT_F32 = 3 };
+enum { LV_GENERIC = 0, LV_AVX2 = 1, LV_AVX512 = 2 };
+
+/* ------------------------------------------------------------------------ */
+/* CPU detection                                                             */
+/* ------------------------------------------------------------------------ */
+
+int vfs_cpu_level(void) {
+#ifdef VFS_X86
+    __builtin_cpu_init();
+    int level = LV_GENERIC;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+        __builtin_cpu_supports("f16c"))
+        level = LV_AVX2;
+    if (level == LV_AVX2 && __builtin_cpu_supports("avx512f") &&
+        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+        __builtin_cpu_supports("avx512vnni"))
+        level = LV_AVX512;
+    return level;
+#else
+    return LV_GENERIC;
+#endif
+}
+
+int vfs_abi_version(void) { return 1; }
+
+/* ------------------------------------------------------------------------ */
+/* helpers                                                                   */
+/* ------------------------------------------------------------------------ */
+
+static inline float h2f(uint16_t h) {
+    const uint32_t sign = ((uint32_t)h & 0x8000u) << 16;
+    const uint32_t e = ((uint32_t)h >> 10) & 0x1fu;
+    const uint32_t m = (uint32_t)h & 0x3ffu;
+    uint32_t bits;
+    if (e == 0) {
+        if (m == 0) {
+            bits = sign;
+        } else { /* subnormal: m * 2^-24 */
+            float v = (float)m * 5.9604644775390625e-8f;
+            return sign ? -v : v;
+        }
+    } else if (e == 31) {
+        bits = sign | 0x7f800000u | (m << 13);
+    } else {
+        bits = sign | ((e + 112u) << 23) | (m << 13);
+    }
+    float r;
+    memcpy(&r, &bits, sizeof r);
+    return r;
+}
+
+typedef struct {
+    int32_t cell; /* image cell index y*W+x */
+    int32_t G;    /* number of query cells in this group (1..GMAX) */
+    int32_t k[GMAX];
+    int32_t o[GMAX];
+} group_t;
+
+typedef struct {
+    const uint8_t *feats;
+    int64_t n;
+    int H, W, C, esize;
+    const float *scale, *sqnorm, *qerr2;
+    int O, ngroups, is8;
+    const group_t *groups;
+    const uint8_t *qbase; /* (K, C) int16 or float32 */
+    int64_t qstride;      /* bytes per query row */
+    const double *wk;     /* per-k weight on the dot: sq_k (8-bit) or 1 */
+    const double *m2;     /* per-k m_k^2 */
+    double qnorm, eps_q;
+    float *out_score, *out_upper, *out_lower;
+    int32_t *out_offset;
+    double *num, *den, *qe; /* scratch, O each */
+} scan_t;
+
+/* angle bound: |cos(a,b) - cos(a,b^)| <= f(delta), delta = |b - b^| / |b^| */
+static inline double angle_bound(double d) { return d < 1.0 ? asin(d) : VFS_PI; }
+
+/* per-image epilogue: scores, argmax (lowest offset on ties), bounds */
+static void finish_image(const scan_t *s, int64_t i) {
+    double *num = s->num, *den = s->den, *qe = s->qe;
+    const int O = s->O;
+    const double qn = s->qnorm;
+    double best = 0.0;
+    int bo = 0;
+    for (int o = 0; o < O; ++o) {
+        const double d = den[o];
+        const double v = (d > 0.0 && qn > 0.0) ? num[o] / (qn * sqrt(d)) : 0.0;
+        num[o] = v;
+        if (o == 0 || v > best) {
+            best = v;
+            bo = o;
+        }
+    }
+    double up, lo;
+    if (!s->is8) {
+        up = best + VFS_SLACK;
+        lo = best - VFS_SLACK;
+    } else {
+        /* delta per offset, stored in qe[] */
+        double M = -INFINITY;
+        for (int o = 0; o < O; ++o) {
+            double d;
+            if (!(qe[o] > 0.0)) d = 0.0;
+            else if (!(den[o] > 0.0)) d = INFINITY;
+            else d = sqrt(qe[o] / den[o]);
+            qe[o] = d;
+            const double lb = num[o] + (d < VFS_PI ? d : VFS_PI); /* <= num + f(d) */
+            if (lb > M) M = lb;
+        }
+        double U = -INFINITY;
+        for (int o = 0; o < O; ++o) {
+            const double d = qe[o];
+            const double ub = num[o] + (d < 1.0 ? d * VFS_PI_2 : VFS_PI); /* >= num + f(d) */
+            if (ub >= M) {
+                const double v = num[o] + angle_bound(d);
+                if (v > U) U = v;
+            }
+        }
+        if (!(U > -INFINITY)) U = best + angle_bound(qe[bo]); /* NaN guard */
+        up = U + s->eps_q + VFS_SLACK;
+        lo = best - (s->eps_q + angle_bound(qe[bo]) + VFS_SLACK);
+    }
+    s->out_score[i] = (float)best;
+    s->out_offset[i] = bo;
+    s->out_upper[i] = (float)up;
+    s->out_lower[i] = (float)lo;
+}
+
+typedef void (*dot_fn)(const void *x, const void *const *q, int G, int C, double *out);
+
+/* The per-image loop; always inlined into each (level, dtype) entry so the
+ * dot function is inlined too. */
+VFS_INLINE void scan_driver(const scan_t *s, dot_fn dot) {
+    const int HW = s->H * s->W;
+    const int O = s->O;
+    const int C = s->C;
+    const int64_t cell_bytes = (int64_t)C * s->esize;
+    const int64_t img_bytes = (int64_t)HW * cell_bytes;
+    double *num = s->num, *den = s->den, *qe = s->qe;
+    const double *wk = s->wk, *m2 = s->m2;
+    const void *qp[GMAX];
+    double d[GMAX];
+    for (int64_t i = 0; i < s->n; ++i) {
+        const uint8_t *img = s->feats + i * img_bytes;
+        const float *sc = s->scale ? s->scale + i * HW : NULL;
+        const float *sn = s->sqnorm + i * HW;
+        const float *qr = s->qerr2 ? s->qerr2 + i * HW : NULL;
+        for (int o = 0; o < O; ++o) num[o] = den[o] = qe[o] = 0.0;
+        for (int gi = 0; gi < s->ngroups; ++gi) {
+            const group_t *g = &s->groups[gi];
+            const int G = g->G;
+            for (int t = 0; t < G; ++t) qp[t] = s->qbase + (int64_t)g->k[t] * s->qstride;
+            dot(img + (int64_t)g->cell * cell_bytes, qp, G, C, d);
+            const double f = sc ? (double)sc[g->cell] : 1.0;
+            const double nrm = (double)sn[g->cell];
+            const double e = qr ? (double)qr[g->cell] : 0.0;
+            for (int t = 0; t < G; ++t) {
+                const int k = g->k[t];
+                const int o = g->o[t];
+                num[o] += (f * wk[k]) * d[t];
+                den[o] += m2[k] * nrm;
+                qe[o] += m2[k] * e;
+            }
+        }
+        finish_image(s, i);
+    }
+}
+
+/* ------------------------------------------------------------------------ */
+/* generic dot products                                                      */
+/* ------------------------------------------------------------------------ */
+
+static inline void dot_u8_generic(const void *x_, const void *const *q, int G, int C,
+                                  double *out) {
+    const uint8_t *x = (const uint8_t *)x_;
+    for (int g = 0; g < G; ++g) {
+        const int16_t *qq = (const int16_t *)q[g];
+        int32_t acc = 0;
+        for (int j = 0; j < C; ++j) acc += (int32_t)x[j] * (int32_t)qq[j];
+        out[g] = (double)acc;
+    }
+}
+
+static inline void dot_i8_generic(const void *x_, const void *const *q, int G, int C,
+                                  double *out) {
+    const int8_t *x = (const int8_t *)x_;
+    for (int g = 0; g < G; ++g) {
+        const int16_t *qq = (const int16_t *)q[g];
+        int32_t acc = 0;
+        for (int j = 0; j < C; ++j) acc += (int32_t)x[j] * (int32_t)qq[j];
+        out[g] = (double)acc;
+    }
+}
+
+static inline void dot_f32_generic(const void *x_, const void *const *q, int G, int C,
+                                   double *out) {
+    const float *x = (const float *)x_;
+    for (int g = 0; g < G; ++g) {
+        const float *qq = (const float *)q[g];
+        float lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        int j = 0;
+        for (; j + 8 <= C; j += 8)
+            for (int l = 0; l < 8; ++l) lane[l] += x[j + l] * qq[j + l];
+        float acc = ((lane[0] + lane[4]) + (lane[2] + lane[6])) +
+                    ((lane[1] + lane[5]) + (lane[3] + lane[7]));
+        for (; j < C; ++j) acc += x[j] * qq[j];
+        out[g] = (double)acc;
+    }
+}
+
+static inline void dot_f16_generic(const void *x_, const void *const *q, int G, int C,
+                                   double *out) {
+    const uint16_t *x = (const uint16_t *)x_;
+    float xb[256];
+    float acc[GMAX];
+    float lane[GMAX][8];
+    for (int g = 0; g < G; ++g) {
+        acc[g] = 0.0f;
+        for (int l = 0; l < 8; ++l) lane[g][l] = 0.0f;
+    }
+    for (int j0 = 0; j0 < C; j0 += 256) {
+        const int len = C - j0 < 256 ? C - j0 : 256;
+        for (int j = 0; j < len; ++j) xb[j] = h2f(x[j0 + j]);
+        for (int g = 0; g < G; ++g) {
+            const float *qq = (const float *)q[g] + j0;
+            int j = 0;
+            for (; j + 8 <= len; j += 8)
+                for (int l = 0; l < 8; ++l) lane[g][l] += xb[j + l] * qq[j + l];
+            for (; j < len; ++j) acc[g] += xb[j] * qq[j];
+        }
+    }
+    for (int g = 0; g < G; ++g) {
+        const float *L = lane[g];
+        const float t = ((L[0] + L[4]) + (L[2] + L[6])) + ((L[1] + L[5]) + (L[3] + L[7]));
+        out[g] = (double)(t + acc[g]);
+    }
+}
+
+static void scan_generic(const scan_t *s, int dtype) {
+    switch (dtype) {
+    case DT_U8: scan_driver(s, dot_u8_generic); break;
+    case DT_I8: scan_driver(s, dot_i8_generic); break;
+    case DT_F16: scan_driver(s, dot_f16_generic); break;
+    default: scan_driver(s, dot_f32_generic); break;
+    }
+}
+
+/* ------------------------------------------------------------------------ */
+/* AVX2                                                                      */
+/* ------------------------------------------------------------------------ */
+#ifdef VFS_X86
+
+VFS_INLINE VFS_AVX2 int32_t hsum256_epi32(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
+    return _mm_cvtsi128_si32(s);
+}
+
+VFS_INLINE VFS_AVX2 float hsum256_ps(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* 8-bit x (unsigned or signed) . int16 query, G accumulators, exact int32 */
+VFS_INLINE VFS_AVX2 void dot8_avx2_G(const void *x_, const void *const *q, int C,
+                                     double *out, const int G, const int sgn) {
+    const uint8_t *x = (const uint8_t *)x_;
+    __m256i acc[GMAX];
+    const int16_t *qq[GMAX];
+#pragma GCC unroll 8
+    for (int g = 0; g < G; ++g) {
+        acc[g] = _mm256_setzero_si256();
+        qq[g] = (const int16_t *)q[g];
+    }
+    int j = 0;
+    for (; j + 16 <= C; j += 16) {
+        const __m128i raw = _mm_loadu_si128((const __m128i *)(x + j));
+        const __m256i xw = sgn ? _mm256_cvtepi8_epi16(raw) : _mm256_cvtepu8_epi16(raw);
+#pragma GCC unroll 8
+        for (int g = 0; g < G; ++g)
+            acc[g] = _mm256_add_epi32(
+                acc[g], _mm256_madd_epi16(xw, _mm256_loadu_si256((const __m256i *)(qq[g] + j))));
+    }
+#pragma GCC unroll 8
+    for (int g = 0; g < G; ++g) {
+        int32_t t = hsum256_epi32(acc[g]);
+        for (int jj = j; jj < C; ++jj)
+            t += (sgn ? (int32_t)((const int8_t *)x)[jj] : (int32_t)x[jj]) * (int32_t)qq[g][jj];
+        out[g] = (double)t;
+    }
+}
+
+/* float32 / float16 x . float32 query, G accumulators */
+VFS_INLINE VFS_AVX2 void dotf_avx2_G(const void *x_, const void *const *q, int C,
+                                     double *out, const int G, const int half) {
+    const float *xf = (const float *)x_;
+    const uint16_t *xh = (const uint16_t *)x_;
+    __m256 acc[GMAX];
+    const float *qq[GMAX];
+#pragma GCC unroll 8
+    for (int g = 0; g < G; ++g) {
+        acc[g] = _mm256_setzero_ps();
+        qq[g] = (const float *)q[g];
+    }
+    int j = 0;
+    for (; j + 8 <= C; j += 8) {
+        const __m256 xv = half ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(xh + j)))
+                               : _mm256_loadu_ps(xf + j);
+#pragma GCC unroll 8
+        for (int g = 0; g < G; ++g)
+            acc[g] = _mm256_fmadd_ps(xv, _mm256_loadu_ps(qq[g] + j), acc[g]);
+    }
+#pragma GCC unroll 8
+    for (int g = 0; g < G; ++g) {
+        float t = hsum256_ps(acc[g]);
+        for (int jj = j; jj < C; ++jj) t += (half ? h2f(xh[jj]) : xf[jj]) * qq[g][jj];
+        out[g] = (double)t;
+    }
+}
+
+#define VFS_SWITCH_G(CALL)                                                                  \
+    switch (G) {                                                                            \
+    case 1: CALL(1); break;                                                                 \
+    case 2: CALL(2); break;                                                                 \
+    case 3: CALL(3); break;                                                                 \
+    case 4: CALL(4); break;                                                                 \
+    case 5: CALL(5); break;                                                                 \
+    case 6: CALL(6); break;                                                                 \
+    case 7: CALL(7); break;                                                                 \
+    default: CALL(8); break;                                                                \
+    }
+
+VFS_INLINE VFS_AVX2 void dot_u8_avx2(const void *x, const void *const *q, int G, int C,
+                                     double *out) {
+#define CALL(g) dot8_avx2_G(x, q, C, out, g, 0)
+    VFS_SWITCH_G(CALL)
+#undef CALL
+}
+VFS_INLINE VFS_AVX2 void dot_i8_avx2(const void *x, const void *const *q, int G, int C,
+                                     double *out) {
+#define CALL(g) dot8_avx2_G(x, q, C, out, g, 1)
+    VFS_SWITCH_G(CALL)
+#undef CALL
+}
+VFS_INLINE VFS_AVX2 void dot_f32_avx2(const void *x, const void *const *q, int G, int C,
+                                      double *out) {
+#define CALL(g) dotf_avx2_G(x, q, C, out, g, 0)
+    VFS_SWITCH_G(CALL)
+#undef CALL
+}
+VFS_INLINE VFS_AVX2 void dot_f16_avx2(const void *x, const void *const *q, int G, int C,
+                                      double *out) {
+#define CALL(g) dotf_avx2_G(x, q, C, out, g, 1)
+    VFS_SWITCH_G(CALL)
+#undef CALL
+}
+
+static VFS_AVX2 void scan_u8_avx2(const scan_t *s) { scan_driver(s, dot_u8_avx2); }
+static VFS_AVX2 void scan_i8_avx2(const scan_t *s) { scan_driver(s, dot_i8_avx2); }
+static VFS_AVX2 void scan_f16_avx2(const scan_t *s) { scan_driver(s, dot_f16_avx2); }
+static VFS_AVX2 void scan_f32_avx2(const scan_t *s) { scan_driver(s, dot_f32_avx2); }
+
+/* ------------------------------------------------------------------------ */
+/* AVX-512 (VNNI)                                                            */
+/* ------------------------------------------------------------------------ */
+
+VFS_INLINE VFS_AVX512 void dot8_avx512_G(const void *x_, const void *const *q, int C,
+                                         double *out, const int G, const int sgn) {
+    const uint8_t *x = (const uint8_t *)x_;
+    __m512i acc[GMAX];
+    const int16_t *qq[GMAX];
+#pragma GCC unroll 8
+    for (int g = 0; g < G; ++g) {
+        acc[g] = _mm512_setzero_si512();
+        qq[g] = (const int16_t *)q[g];
+    }
+    int j = 0;
+    for (; j + 32 <= C; j += 32) {
+        const __m256i raw = _mm256_loadu_si256((const __m256i *)(x + j));
+        const __m512i xw = sgn ? _mm512_cvtepi8_epi16(raw) : _mm512_cvtepu8_epi16(raw);
+#pragma GCC unroll 8
+        for (int g = 0; g < G; ++g)
+            acc[g] = _mm512_dpwssd_epi32(acc[g], xw, _mm512_loadu_si512((const void *)(qq[g] + j)));
+    }
+    if (j < C) {
+        const __mmask32 m = (__mmask32)((1ull << (C - j)) - 1ull);
+        const __m256i raw = _mm256_maskz_loadu_epi8(m, (const void *)(x + j));
+        const __m512i xw = sgn ? _mm512_cvtepi8_epi16(raw) : _mm512_cvtepu8_epi16(raw);
+#pragma GCC unroll 8
+        for (int g = 0; g < G; ++g)
+            acc[g] = _mm512_dpwssd_epi32(acc[g], xw, _mm512_maskz_loadu_epi16(m, (const void *)(qq[g] + j)));
+    }
+#pragma GCC unroll 8
+    for (int g = 0; g < G; ++g) out[g] = (double)_mm512_reduce_add_epi32(acc[g]);
+}
+
+VFS_INLINE VFS_AVX512 void dotf_avx512_G(const void *x_, const void *const *q, int C,
+                                         double *out, const int G, const int half) {
+    const float *xf = (const float *)x_;
+    const uint16_t *xh = (const uint16_t *)x_;
+    __m512 acc[GMAX];
+    const float *qq[GMAX];
+#pragma GCC unroll 8
+    for (int g = 0; g < G; ++g) {
+        acc[g] = _mm512_setzero_ps();
+        qq[g] = (const float *)q[g];
+    }
+    int j = 0;
+    for (; j + 16 <= C; j += 16) {
+        const __m512 xv = half ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(xh + j)))
+                               : _mm512_loadu_ps(xf + j);
+#pragma GCC unroll 8
+        for (int g = 0; g < G; ++g)
+            acc[g] = _mm512_fmadd_ps(xv, _mm512_loadu_ps(qq[g] + j), acc[g]);
+    }
+    if (j < C) {
+        const __mmask16 m = (__mmask16)((1u << (C - j)) - 1u);
+        const __m512 xv = half ? _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, (const void *)(xh + j)))
+                               : _mm512_maskz_loadu_ps(m, xf + j);
+#pragma GCC unroll 8
+        for (int g = 0; g < G; ++g)
+            acc[g] = _mm512_fmadd_ps(xv, _mm512_maskz_loadu_ps(m, qq[g] + j), acc[g]);
+    }
+#pragma GCC unroll 8
+    for (int g = 0; g < G; ++g) out[g] = (double)_mm512_reduce_add_ps(acc[g]);
+}
+
+VFS_INLINE VFS_AVX512 void dot_u8_avx512(const void *x, const void *const *q, int G, int C,
+                                         double *out) {
+#define CALL(g) dot8_avx512_G(x, q, C, out, g, 0)
+    VFS_SWITCH_G(CALL)
+#undef CALL
+}
+VFS_INLINE VFS_AVX512 void dot_i8_avx512(const void *x, const void *const *q, int G, int C,
+                                         double *out) {
+#define CALL(g) dot8_avx512_G(x, q, C, out, g, 1)
+    VFS_SWITCH_G(CALL)
+#undef CALL
+}
+VFS_INLINE VFS_AVX512 void dot_f32_avx512(const void *x, const void *const *q, int G, int C,
+                                          double *out) {
+#define CALL(g) dotf_avx512_G(x, q, C, out, g, 0)
+    VFS_SWITCH_G(CALL)
+#undef CALL
+}
+VFS_INLINE VFS_AVX512 void dot_f16_avx512(const void *x, const void *const *q, int G, int C,
+                                          double *out) {
+#define CALL(g) dotf_avx512_G(x, q, C, out, g, 1)
+    VFS_SWITCH_G(CALL)
+#undef CALL
+}
+
+static VFS_AVX512 void scan_u8_avx512(const scan_t *s) { scan_driver(s, dot_u8_avx512); }
+static VFS_AVX512 void scan_i8_avx512(const scan_t *s) { scan_driver(s, dot_i8_avx512); }
+static VFS_AVX512 void scan_f16_avx512(const scan_t *s) { scan_driver(s, dot_f16_avx512); }
+static VFS_AVX512 void scan_f32_avx512(const scan_t *s) { scan_driver(s, dot_f32_avx512); }
+
+#endif /* VFS_X86 */
+
+/* ------------------------------------------------------------------------ */
+/* entry point                                                               */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * Scan n images. Returns 0 on success, <0 on bad arguments / level not
+ * supported / out of memory.
+ *
+ * feats : (n, H, W, C) of dtype; scale (n,H,W) f32 for 8-bit else NULL;
+ * sqnorm: (n, H, W) f32; qerr2 (n,H,W) f32 or NULL.
+ * query : h, w, K, dy[K], dx[K], m2[K] (f32);
+ *         qdata (K, C): int16 Qi for 8-bit, float32 Q = m2*q for float;
+ *         qscale[K] (f32): sq_k for 8-bit, ignored (NULL) for float.
+ * outputs: score, offset, upper, lower (n each).
+ */
+int vfs_scan(int level, int dtype, const void *feats, int64_t n, int H, int W, int C,
+             const float *scale, const float *sqnorm, const float *qerr2, int h, int w, int K,
+             const int32_t *dy, const int32_t *dx, const float *m2, const void *qdata,
+             const float *qscale, double qnorm, double eps_q, float *out_score,
+             int32_t *out_offset, float *out_upper, float *out_lower) {
+    if (n < 0 || H < 1 || W < 1 || C < 1 || h < 1 || w < 1 || h > H || w > W || K < 1)
+        return -1;
+    if (dtype < DT_U8 || dtype > DT_F32) return -1;
+    const int is8 = dtype == DT_U8 || dtype == DT_I8;
+    if (is8 && (scale == NULL || qscale == NULL)) return -1;
+    if (level == LV_AVX2 && vfs_cpu_level() < LV_AVX2) return -2;
+    if (level == LV_AVX512 && vfs_cpu_level() < LV_AVX512) return -2;
+    if (level < LV_GENERIC || level > LV_AVX512) return -2;
+#ifndef VFS_X86
+    if (level != LV_GENERIC) return -2;
+#endif
+    if (n == 0) return 0;
+
+    const int OH = H - h + 1, OW = W - w + 1, O = OH * OW, HW = H * W;
+    const int gmax = level == LV_GENERIC ? 4 : GMAX;
+    for (int k = 0; k < K; ++k)
+        if (dy[k] < 0 || dy[k] >= h || dx[k] < 0 || dx[k] >= w) return -1;
+
+    /* count groups */
+    int64_t ngroups = 0;
+    for (int c = 0; c < HW; ++c) {
+        const int y = c / W, x = c % W;
+        int nk = 0;
+        for (int k = 0; k < K; ++k) {
+            const int a = y - dy[k], b = x - dx[k];
+            nk += (a >= 0 && a < OH && b >= 0 && b < OW);
+        }
+        ngroups += (nk + gmax - 1) / gmax;
+    }
+    group_t *groups = (group_t *)calloc((size_t)(ngroups > 0 ? ngroups : 1), sizeof(group_t));
+    double *scratch = (double *)malloc(sizeof(double) * (size_t)(3 * O + 2 * K));
+    int *kbuf = (int *)malloc(sizeof(int) * (size_t)K * 2);
+    if (!groups || !scratch || !kbuf) {
+        free(groups);
+        free(scratch);
+        free(kbuf);
+        return -3;
+    }
+    int gi = 0;
+    for (int c = 0; c < HW; ++c) {
+        const int y = c / W, x = c % W;
+        int nk = 0;
+        for (int k = 0; k < K; ++k) {
+            const int a = y - dy[k], b = x - dx[k];
+            if (a >= 0 && a < OH && b >= 0 && b < OW) {
+                kbuf[2 * nk] = k;
+                kbuf[2 * nk + 1] = a * OW + b;
+                ++nk;
+            }
+        }
+        if (nk == 0) continue;
+        const int ng = (nk + gmax - 1) / gmax;
+        const int base = nk / ng, rem = nk % ng;
+        int t0 = 0;
+        for (int q = 0; q < ng; ++q) {
+            const int G = base + (q < rem);
+            group_t *g = &groups[gi++];
+            g->cell = c;
+            g->G = G;
+            for (int t = 0; t < G; ++t) {
+                g->k[t] = kbuf[2 * (t0 + t)];
+                g->o[t] = kbuf[2 * (t0 + t) + 1];
+            }
+            t0 += G;
+        }
+    }
+
+    double *wk = scratch + 3 * O;
+    double *m2d = wk + K;
+    for (int k = 0; k < K; ++k) {
+        wk[k] = is8 ? (double)qscale[k] : 1.0;
+        m2d[k] = (double)m2[k];
+    }
+
+    static const int esizes[4] = {1, 1, 2, 4};
+    scan_t s;
+    s.feats = (const uint8_t *)feats;
+    s.n = n;
+    s.H = H;
+    s.W = W;
+    s.C = C;
+    s.esize = esizes[dtype];
+    s.scale = is8 ? scale : NULL;
+    s.sqnorm = sqnorm;
+    s.qerr2 = is8 ? qerr2 : NULL;
+    s.O = O;
+    s.ngroups = gi;
+    s.is8 = is8;
+    s.groups = groups;
+    s.qbase = (const uint8_t *)qdata;
+    s.qstride = (int64_t)C * (is8 ? 2 : 4);
+    s.wk = wk;
+    s.m2 = m2d;
+    s.qnorm = qnorm;
+    s.eps_q = is8 ? eps_q : 0.0;
+    s.out_score = out_score;
+    s.out_offset = out_offset;
+    s.out_upper = out_upper;
+    s.out_lower = out_lower;
+    s.num = scratch;
+    s.den = scratch + O;
+    s.qe = scratch + 2 * O;
+
+    switch (level) {
+#ifdef VFS_X86
+    case LV_AVX512:
+        switch (dtype) {
+        case DT_U8: scan_u8_avx512(&s); break;
+        case DT_I8: scan_i8_avx512(&s); break;
+        case DT_F16: scan_f16_avx512(&s); break;
+        default: scan_f32_avx512(&s); break;
+        }
+        break;
+    case LV_AVX2:
+        switch (dtype) {
+        case DT_U8: scan_u8_avx2(&s); break;
+        case DT_I8: scan_i8_avx2(&s); break;
+        case DT_F16: scan_f16_avx2(&s); break;
+        default: scan_f32_avx2(&s); break;
+        }
+        break;
+#endif
+    default: scan_generic(&s, dtype); break;
+    }
+    free(groups);
+    free(scratch);
+    free(kbuf);
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* memory-bandwidth floor: read every byte once                              */
+/* ------------------------------------------------------------------------ */
+
+static uint64_t read_generic(const uint8_t *p, int64_t nbytes) {
+    uint64_t a[4] = {0, 0, 0, 0};
+    int64_t i = 0;
+    for (; i + 32 <= nbytes; i += 32) {
+        uint64_t v[4];
+        memcpy(v, p + i, 32);
+        a[0] ^= v[0];
+        a[1] ^= v[1];
+        a[2] ^= v[2];
+        a[3] ^= v[3];
+    }
+    uint64_t r = a[0] ^ a[1] ^ a[2] ^ a[3];
+    for (; i < nbytes; ++i) r ^= p[i];
+    return r;
+}
+
+#ifdef VFS_X86
+static VFS_AVX2 uint64_t read_avx2(const uint8_t *p, int64_t nbytes) {
+    __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
+    int64_t i = 0;
+    for (; i + 128 <= nbytes; i += 128) {
+        a0 = _mm256_xor_si256(a0, _mm256_loadu_si256((const __m256i *)(p + i)));
+        a1 = _mm256_xor_si256(a1, _mm256_loadu_si256((const __m256i *)(p + i + 32)));
+        a2 = _mm256_xor_si256(a2, _mm256_loadu_si256((const __m256i *)(p + i + 64)));
+        a3 = _mm256_xor_si256(a3, _mm256_loadu_si256((const __m256i *)(p + i + 96)));
+    }
+    a0 = _mm256_xor_si256(_mm256_xor_si256(a0, a1), _mm256_xor_si256(a2, a3));
+    uint64_t v[4];
+    _mm256_storeu_si256((__m256i *)v, a0);
+    uint64_t r = v[0] ^ v[1] ^ v[2] ^ v[3];
+    return r ^ read_generic(p + i, nbytes - i);
+}
+#endif
+
+uint64_t vfs_read_floor(const void *p, int64_t nbytes, int level) {
+    if (nbytes <= 0) return 0;
+#ifdef VFS_X86
+    if (level >= LV_AVX2 && vfs_cpu_level() >= LV_AVX2)
+        return read_avx2((const uint8_t *)p, nbytes);
+#endif
+    (void)level;
+    return read_generic((const uint8_t *)p, nbytes);
+}
