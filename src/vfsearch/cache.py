@@ -47,7 +47,7 @@ PENDING, INDEXED, SKIPPED = 0, 1, 2
 DTYPES = ("int8", "f16", "f32")
 REFINE = ("f32", "f16", "none")
 
-warnings.filterwarnings("ignore", message=".*does not have a Zarr V3 specification.*")
+warnings.filterwarnings("ignore", category=UserWarning, message=".*does not have a Zarr V3 specification")
 
 
 def compressor(kind: str = "zstd") -> list:
@@ -235,7 +235,8 @@ class FeatureCache:
         return i
 
     def thumbnail(self, i: int) -> bytes:
-        return bytes(self.root["images/thumb"][self._check_id(i)])
+        i = self._check_id(i)
+        return bytes(self.root["images/thumb"][i:i + 1][0])
 
     def image_size(self, i: int) -> tuple[int, int]:
         w, h = self.sizes[self._check_id(i)]

@@ -189,11 +189,14 @@ def _layer_meta(model: LoadedModel, layers: list[str], transform: Transform) -> 
 
 
 def _check_writable(out: Path) -> None:
-    parent = out if out.exists() else out.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not os.access(parent, os.W_OK):
-        raise OutputError(f"cannot write to {out}: permission denied")
+    """Fail early, with the reason, when ``out`` cannot be created or written (works as root too)."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".vfsearch-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise OutputError(f"cannot write the cache to {out}: {e.strerror or e}") from None
 
 
 def index(

@@ -1,0 +1,1 @@
+"""Region search: the scan kernel and its helpers."""

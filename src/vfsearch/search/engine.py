@@ -1,0 +1,339 @@
+"""The search engine: scan every image at every offset, keep the top k, refine 8-bit scores
+exactly, and describe each match (score, offset, box in original pixels)."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import os
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from ..cache import FeatureCache, LayerData
+from ..errors import BadQuery
+from ..transforms import cell_box_to_image
+from . import kernel
+from .query import Query, check_query, make_query
+
+__all__ = ["Match", "SearchResult", "exact_scores", "search", "search_many"]
+
+
+@dataclass
+class Match:
+    id: int
+    score: float
+    rank: int
+    path: str
+    label: str
+    offset: tuple[int, int]  # (row, col) of the query box's top-left cell in the result's grid
+    box: tuple[float, float, float, float]  # matched box in the result image's original pixels
+    image_size: tuple[int, int]
+
+    def to_dict(self) -> dict:
+        return {
+            "id": self.id, "rank": self.rank, "score": self.score, "path": self.path,
+            "label": self.label, "offset": list(self.offset),
+            "box": [round(v, 2) for v in self.box], "image_size": list(self.image_size),
+        }
+
+
+@dataclass
+class SearchResult:
+    """Top-k matches of one query (plus, on request, every image's score)."""
+
+    query: Query
+    cache: FeatureCache
+    matches: list[Match]
+    scores: np.ndarray | None = None  # (N,) float32, -inf for excluded/unindexed rows
+    stats: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.matches)
+
+    def __iter__(self):
+        return iter(self.matches)
+
+    def __getitem__(self, i) -> Match:
+        return self.matches[i]
+
+    @property
+    def ids(self) -> np.ndarray:
+        return np.array([m.id for m in self.matches], dtype=np.int64)
+
+    @property
+    def top_scores(self) -> np.ndarray:
+        return np.array([m.score for m in self.matches], dtype=np.float64)
+
+    def cell_weights(self) -> np.ndarray:
+        """The query's mask weights on the grid, cropped to its box (h, w): what each match covers."""
+        r0, c0, h, w = self.query.cell_box
+        return self.query.weights[r0:r0 + h, c0:c0 + w]
+
+    def score_map(self, i: int) -> np.ndarray:
+        """Exact score at every offset of image ``i`` (rows × cols of offsets) for heat overlays."""
+        feats = self.cache.features(i, self.query.layer)[None]
+        _, _, maps = exact_scores(feats, self.query.weights, self.query.features)
+        return maps[0]
+
+    def sorted_scores(self) -> np.ndarray:
+        """Scores of every indexed image, best first (the distribution curve)."""
+        if self.scores is None:
+            raise BadQuery("search was run without return_scores=True")
+        s = self.scores[np.isfinite(self.scores)]
+        return -np.sort(-s)
+
+    def to_dict(self) -> dict:
+        r0, c0, h, w = self.query.cell_box
+        return {
+            "model": self.cache.model, "layer": self.query.layer,
+            "query": {"id": self.query.source_id, "box": [round(v, 2) for v in self.query.box],
+                      "cells": [r0, c0, h, w], "n_cells": self.query.n_cells},
+            "matches": [m.to_dict() for m in self.matches],
+            "stats": self.stats,
+        }
+
+
+# -- exact float64 scoring (refine step, heat maps) ------------------------------------------------
+
+
+def exact_scores(feats: np.ndarray, weights: np.ndarray, qfeat: np.ndarray, block: int = 128):
+    """Float64 region cosine of a few images: (best (m,), offset index (m,), maps (m, A, B))."""
+    ys, xs = np.nonzero(weights > 0)
+    r0, c0 = ys.min(), xs.min()
+    h, w = ys.max() - r0 + 1, xs.max() - c0 + 1
+    m, H, W, _ = feats.shape
+    A, B = H - h + 1, W - w + 1
+    m2 = weights[ys, xs].astype(np.float64) ** 2
+    q = qfeat[ys, xs].astype(np.float64)  # (K, C)
+    qnorm = np.sqrt((m2 * (q * q).sum(1)).sum())
+    Q = q * m2[:, None]
+    maps = np.zeros((m, A, B))
+    for s in range(0, m, block):
+        f = feats[s:s + block].astype(np.float64)
+        sq = np.einsum("nhwc,nhwc->nhw", f, f)
+        num = np.zeros((len(f), A, B))
+        den = np.zeros((len(f), A, B))
+        for k, (y, x) in enumerate(zip(ys - r0, xs - c0)):
+            num += f[:, y:y + A, x:x + B, :] @ Q[k]
+            den += m2[k] * sq[:, y:y + A, x:x + B]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            sc = num / (qnorm * np.sqrt(den))
+        sc[~np.isfinite(sc)] = 0.0
+        maps[s:s + block] = sc
+    flat = maps.reshape(m, -1)
+    off = flat.argmax(axis=1) if m else np.zeros(0, np.int64)
+    best = flat[np.arange(m), off] if m else np.zeros(0)
+    return best, off, maps
+
+
+# -- scanning ----------------------------------------------------------------------------------------
+
+
+def _scan_block(data: LayerData, pq, backend: str, threads: int | None):
+    return kernel.scan(data.features, data.sqnorm, pq, scale=data.scale, qerr2=data.qerr2,
+                       threads=threads, backend=backend)
+
+
+def _blocks(cache: FeatureCache, layer: str, memory: int | None) -> Iterable[LayerData]:
+    """The whole layer in RAM, or (with a memory budget) streamed block by block with the next
+    block read in a background thread while the current one is scanned."""
+    if memory is None:
+        yield cache.load(layer)
+        return
+    info = cache.layer_info(layer)
+    h, w = info["grid"]
+    item = np.dtype(cache.root[f"layers/{layer}/features"].dtype).itemsize
+    per_row = h * w * (info["channels"] * item + 12)
+    rows = max(cache.chunk_len(), int(memory // (2 * per_row)))  # two blocks alive at once
+    starts = list(range(0, len(cache), rows))
+    with cf.ThreadPoolExecutor(1) as pool:
+        fut = pool.submit(cache.read, layer, 0, min(len(cache), rows)) if starts else None
+        for j, s in enumerate(starts):
+            data = fut.result()
+            if j + 1 < len(starts):
+                ns = starts[j + 1]
+                fut = pool.submit(cache.read, layer, ns, min(len(cache), ns + rows))
+            yield data
+
+
+def _default_memory(cache: FeatureCache, layer: str) -> int | None:
+    """None (load fully) when the layer fits comfortably in RAM, else a 1 GiB streaming budget."""
+    arr = cache.root[f"layers/{layer}/features"]
+    need = arr.nbytes + 3 * int(np.prod(arr.shape[:3])) * 4
+    try:
+        avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        avail = 8 << 30
+    return None if need < avail // 2 else 1 << 30
+
+
+def _scan_all(cache, layer, pqs, *, memory, backend, threads):
+    n = len(cache)
+    outs = [{k: np.empty(n, dt) for k, dt in (("score", np.float32), ("offset", np.int32),
+                                                ("upper", np.float32), ("lower", np.float32))}
+            for _ in pqs]
+    for data in _blocks(cache, layer, memory):
+        sl = slice(data.start, data.start + data.n)
+        for pq, out in zip(pqs, outs):
+            r = _scan_block(data, pq, backend, threads)
+            out["score"][sl], out["offset"][sl] = r.score, r.offset
+            out["upper"][sl], out["lower"][sl] = r.upper, r.lower
+    return outs
+
+
+def _topk(values: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k largest finite values, best first (partial selection, no full sort)."""
+    finite = np.isfinite(values)
+    k = min(k, int(finite.sum()))
+    if k <= 0:
+        return np.zeros(0, np.int64)
+    v = np.where(finite, values, -np.inf)
+    idx = np.argpartition(-v, k - 1)[:k] if k < len(v) else np.arange(len(v))
+    return idx[np.lexsort((idx, -v[idx]))]
+
+
+def _finish(cache: FeatureCache, q: Query, out: dict, *, k: int, exclude_self: bool,
+            return_scores: bool, dedup: float | None, exact: bool) -> SearchResult:
+    n = len(cache)
+    valid = cache.valid.copy()
+    if exclude_self and q.source_id is not None:
+        valid[q.source_id] = False
+    score = out["score"].astype(np.float32)
+    score[~valid] = -np.inf
+    offset = out["offset"].copy()
+    info = cache.layer_info(q.layer)
+    H, W = info["grid"]
+    r0, c0, h, w = q.cell_box
+    B = W - w + 1
+    stats = {"refined": 0, "candidates": 0}
+    want = k if not dedup else max(4 * k, k + 20)
+    refine = exact and cache.dtype == "int8" and cache.meta.get("refine", "none") != "none"
+    if refine and valid.any():
+        lower = np.where(valid, out["lower"], -np.inf)
+        upper = np.where(valid, out["upper"], -np.inf)
+        kk = min(want, int(valid.sum()))
+        L = lower[_topk(lower, kk)[-1]] if kk else -np.inf
+        cand = np.flatnonzero(upper >= L)
+        stats["candidates"] = int(len(cand))
+        rows = cache.exact_rows(q.layer, cand)
+        best, off, _ = exact_scores(rows[0], q.weights, q.features)
+        score[cand] = best.astype(np.float32)
+        offset[cand] = off
+        stats["refined"] = int(len(cand))
+        # exact scores decide the top-k (ties broken by id, like the scan)
+        exact_best = np.full(n, -np.inf)
+        exact_best[cand] = best
+        top = _topk(exact_best, want)
+    else:
+        top = _topk(score, want)
+    if dedup:
+        top = _dedup(cache, q.layer, top, dedup)[:k]
+    top = top[:k]
+    matches = []
+    paths, labels = cache.paths, cache.labels
+    # the query's own box, in model-input pixels, relative to its grid box origin
+    qg = q.geometry
+    ux0, uy0 = qg.to_input(q.box[0], q.box[1])
+    ux1, uy1 = qg.to_input(q.box[2], q.box[3])
+    cw, ch = qg.size / W, qg.size / H
+    for rank, i in enumerate(top):
+        a, b = divmod(int(offset[i]), B)
+        dx, dy = (b - c0) * cw, (a - r0) * ch
+        size = cache.image_size(int(i))
+        geom = cache.transform.geometry(*size)
+        box_cells = ((ux0 + dx) / cw, (uy0 + dy) / ch, (ux1 + dx) / cw, (uy1 + dy) / ch)
+        box = cell_box_to_image(box_cells, geom, (H, W), size)
+        matches.append(Match(int(i), float(score[i]), rank, str(paths[i]), str(labels[i]), (a, b),
+                             box, size))
+    return SearchResult(q, cache, matches, score if return_scores else None, stats)
+
+
+def _dedup(cache: FeatureCache, layer: str, top: np.ndarray, threshold: float) -> np.ndarray:
+    """Greedy near-duplicate suppression on mean-pooled features (cosine ≥ threshold)."""
+    kept: list[int] = []
+    vecs: list[np.ndarray] = []
+    for i in top:
+        v = cache.features(int(i), layer, exact=False).mean(axis=(0, 1))
+        v = v / (np.linalg.norm(v) + 1e-12)
+        if any(float(v @ u) >= threshold for u in vecs):
+            continue
+        kept.append(int(i))
+        vecs.append(v)
+    return np.array(kept, dtype=np.int64)
+
+
+def _as_query(cache: FeatureCache, query, image, mask, box, whole, layer) -> Query:
+    if isinstance(query, Query):
+        check_query(cache, query)
+        return query
+    if query is not None and image is None:
+        image = query
+    if image is None:
+        raise BadQuery("give a query (dataset id, image file or Query)")
+    return make_query(cache, image, mask=mask, box=box, whole=whole, layer=layer)
+
+
+def search(
+    cache: FeatureCache,
+    query=None,
+    *,
+    image=None,
+    mask=None,
+    box=None,
+    whole: bool = False,
+    layer: str | None = None,
+    k: int = 10,
+    exclude_self: bool = True,
+    return_scores: bool = False,
+    dedup: float | None = None,
+    exact: bool = True,
+    memory: int | None | str = "auto",
+    backend: str = "auto",
+    threads: int | None = None,
+) -> SearchResult:
+    """Find the ``k`` images whose best same-shaped window is most similar to the query region.
+
+    ``query`` is a :class:`Query`, a dataset id or an image file (then give ``mask``, ``box`` or
+    ``whole``). With an 8-bit cache and its refine copy, every candidate whose score could reach
+    the top k (given its quantisation error bound) is re-scored exactly, so the result equals an
+    exact search. ``return_scores`` adds every image's score (for the distribution curve).
+    ``memory`` bounds RAM by streaming the cache in blocks (bytes; "auto" streams only when the
+    cache does not fit). ``dedup`` drops results whose pooled features have cosine ≥ ``dedup``
+    with a better result.
+    """
+    return search_many(cache, [_as_query(cache, query, image, mask, box, whole, layer)], k=k,
+                       exclude_self=exclude_self, return_scores=return_scores, dedup=dedup,
+                       exact=exact, memory=memory, backend=backend, threads=threads)[0]
+
+
+def search_many(
+    cache: FeatureCache,
+    queries: Sequence[Query],
+    *,
+    k: int = 10,
+    exclude_self: bool = True,
+    return_scores: bool = False,
+    dedup: float | None = None,
+    exact: bool = True,
+    memory: int | None | str = "auto",
+    backend: str = "auto",
+    threads: int | None = None,
+) -> list[SearchResult]:
+    """Several queries in one pass over the data (each block is scanned for every query while it
+    is in memory). Queries may use different layers; each layer is read once."""
+    if k < 1:
+        raise BadQuery("k must be at least 1")
+    results: list[SearchResult | None] = [None] * len(queries)
+    by_layer: dict[str, list[int]] = {}
+    for j, q in enumerate(queries):
+        check_query(cache, q)
+        by_layer.setdefault(q.layer, []).append(j)
+    for layer, js in by_layer.items():
+        mem = _default_memory(cache, layer) if memory == "auto" else memory
+        pqs = [kernel.PreparedQuery.from_grid(queries[j].features, queries[j].weights) for j in js]
+        outs = _scan_all(cache, layer, pqs, memory=mem, backend=backend, threads=threads)
+        for j, out in zip(js, outs):
+            results[j] = _finish(cache, queries[j], out, k=k, exclude_self=exclude_self,
+                                 return_scores=return_scores, dedup=dedup, exact=exact)
+    return results
