@@ -17,6 +17,7 @@ from .errors import (
 )
 from .extract import FeatureExtractor, index
 from .models import DEFAULT_MODEL, from_module, list_layers, load_model
+from .search import Match, Query, SearchResult, make_query, search, search_many
 from .transforms import Transform
 
 __version__ = "0.1.0"
@@ -32,11 +33,17 @@ __all__ = [
     "DatasetError",
     "FeatureCache",
     "FeatureExtractor",
+    "Match",
+    "Query",
+    "SearchResult",
     "Transform",
     "VfsError",
     "from_module",
     "index",
     "list_layers",
     "load_model",
+    "make_query",
     "open_cache",
+    "search",
+    "search_many",
 ]

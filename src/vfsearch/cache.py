@@ -47,7 +47,7 @@ PENDING, INDEXED, SKIPPED = 0, 1, 2
 DTYPES = ("int8", "f16", "f32")
 REFINE = ("f32", "f16", "none")
 
-warnings.filterwarnings("ignore", category=UserWarning, message=".*does not have a Zarr V3 specification")
+warnings.filterwarnings("ignore", message=".*does not have a Zarr V3 specification")
 
 
 def compressor(kind: str = "zstd") -> list:

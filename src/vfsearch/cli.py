@@ -151,5 +151,137 @@ def info_cmd(cache, skipped, as_json):
             click.echo(f"skipped    {s['path']}: {s['reason']}")
 
 
+def _parse_box(text: str | None):
+    if text is None:
+        return None
+    try:
+        vals = [float(v) for v in text.split(",")]
+    except ValueError:
+        vals = []
+    if len(vals) != 4:
+        from .errors import BadMask
+
+        raise BadMask(f"--box takes x0,y0,x1,y1 in image pixels, got {text!r}")
+    return vals
+
+
+@main.command("search")
+@click.argument("cache", type=click.Path(path_type=Path))
+@click.option("--image", "-i", required=True, help="Dataset image id, or an image file.")
+@click.option("--mask", type=click.Path(path_type=Path), default=None,
+              help="Mask image at the query image's size (alpha or gray = weight).")
+@click.option("--box", default=None, help="x0,y0,x1,y1 in the query image's pixels.")
+@click.option("--whole", is_flag=True, help="Query with the whole image.")
+@click.option("--layer", "-l", default=None, help="Layer (default: the cache's first layer).")
+@click.option("--k", "-k", default=10, show_default=True, type=click.IntRange(1, 100000))
+@click.option("--include-self", is_flag=True, help="Keep the query image in the results.")
+@click.option("--dedup", type=click.FloatRange(0, 1), default=None,
+              help="Drop near-duplicates (pooled-feature cosine ≥ this).")
+@click.option("--memory", default=None, help="Stream the cache within this RAM budget (e.g. 2G).")
+@click.option("--image-root", type=click.Path(path_type=Path), default=None)
+@click.option("--json", "as_json", is_flag=True)
+def search_cmd(cache, image, mask, box, whole, layer, k, include_self, dedup, memory, image_root,
+               as_json):
+    """Find the K most similar regions to a query region."""
+    import time
+
+    from .cache import open_cache
+    from .search import search
+
+    c = open_cache(cache, image_root=image_root)
+    query = int(image) if image.isdigit() else image
+    t0 = time.perf_counter()
+    res = search(c, query, mask=str(mask) if mask else None, box=_parse_box(box), whole=whole,
+                 layer=layer, k=k, exclude_self=not include_self, dedup=dedup,
+                 memory=_parse_bytes(memory) if memory else "auto")
+    dt = time.perf_counter() - t0
+    if as_json:
+        d = res.to_dict()
+        d["seconds"] = round(dt, 4)
+        _echo_json(d)
+        return
+    q = res.query
+    click.echo(f"query {image} box {tuple(round(v) for v in q.box)} → {q.n_cells} cells on "
+               f"{q.layer} ({c.grid(q.layer)[0]}×{c.grid(q.layer)[1]}); {int(c.valid.sum())} images "
+               f"in {dt * 1000:.0f} ms")
+    click.echo(f"{'rank':>4} {'id':>7} {'score':>7}  {'label':<20} {'box (x0,y0,x1,y1)':<24} path")
+    for m in res:
+        bx = ",".join(str(round(v)) for v in m.box)
+        click.echo(f"{m.rank + 1:>4} {m.id:>7} {m.score:>7.4f}  {m.label[:20]:<20} {bx:<24} {m.path}")
+
+
+@main.command("serve")
+@click.argument("caches", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--token", default=None, help="Access token (generated when --host is not loopback).")
+@click.option("--open/--no-open", "open_browser", default=False, help="Open a browser tab.")
+@click.option("--image-root", type=click.Path(path_type=Path), default=None,
+              help="Re-point the image root of the (single) cache.")
+def serve_cmd(caches, host, port, token, open_browser, image_root):
+    """Open the web app on one or more caches."""
+    from .server import serve
+
+    serve(list(caches), host=host, port=port, token=token, open_browser=open_browser,
+          image_root=image_root)
+
+
+@main.command("demo")
+@click.option("--dir", "workdir", default=".vfsearch-demo", show_default=True,
+              type=click.Path(path_type=Path), help="Where the sample images and cache go.")
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--open/--no-open", "open_browser", default=True)
+@click.option("--no-serve", is_flag=True, help="Only build the sample images and the cache.")
+def demo_cmd(workdir, port, open_browser, no_serve):
+    """Index the embedded sample photos with the default model and open the app."""
+    from .datasets import sample_images
+    from .extract import index
+    from .models import DEFAULT_MODEL, load_model
+
+    images = sample_images(workdir / "images")
+    lm = load_model(DEFAULT_MODEL)
+    layers = [lm.default_layer] + [x for x in ("blocks.10", "head") if x != lm.default_layer]
+    rep = index(images, workdir / "cache", model=lm, layers=layers)
+    click.echo(f"cache ready: {rep.cache.path} ({int(rep.cache.valid.sum())} images, "
+               f"layers {', '.join(layers)})")
+    if not no_serve:
+        from .server import serve
+
+        serve([workdir / "cache"], port=port, open_browser=open_browser)
+
+
+@main.command("bench")
+@click.option("--sizes", default="25000,50000,75000,100000", show_default=True,
+              help="Comma-separated N (images of 7×7×512).")
+@click.option("--repeat", default=3, show_default=True, type=click.IntRange(1, 50))
+@click.option("--no-reference", is_flag=True, help="Skip the (slow) paper's-method timing.")
+@click.option("--no-disk", is_flag=True, help="Skip the streamed-from-disk timing.")
+@click.option("--threads", default=None, type=int)
+@click.option("--out", default=None, type=click.Path(path_type=Path), help="Write bench.json/bench.md here.")
+@click.option("--workdir", default=None, type=click.Path(path_type=Path))
+def bench_cmd(sizes, repeat, no_reference, no_disk, threads, out, workdir):
+    """Time the search kernel against the paper's method and the memory floor."""
+    from .bench import run_bench
+
+    res = run_bench([int(s) for s in sizes.split(",") if s.strip()], repeat=repeat,
+                    reference=not no_reference, disk=not no_disk, threads=threads,
+                    out=str(out) if out else None, workdir=str(workdir) if workdir else None,
+                    log=lambda m: click.echo(m, err=True))
+    click.echo(res["markdown"])
+
+
+def _parse_bytes(text: str) -> int:
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+    t = text.strip().lower().rstrip("b")
+    try:
+        if t and t[-1] in units:
+            return int(float(t[:-1]) * units[t[-1]])
+        return int(float(t))
+    except ValueError:
+        from .errors import VfsError
+
+        raise VfsError(f"cannot read a size from {text!r} (use e.g. 512M or 2G)") from None
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -1,1 +1,16 @@
-"""Region search: the scan kernel and its helpers."""
+"""Region search: queries on the feature grid, the fused scan kernel, top-k with exact refine."""
+
+from .engine import Match, SearchResult, exact_scores, search, search_many
+from .query import Query, box_mask, load_mask, make_query
+
+__all__ = [
+    "Match",
+    "Query",
+    "SearchResult",
+    "box_mask",
+    "exact_scores",
+    "load_mask",
+    "make_query",
+    "search",
+    "search_many",
+]

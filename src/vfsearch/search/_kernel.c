@@ -37,7 +37,7 @@
 #endif
 
 #define VFS_INLINE static inline __attribute__((always_inline))
-#define GMAX 8
+#define GMAX 12
 
 #define VFS_PI 3.14159265358979323846
 #define VFS_PI_2 1.57079632679489661923
@@ -297,75 +297,133 @@ static void scan_generic(const scan_t *s, int dtype) {
 /* ------------------------------------------------------------------------ */
 #ifdef VFS_X86
 
-VFS_INLINE VFS_AVX2 int32_t hsum256_epi32(__m256i v) {
-    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
-    return _mm_cvtsi128_si32(s);
+/* acc += v, forcing the accumulator to stay in its register (GCC otherwise
+ * adds into the temporary and copies back every iteration). */
+VFS_INLINE VFS_AVX2 __m256i acc_add_epi32(__m256i acc, __m256i v) {
+    __asm__("vpaddd %1, %0, %0" : "+x"(acc) : "x"(v));
+    return acc;
 }
 
-VFS_INLINE VFS_AVX2 float hsum256_ps(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
+/* 4 horizontal sums at once: {sum a, sum b, sum c, sum d} */
+VFS_INLINE VFS_AVX2 __m128i hsum4_epi32(__m256i a, __m256i b, __m256i c, __m256i d) {
+    const __m256i t = _mm256_hadd_epi32(_mm256_hadd_epi32(a, b), _mm256_hadd_epi32(c, d));
+    return _mm_add_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256(t, 1));
 }
 
-/* 8-bit x (unsigned or signed) . int16 query, G accumulators, exact int32 */
+VFS_INLINE VFS_AVX2 __m128 hsum4_ps(__m256 a, __m256 b, __m256 c, __m256 d) {
+    const __m256 t = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));
+    return _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
+}
+
+/* 8-bit x (unsigned or signed) . int16 query, G accumulators, exact int32.
+ * x is widened to int16 once per 16 elements and reused for all G rows. */
 VFS_INLINE VFS_AVX2 void dot8_avx2_G(const void *x_, const void *const *q, int C,
                                      double *out, const int G, const int sgn) {
     const uint8_t *x = (const uint8_t *)x_;
     __m256i acc[GMAX];
     const int16_t *qq[GMAX];
-#pragma GCC unroll 8
+#pragma GCC unroll 12
     for (int g = 0; g < G; ++g) {
         acc[g] = _mm256_setzero_si256();
         qq[g] = (const int16_t *)q[g];
     }
     int j = 0;
-    for (; j + 16 <= C; j += 16) {
-        const __m128i raw = _mm_loadu_si128((const __m128i *)(x + j));
-        const __m256i xw = sgn ? _mm256_cvtepi8_epi16(raw) : _mm256_cvtepu8_epi16(raw);
-#pragma GCC unroll 8
+    for (; j + 32 <= C; j += 32) {
+        const __m128i r0 = _mm_loadu_si128((const __m128i *)(x + j));
+        const __m128i r1 = _mm_loadu_si128((const __m128i *)(x + j + 16));
+        const __m256i x0 = sgn ? _mm256_cvtepi8_epi16(r0) : _mm256_cvtepu8_epi16(r0);
+        const __m256i x1 = sgn ? _mm256_cvtepi8_epi16(r1) : _mm256_cvtepu8_epi16(r1);
+#pragma GCC unroll 12
         for (int g = 0; g < G; ++g)
-            acc[g] = _mm256_add_epi32(
-                acc[g], _mm256_madd_epi16(xw, _mm256_loadu_si256((const __m256i *)(qq[g] + j))));
+            acc[g] = acc_add_epi32(
+                acc[g], _mm256_madd_epi16(x0, _mm256_loadu_si256((const __m256i *)(qq[g] + j))));
+#pragma GCC unroll 12
+        for (int g = 0; g < G; ++g)
+            acc[g] = acc_add_epi32(
+                acc[g], _mm256_madd_epi16(x1, _mm256_loadu_si256((const __m256i *)(qq[g] + j + 16))));
     }
-#pragma GCC unroll 8
-    for (int g = 0; g < G; ++g) {
-        int32_t t = hsum256_epi32(acc[g]);
-        for (int jj = j; jj < C; ++jj)
-            t += (sgn ? (int32_t)((const int8_t *)x)[jj] : (int32_t)x[jj]) * (int32_t)qq[g][jj];
-        out[g] = (double)t;
+    if (j + 16 <= C) {
+        const __m128i r0 = _mm_loadu_si128((const __m128i *)(x + j));
+        const __m256i x0 = sgn ? _mm256_cvtepi8_epi16(r0) : _mm256_cvtepu8_epi16(r0);
+#pragma GCC unroll 12
+        for (int g = 0; g < G; ++g)
+            acc[g] = acc_add_epi32(
+                acc[g], _mm256_madd_epi16(x0, _mm256_loadu_si256((const __m256i *)(qq[g] + j))));
+        j += 16;
     }
+    int32_t t[GMAX];
+    const __m256i z = _mm256_setzero_si256();
+#pragma GCC unroll 3
+    for (int g = 0; g < G; g += 4)
+        _mm_storeu_si128((__m128i *)(t + g),
+                         hsum4_epi32(acc[g], g + 1 < G ? acc[g + 1] : z,
+                                     g + 2 < G ? acc[g + 2] : z, g + 3 < G ? acc[g + 3] : z));
+    if (j < C) {
+        for (int g = 0; g < G; ++g)
+            for (int jj = j; jj < C; ++jj)
+                t[g] += (sgn ? (int32_t)((const int8_t *)x)[jj] : (int32_t)x[jj]) *
+                        (int32_t)qq[g][jj];
+    }
+#pragma GCC unroll 12
+    for (int g = 0; g < G; ++g) out[g] = (double)t[g];
 }
 
-/* float32 / float16 x . float32 query, G accumulators */
+/* float32 / float16 x . float32 query, G rows; S independent accumulator sets
+ * so that small groups are not bound by the FMA latency. */
 VFS_INLINE VFS_AVX2 void dotf_avx2_G(const void *x_, const void *const *q, int C,
                                      double *out, const int G, const int half) {
+    const int S = G <= 2 ? 4 : (G <= 5 ? 2 : 1);
     const float *xf = (const float *)x_;
     const uint16_t *xh = (const uint16_t *)x_;
-    __m256 acc[GMAX];
+    __m256 acc[4][GMAX];
     const float *qq[GMAX];
-#pragma GCC unroll 8
+#pragma GCC unroll 12
     for (int g = 0; g < G; ++g) {
-        acc[g] = _mm256_setzero_ps();
         qq[g] = (const float *)q[g];
+#pragma GCC unroll 4
+        for (int u = 0; u < S; ++u) acc[u][g] = _mm256_setzero_ps();
     }
     int j = 0;
+    for (; j + 8 * S <= C; j += 8 * S) {
+#pragma GCC unroll 4
+        for (int u = 0; u < S; ++u) {
+            const int jj = j + 8 * u;
+            const __m256 xv = half ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(xh + jj)))
+                                   : _mm256_loadu_ps(xf + jj);
+#pragma GCC unroll 12
+            for (int g = 0; g < G; ++g)
+                acc[u][g] = _mm256_fmadd_ps(xv, _mm256_loadu_ps(qq[g] + jj), acc[u][g]);
+        }
+    }
     for (; j + 8 <= C; j += 8) {
         const __m256 xv = half ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(xh + j)))
                                : _mm256_loadu_ps(xf + j);
-#pragma GCC unroll 8
+#pragma GCC unroll 12
         for (int g = 0; g < G; ++g)
-            acc[g] = _mm256_fmadd_ps(xv, _mm256_loadu_ps(qq[g] + j), acc[g]);
+            acc[0][g] = _mm256_fmadd_ps(xv, _mm256_loadu_ps(qq[g] + j), acc[0][g]);
     }
-#pragma GCC unroll 8
+#pragma GCC unroll 12
     for (int g = 0; g < G; ++g) {
-        float t = hsum256_ps(acc[g]);
-        for (int jj = j; jj < C; ++jj) t += (half ? h2f(xh[jj]) : xf[jj]) * qq[g][jj];
-        out[g] = (double)t;
+        if (S == 4) {
+            acc[0][g] = _mm256_add_ps(_mm256_add_ps(acc[0][g], acc[1][g]),
+                                      _mm256_add_ps(acc[2][g], acc[3][g]));
+        } else if (S == 2) {
+            acc[0][g] = _mm256_add_ps(acc[0][g], acc[1][g]);
+        }
     }
+    float t[GMAX];
+    const __m256 z = _mm256_setzero_ps();
+#pragma GCC unroll 3
+    for (int g = 0; g < G; g += 4)
+        _mm_storeu_ps(t + g, hsum4_ps(acc[0][g], g + 1 < G ? acc[0][g + 1] : z,
+                                      g + 2 < G ? acc[0][g + 2] : z,
+                                      g + 3 < G ? acc[0][g + 3] : z));
+    if (j < C) {
+        for (int g = 0; g < G; ++g)
+            for (int jj = j; jj < C; ++jj) t[g] += (half ? h2f(xh[jj]) : xf[jj]) * qq[g][jj];
+    }
+#pragma GCC unroll 12
+    for (int g = 0; g < G; ++g) out[g] = (double)t[g];
 }
 
 #define VFS_SWITCH_G(CALL)                                                                  \
@@ -377,7 +435,11 @@ VFS_INLINE VFS_AVX2 void dotf_avx2_G(const void *x_, const void *const *q, int C
     case 5: CALL(5); break;                                                                 \
     case 6: CALL(6); break;                                                                 \
     case 7: CALL(7); break;                                                                 \
-    default: CALL(8); break;                                                                \
+    case 8: CALL(8); break;                                                                 \
+    case 9: CALL(9); break;                                                                 \
+    case 10: CALL(10); break;                                                               \
+    case 11: CALL(11); break;                                                               \
+    default: CALL(12); break;                                                               \
     }
 
 VFS_INLINE VFS_AVX2 void dot_u8_avx2(const void *x, const void *const *q, int G, int C,
@@ -419,7 +481,7 @@ VFS_INLINE VFS_AVX512 void dot8_avx512_G(const void *x_, const void *const *q, i
     const uint8_t *x = (const uint8_t *)x_;
     __m512i acc[GMAX];
     const int16_t *qq[GMAX];
-#pragma GCC unroll 8
+#pragma GCC unroll 12
     for (int g = 0; g < G; ++g) {
         acc[g] = _mm512_setzero_si512();
         qq[g] = (const int16_t *)q[g];
@@ -428,7 +490,7 @@ VFS_INLINE VFS_AVX512 void dot8_avx512_G(const void *x_, const void *const *q, i
     for (; j + 32 <= C; j += 32) {
         const __m256i raw = _mm256_loadu_si256((const __m256i *)(x + j));
         const __m512i xw = sgn ? _mm512_cvtepi8_epi16(raw) : _mm512_cvtepu8_epi16(raw);
-#pragma GCC unroll 8
+#pragma GCC unroll 12
         for (int g = 0; g < G; ++g)
             acc[g] = _mm512_dpwssd_epi32(acc[g], xw, _mm512_loadu_si512((const void *)(qq[g] + j)));
     }
@@ -436,11 +498,11 @@ VFS_INLINE VFS_AVX512 void dot8_avx512_G(const void *x_, const void *const *q, i
         const __mmask32 m = (__mmask32)((1ull << (C - j)) - 1ull);
         const __m256i raw = _mm256_maskz_loadu_epi8(m, (const void *)(x + j));
         const __m512i xw = sgn ? _mm512_cvtepi8_epi16(raw) : _mm512_cvtepu8_epi16(raw);
-#pragma GCC unroll 8
+#pragma GCC unroll 12
         for (int g = 0; g < G; ++g)
             acc[g] = _mm512_dpwssd_epi32(acc[g], xw, _mm512_maskz_loadu_epi16(m, (const void *)(qq[g] + j)));
     }
-#pragma GCC unroll 8
+#pragma GCC unroll 12
     for (int g = 0; g < G; ++g) out[g] = (double)_mm512_reduce_add_epi32(acc[g]);
 }
 
@@ -450,7 +512,7 @@ VFS_INLINE VFS_AVX512 void dotf_avx512_G(const void *x_, const void *const *q, i
     const uint16_t *xh = (const uint16_t *)x_;
     __m512 acc[GMAX];
     const float *qq[GMAX];
-#pragma GCC unroll 8
+#pragma GCC unroll 12
     for (int g = 0; g < G; ++g) {
         acc[g] = _mm512_setzero_ps();
         qq[g] = (const float *)q[g];
@@ -459,7 +521,7 @@ VFS_INLINE VFS_AVX512 void dotf_avx512_G(const void *x_, const void *const *q, i
     for (; j + 16 <= C; j += 16) {
         const __m512 xv = half ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(xh + j)))
                                : _mm512_loadu_ps(xf + j);
-#pragma GCC unroll 8
+#pragma GCC unroll 12
         for (int g = 0; g < G; ++g)
             acc[g] = _mm512_fmadd_ps(xv, _mm512_loadu_ps(qq[g] + j), acc[g]);
     }
@@ -467,11 +529,11 @@ VFS_INLINE VFS_AVX512 void dotf_avx512_G(const void *x_, const void *const *q, i
         const __mmask16 m = (__mmask16)((1u << (C - j)) - 1u);
         const __m512 xv = half ? _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, (const void *)(xh + j)))
                                : _mm512_maskz_loadu_ps(m, xf + j);
-#pragma GCC unroll 8
+#pragma GCC unroll 12
         for (int g = 0; g < G; ++g)
             acc[g] = _mm512_fmadd_ps(xv, _mm512_maskz_loadu_ps(m, qq[g] + j), acc[g]);
     }
-#pragma GCC unroll 8
+#pragma GCC unroll 12
     for (int g = 0; g < G; ++g) out[g] = (double)_mm512_reduce_add_ps(acc[g]);
 }
 

@@ -1,0 +1,806 @@
+"""Server-side state of the web app: the open caches, uploaded query images, recent searches
+(with every image's score, for the distribution curve and rank windows) and a thumbnail LRU.
+
+Everything here is plain Python (no FastAPI), so it can be tested and reused on its own. All
+blocking work (searches, zarr reads, image decoding) is meant to run in a worker thread.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hashlib
+import io
+import os
+import re
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from PIL import Image
+
+from ..cache import FeatureCache, open_cache
+from ..errors import BadImage, BadMask, BadQuery, NotFound, VfsError
+from ..images import load_image
+from ..search import Query, exact_scores, make_query, search
+from ..search.query import box_mask, load_mask
+from ..transforms import Geometry, cell_box_to_image, mask_to_grid
+
+__all__ = ["AppState", "CacheEntry", "Forbidden", "LRU", "PayloadTooLarge", "decode_rle", "encode_rle"]
+
+MAX_UPLOAD_BYTES = 20 << 20  # 20 MB per uploaded file
+MAX_UPLOAD_PIXELS = 40_000_000  # refuse larger uploads (decompression bombs)
+MAX_CURVE_POINTS = 2000
+MAX_WINDOW = 200  # most images one rank-window request returns
+MAX_K = 500
+ASPECT_TOLERANCE = 0.02
+
+
+class Forbidden(VfsError):
+    http_status = 403
+    code = "forbidden"
+
+
+class PayloadTooLarge(VfsError):
+    http_status = 413
+    code = "too_large"
+
+
+class Unauthorized(VfsError):
+    http_status = 401
+    code = "unauthorized"
+
+
+# -- a small thread-safe LRU ---------------------------------------------------------------------
+
+
+class LRU:
+    """Least-recently-used mapping bounded by item count and (optionally) total size in bytes."""
+
+    def __init__(self, max_items: int, max_bytes: int | None = None,
+                 sizeof: Callable[[Any], int] | None = None):
+        self.max_items = max_items
+        self.max_bytes = max_bytes
+        self.sizeof = sizeof or (lambda v: 0)
+        self._d: OrderedDict = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key, default=None):
+        with self._lock:
+            if key not in self._d:
+                return default
+            self._d.move_to_end(key)
+            return self._d[key][0]
+
+    def put(self, key, value) -> None:
+        size = int(self.sizeof(value))
+        with self._lock:
+            if key in self._d:
+                self._bytes -= self._d.pop(key)[1]
+            self._d[key] = (value, size)
+            self._bytes += size
+            while self._d and (len(self._d) > self.max_items
+                               or (self.max_bytes is not None and self._bytes > self.max_bytes
+                                   and len(self._d) > 1)):
+                _, (_, s) = self._d.popitem(last=False)
+                self._bytes -= s
+
+    def __contains__(self, key) -> bool:
+        with self._lock:
+            return key in self._d
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._d)
+
+    @property
+    def nbytes(self) -> int:
+        return self._bytes
+
+
+# -- compact masks (share URLs) ------------------------------------------------------------------
+
+_RLE_RE = re.compile(r"([A-P])([0-9a-z]*)")
+
+
+def encode_rle(mask: np.ndarray) -> str:
+    """A 2-D mask (values 0–1) → ``"<w>.<h>.<runs>"``: 16 levels, each run a letter A–P (level)
+    followed by its length in base 36 (omitted when 1). Same format as ``brush.js``."""
+    m = np.asarray(mask, dtype=np.float32)
+    h, w = m.shape
+    q = np.clip(np.rint(m * 15), 0, 15).astype(np.int64).ravel()
+    out = []
+    i, n = 0, len(q)
+    while i < n:
+        j = i
+        while j < n and q[j] == q[i]:
+            j += 1
+        run = j - i
+        out.append(chr(65 + int(q[i])) + ("" if run == 1 else np.base_repr(run, 36).lower()))
+        i = j
+    return f"{w}.{h}." + "".join(out)
+
+
+def decode_rle(text: str) -> np.ndarray:
+    try:
+        ws, hs, runs = text.split(".", 2)
+        w, h = int(ws), int(hs)
+    except ValueError:
+        raise BadMask("run-length mask must look like '<w>.<h>.<runs>'") from None
+    if not (0 < w <= 4096 and 0 < h <= 4096):
+        raise BadMask(f"run-length mask size {w}×{h} is out of range")
+    vals = np.zeros(w * h, np.float32)
+    pos = 0
+    consumed = 0
+    for mt in _RLE_RE.finditer(runs):
+        if mt.start() != consumed:
+            break
+        consumed = mt.end()
+        level = ord(mt.group(1)) - 65
+        run = int(mt.group(2), 36) if mt.group(2) else 1
+        if pos + run > w * h:
+            raise BadMask("run-length mask is longer than its size")
+        vals[pos:pos + run] = level / 15.0
+        pos += run
+    if consumed != len(runs) or pos != w * h:
+        raise BadMask("run-length mask is malformed or does not fill its size")
+    return vals.reshape(h, w)
+
+
+# -- records ---------------------------------------------------------------------------------
+
+
+def geometry_dict(g: Geometry, size: tuple[int, int]) -> dict:
+    """The model's view of an image: affine map to model input and the crop in image pixels."""
+    x0, y0 = g.to_image(0, 0)
+    x1, y1 = g.to_image(g.size, g.size)
+    w, h = size
+    return {
+        "sx": g.sx, "sy": g.sy, "left": g.left, "top": g.top, "size": g.size,
+        "crop": [max(0.0, x0), max(0.0, y0), min(float(w), x1), min(float(h), y1)],
+    }
+
+
+@dataclass
+class Upload:
+    id: str
+    name: str
+    image: Image.Image  # upright RGB
+    display: bytes  # JPEG or PNG for the browser
+    media_type: str
+    base: dict = field(default_factory=dict)  # (cache key, layer) -> whole-image Query
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.image.size
+
+    def nbytes(self) -> int:
+        w, h = self.image.size
+        return w * h * 3 + len(self.display)
+
+
+@dataclass
+class StoredSearch:
+    id: str
+    cache: str
+    layer: str
+    query: Query
+    scores: np.ndarray  # (N,) float32, -inf for excluded rows
+    order: np.ndarray  # ids with finite scores, best first (engine's top-k first)
+    top: list  # engine matches
+    created: float
+    image: dict  # the query image reference
+
+    def nbytes(self) -> int:
+        return self.scores.nbytes + self.order.nbytes + self.query.features.nbytes + (
+            self.query.mask.nbytes if self.query.mask is not None else 0)
+
+
+class CacheEntry:
+    """One open cache plus what the server derives from it (string columns, path index)."""
+
+    def __init__(self, name: str, cache: FeatureCache):
+        self.name = name
+        self.cache = cache
+        self.lock = threading.Lock()
+        self.warm: set[str] = set()
+        self._path_index: dict[str, int] | None = None
+        self._columns: dict[str, np.ndarray] = {}
+        self._summary: dict | None = None
+        self._lower: np.ndarray | None = None
+
+    # -- metadata ---------------------------------------------------------------------------
+    @property
+    def columns(self) -> list[str]:
+        return ["label"] + [c for c in self.cache.meta_columns if c != "label"]
+
+    def column(self, name: str) -> np.ndarray:
+        if name not in self._columns:
+            self._columns[name] = np.asarray(self.cache.column(name), dtype=object)
+        return self._columns[name]
+
+    def path_index(self) -> dict[str, int]:
+        if self._path_index is None:
+            self._path_index = {str(p): i for i, p in enumerate(self.cache.paths)}
+        return self._path_index
+
+    def searchable(self) -> np.ndarray:
+        """Lower-cased "label path" strings for the dataset text filter."""
+        if self._lower is None:
+            self._lower = np.array([f"{lab} {p}".lower() for lab, p in
+                                    zip(self.cache.labels, self.cache.paths)], dtype=object)
+        return self._lower
+
+    def summary(self) -> dict:
+        if self._summary is None:
+            c = self.cache
+            valid = c.valid
+            cols = {}
+            for name in self.columns:
+                vals = self.column(name)[valid]
+                uniq, counts = np.unique(vals.astype(str), return_counts=True) if len(vals) else ([], [])
+                order = np.argsort(-np.asarray(counts), kind="stable")[:60]
+                cols[name] = {
+                    "n_unique": int(len(uniq)),
+                    "values": [[str(uniq[i]), int(counts[i])] for i in order],
+                }
+            layers = []
+            for layer in c.layers:
+                info = c.layer_info(layer)
+                layers.append({"name": layer, "grid": list(info["grid"]),
+                               "channels": info["channels"], "stride": info.get("stride")})
+            self._summary = {
+                "name": self.name, "model": c.model, "images": len(c), "indexed": int(valid.sum()),
+                "dtype": c.dtype, "refine": c.meta.get("refine", "none"),
+                "transform": c.meta["transform"], "layers": layers,
+                "default_layer": c.default_layer, "columns": cols,
+            }
+        return self._summary
+
+    def check_layer(self, layer: str | None) -> str:
+        layer = layer or self.cache.default_layer
+        if layer not in self.cache.layers:
+            raise NotFound(f"cache {self.name!r} has no layer {layer!r}; it has: "
+                           f"{', '.join(self.cache.layers)}")
+        return layer
+
+    def fits_in_memory(self, layer: str) -> bool:
+        arr = self.cache.root[f"layers/{layer}/features"]
+        need = arr.nbytes + 3 * int(np.prod(arr.shape[:3])) * 4
+        try:
+            avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError):
+            avail = 8 << 30
+        return need < avail // 2
+
+    def warm_up(self, layer: str) -> None:
+        """Load a layer into RAM once (searches then scan memory, not the disk)."""
+        if layer in self.warm:
+            return
+        with self.lock:
+            if layer not in self.warm:
+                if self.fits_in_memory(layer):
+                    self.cache.load(layer)
+                self.warm.add(layer)
+
+    def rows_features(self, layer: str, ids: np.ndarray) -> np.ndarray:
+        """Float32 feature maps (m, H, W, C) of a few rows, as exact as the cache allows."""
+        ids = np.asarray(ids, dtype=np.int64)
+        c = self.cache
+        ex = c.exact_rows(layer, ids)
+        if ex is not None:
+            return ex[0]
+        if layer in self.warm and self.fits_in_memory(layer):
+            data = c.load(layer)
+            f = data.features[ids].astype(np.float32)
+            if data.scale is not None:
+                f *= data.scale[ids][..., None]
+            return f
+        return np.stack([c.features(int(i), layer, exact=False) for i in ids]) if len(ids) else \
+            np.zeros((0, *c.grid(layer), c.layer_info(layer)["channels"]), np.float32)
+
+
+# -- the application state ---------------------------------------------------------------------
+
+
+def _safe_name(name: str) -> str:
+    s = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-.") or "cache"
+    return s[:60]
+
+
+class AppState:
+    def __init__(self, caches, token: str | None = None, max_concurrent: int | None = None):
+        self.caches: dict[str, CacheEntry] = {}
+        if isinstance(caches, (FeatureCache, str, os.PathLike)):
+            caches = [caches]
+        items = caches.items() if isinstance(caches, dict) else [(None, c) for c in caches]
+        for name, c in items:
+            if not isinstance(c, FeatureCache):
+                c = open_cache(c)
+            base = _safe_name(name or c.path.name)
+            n, k = base, 2
+            while n in self.caches:
+                n, k = f"{base}-{k}", k + 1
+            self.caches[n] = CacheEntry(n, c)
+        if not self.caches:
+            raise VfsError("give at least one cache to serve")
+        self.token = token
+        self.uploads = LRU(64, max_bytes=1 << 30, sizeof=lambda u: u.nbytes())
+        self.searches = LRU(128, max_bytes=512 << 20, sizeof=lambda s: s.nbytes())
+        self.thumbs = LRU(100_000, max_bytes=96 << 20, sizeof=lambda t: len(t[0]))
+        self.originals = LRU(16, max_bytes=128 << 20, sizeof=lambda t: len(t[0]))
+        self.sem = threading.Semaphore(max_concurrent or max(2, (os.cpu_count() or 2)))
+        self.started = time.time()
+
+    # -- lookups ------------------------------------------------------------------------------
+    def entry(self, name: str) -> CacheEntry:
+        e = self.caches.get(name)
+        if e is None:
+            raise NotFound(f"no cache named {name!r}; open caches: {', '.join(self.caches)}")
+        return e
+
+    def upload(self, uid: str) -> Upload:
+        u = self.uploads.get(uid)
+        if u is None:
+            raise NotFound(f"upload {uid!r} is gone (the server keeps the latest uploads in "
+                           "memory only); upload the image again")
+        return u
+
+    def warm_all(self) -> None:
+        for e in self.caches.values():
+            try:
+                e.warm_up(e.cache.default_layer)
+            except Exception:  # noqa: BLE001 - warm-up is best effort; searches report errors
+                pass
+
+    def caches_json(self) -> list[dict]:
+        return [e.summary() for e in self.caches.values()]
+
+    # -- dataset browsing -----------------------------------------------------------------------
+    def _filter(self, e: CacheEntry, q: str | None, column: str | None, value: str | None) -> np.ndarray:
+        keep = e.cache.valid.copy()
+        if column:
+            if value is None:
+                raise BadQuery("a column filter needs a value")
+            keep &= e.column(column).astype(str) == str(value)
+        if q:
+            terms = q.lower().split()
+            s = e.searchable()
+            for t in terms:
+                keep &= np.fromiter((t in x for x in s), bool, len(s))
+        return keep
+
+    def list_images(self, name: str, q=None, column=None, value=None, offset=0, limit=120) -> dict:
+        e = self.entry(name)
+        ids = np.flatnonzero(self._filter(e, q, column, value))
+        offset = max(0, int(offset))
+        limit = max(1, min(1000, int(limit)))
+        sel = ids[offset:offset + limit]
+        return {"total": int(len(ids)), "offset": offset,
+                "items": [self.image_record(e, int(i), brief=True) for i in sel]}
+
+    def random_image(self, name: str, q=None, column=None, value=None) -> dict:
+        e = self.entry(name)
+        ids = np.flatnonzero(self._filter(e, q, column, value))
+        if not len(ids):
+            raise NotFound("no indexed image matches the filter")
+        i = int(ids[np.random.default_rng().integers(len(ids))])
+        return self.image_record(e, i)
+
+    def image_record(self, e: CacheEntry, i: int, brief: bool = False) -> dict:
+        c = e.cache
+        i = c._check_id(i)
+        size = c.image_size(i)
+        rec = {"id": i, "path": str(c.paths[i]), "label": str(c.labels[i]),
+               "size": list(size)}
+        if brief:
+            return rec
+        rec["valid"] = bool(c.valid[i])
+        rec["meta"] = {col: str(e.column(col)[i]) for col in e.columns if col != "label"}
+        rec["geometry"] = geometry_dict(c.transform.geometry(*size), size)
+        return rec
+
+    def find_image(self, name: str, path: str) -> dict:
+        """Look an image up by its recorded relative path (used to carry a query across caches)."""
+        e = self.entry(name)
+        i = e.path_index().get(path)
+        if i is None:
+            raise NotFound(f"cache {name!r} has no image {path!r}")
+        return self.image_record(e, i)
+
+    # -- files -------------------------------------------------------------------------------
+    def thumbnail(self, name: str, i: int) -> tuple[bytes, str]:
+        e = self.entry(name)
+        i = e.cache._check_id(i)
+        key = (name, i)
+        hit = self.thumbs.get(key)
+        if hit is not None:
+            return hit
+        arr = e.cache.root["images/thumb"]
+        ch = int(arr.chunks[0])
+        s = i // ch * ch
+        rows = arr[s:min(len(e.cache), s + ch)]
+        out = None
+        for j, data in enumerate(rows):
+            data = bytes(data)
+            etag = '"' + hashlib.blake2b(data, digest_size=10).hexdigest() + '"'
+            self.thumbs.put((name, s + j), (data, etag))
+            if s + j == i:
+                out = (data, etag)
+        if not out or not out[0]:
+            raise NotFound(f"image {i} has no thumbnail (it was not indexed)")
+        return out
+
+    def original_path(self, name: str, i: int) -> Path:
+        """The original file of image ``i``, refused unless it lies inside the image root."""
+        e = self.entry(name)
+        c = e.cache
+        i = c._check_id(i)
+        root = Path(c.image_root).resolve()
+        rel = str(c.paths[i])
+        try:
+            p = (root / rel).resolve(strict=True)
+        except (OSError, RuntimeError):
+            raise NotFound(f"the original file of image {i} is not available") from None
+        if not p.is_relative_to(root):
+            raise Forbidden(f"image {i} resolves outside the cache's image root; refused")
+        if not p.is_file():
+            raise NotFound(f"the original file of image {i} is not available")
+        return p
+
+    def original(self, name: str, i: int) -> tuple[Path | bytes, str]:
+        """(path to send as is | re-encoded bytes, media type) for the browser."""
+        p = self.original_path(name, i)
+        key = (name, int(i), p.stat().st_mtime_ns)
+        hit = self.originals.get(key)
+        if hit is not None:
+            return hit
+        fmt, upright, big = None, True, False
+        try:
+            with Image.open(p) as im:
+                fmt = im.format
+                upright = im.getexif().get(0x0112, 1) in (0, 1)
+                big = max(im.size) > 4096
+        except Exception:  # noqa: BLE001
+            raise BadImage(f"the original file of image {i} cannot be decoded") from None
+        types = {"JPEG": "image/jpeg", "PNG": "image/png", "GIF": "image/gif",
+                 "WEBP": "image/webp", "BMP": "image/bmp"}
+        if fmt in types and upright and not big:
+            return p, types[fmt]
+        img = load_image(p)
+        img.thumbnail((2048, 2048), Image.Resampling.BICUBIC)
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=90)
+        out = (buf.getvalue(), "image/jpeg")
+        self.originals.put(key, out)
+        return out
+
+    # -- uploads ------------------------------------------------------------------------------
+    def add_upload(self, data: bytes, name: str = "upload") -> dict:
+        if len(data) > MAX_UPLOAD_BYTES:
+            raise PayloadTooLarge(f"upload is {len(data) / 1e6:.1f} MB; the limit is "
+                                  f"{MAX_UPLOAD_BYTES / 1e6:.0f} MB")
+        if not data:
+            raise BadImage("upload is empty")
+        img = load_image(data, max_pixels=MAX_UPLOAD_PIXELS)
+        disp = img
+        if max(img.size) > 2048:
+            disp = img.copy()
+            disp.thumbnail((2048, 2048), Image.Resampling.BICUBIC)
+        buf = io.BytesIO()
+        disp.save(buf, format="JPEG", quality=90)
+        uid = uuid.uuid4().hex[:12]
+        u = Upload(uid, os.path.basename(name or "upload")[:120], img, buf.getvalue(), "image/jpeg")
+        self.uploads.put(uid, u)
+        return {"upload": uid, "name": u.name, "size": list(img.size)}
+
+    # -- queries and searches -------------------------------------------------------------------
+    def resolve_image(self, e: CacheEntry, ref: dict) -> tuple[int | Upload, dict]:
+        """A query image reference → (dataset id in ``e`` | Upload, echo for the client)."""
+        ref = ref or {}
+        if ref.get("upload"):
+            u = self.upload(str(ref["upload"]))
+            return u, {"upload": u.id, "name": u.name, "size": list(u.size)}
+        if ref.get("id") is None:
+            raise BadQuery("the query image needs an 'id' (dataset image) or an 'upload'")
+        try:
+            i = int(ref["id"])
+        except (TypeError, ValueError):
+            raise NotFound(f"image id must be an integer, got {ref['id']!r}") from None
+        src = ref.get("cache")
+        if src and src != e.name:
+            se = self.entry(str(src))
+            i = se.cache._check_id(i)
+            path = str(se.cache.paths[i])
+            j = e.path_index().get(path)
+            if j is None:
+                raise NotFound(f"cache {e.name!r} does not contain the query image {path!r}; "
+                               "compare needs the same image in both caches (or an upload)")
+            i = j
+        i = e.cache._check_id(i)
+        return i, {"id": i, "cache": e.name, "path": str(e.cache.paths[i]),
+                   "size": list(e.cache.image_size(i))}
+
+    @staticmethod
+    def mask_array(spec: dict, size: tuple[int, int]) -> np.ndarray:
+        """A mask from the client (PNG / raw bytes / nested list / run-length), resized to
+        ``size`` (w, h) when its aspect ratio matches within 2 %."""
+        if not isinstance(spec, dict):
+            raise BadMask("mask must be an object with 'png', 'u8', 'data' or 'rle'")
+        if spec.get("png"):
+            text = str(spec["png"])
+            if text.startswith("data:"):
+                text = text.split(",", 1)[-1]
+            try:
+                raw = base64.b64decode(text, validate=False)
+                with Image.open(io.BytesIO(raw)) as im:
+                    if im.width * im.height > 64_000_000:
+                        raise BadMask("mask image is too large")
+                    im.load()
+                    pil = im.copy()
+            except BadMask:
+                raise
+            except Exception:  # noqa: BLE001
+                raise BadMask("mask PNG cannot be decoded") from None
+            a = load_mask(pil, pil.size)
+        elif spec.get("u8"):
+            try:
+                w, h = int(spec["width"]), int(spec["height"])
+                raw = base64.b64decode(str(spec["u8"]))
+            except Exception:  # noqa: BLE001
+                raise BadMask("raw mask needs base64 'u8', 'width' and 'height'") from None
+            if w <= 0 or h <= 0 or len(raw) != w * h:
+                raise BadMask(f"raw mask has {len(raw)} bytes, expected width×height = {w}×{h}")
+            a = load_mask(np.frombuffer(raw, np.uint8).reshape(h, w), (w, h))
+        elif spec.get("data") is not None:
+            try:
+                arr = np.asarray(spec["data"], dtype=np.float32)
+            except (TypeError, ValueError):
+                raise BadMask("mask 'data' must be a 2-D array of numbers") from None
+            if arr.ndim != 2 or arr.size == 0:
+                raise BadMask(f"mask 'data' must be 2-D, got shape {arr.shape}")
+            if arr.size and np.nanmax(arr) > 1.0 and np.nanmax(arr) <= 255.0:
+                arr = arr / 255.0
+            a = load_mask(arr, (arr.shape[1], arr.shape[0]))
+        elif spec.get("rle"):
+            arr = decode_rle(str(spec["rle"]))
+            a = load_mask(arr, (arr.shape[1], arr.shape[0]))
+        else:
+            raise BadMask("mask must have 'png', 'u8', 'data' or 'rle'")
+        w, h = size
+        mh, mw = a.shape
+        if (mw, mh) != (w, h):
+            ratio = (mw / mh) / (w / h)
+            if abs(ratio - 1.0) > ASPECT_TOLERANCE:
+                raise BadMask(f"mask is {mw}×{mh} but the image is {w}×{h}: aspect ratios differ "
+                              "by more than 2 %")
+            resample = Image.Resampling.BOX if mw > w else Image.Resampling.BILINEAR
+            a = np.asarray(Image.fromarray(a, mode="F").resize((w, h), resample), np.float32)
+            a = np.clip(a, 0.0, 1.0)
+            if not (a > 0).any():
+                raise BadMask("mask is empty: brush or box a region first")
+        return a
+
+    def build_query(self, e: CacheEntry, layer: str, image, region: dict) -> Query:
+        n = sum(1 for k in ("mask", "box", "whole") if region.get(k) not in (None, False))
+        if n != 1:
+            raise BadQuery("give exactly one of 'mask', 'box' or 'whole': true")
+        if isinstance(image, Upload):
+            return self._upload_query(e, layer, image, region)
+        size = e.cache.image_size(image)
+        if region.get("mask") is not None:
+            return make_query(e.cache, image, mask=self.mask_array(region["mask"], size), layer=layer)
+        if region.get("box") is not None:
+            return make_query(e.cache, image, box=_box(region["box"]), layer=layer)
+        return make_query(e.cache, image, whole=True, layer=layer)
+
+    def _upload_query(self, e: CacheEntry, layer: str, u: Upload, region: dict) -> Query:
+        key = (str(e.cache.path), e.cache.weights_hash, layer)
+        base = u.base.get(key)
+        if base is None:
+            base = make_query(e.cache, u.image, whole=True, layer=layer)
+            u.base[key] = base
+        if region.get("whole"):
+            return base
+        if region.get("mask") is not None:
+            m = self.mask_array(region["mask"], u.size)
+        else:
+            m = box_mask(_box(region["box"]), u.size)
+        weights = mask_to_grid(m, base.geometry, tuple(base.weights.shape))
+        ys, xs = np.nonzero(m > 0)
+        bbox = (float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1))
+        return dataclasses.replace(base, weights=weights, box=bbox, mask=m)
+
+    def run_search(self, body: dict) -> dict:
+        t0 = time.perf_counter()
+        e = self.entry(str(body.get("cache", "")))
+        layer = e.check_layer(body.get("layer"))
+        k = int(body.get("k") or 20)
+        if not 1 <= k <= MAX_K:
+            raise BadQuery(f"k must be between 1 and {MAX_K}")
+        image, echo = self.resolve_image(e, body.get("image") or {})
+        q = self.build_query(e, layer, image, body)
+        t1 = time.perf_counter()
+        e.warm_up(layer)
+        with self.sem:
+            t2 = time.perf_counter()
+            res = search(e.cache, q, k=k, exclude_self=bool(body.get("exclude_self", True)),
+                         return_scores=True)
+        t3 = time.perf_counter()
+        scores = res.scores
+        top_ids = res.ids
+        finite = np.isfinite(scores)
+        rest = np.flatnonzero(finite)
+        rest = rest[~np.isin(rest, top_ids)]
+        rest = rest[np.argsort(-scores[rest], kind="stable")]
+        order = np.concatenate([top_ids, rest]).astype(np.int64)
+        sid = uuid.uuid4().hex[:12]
+        st = StoredSearch(sid, e.name, layer, q, scores, order, list(res.matches), time.time(), echo)
+        self.searches.put(sid, st)
+        flt = body.get("filter") or {}
+        if flt.get("column"):
+            page = self.window(sid, 0, k, column=flt["column"], value=flt.get("value"))
+            matches, total = page["items"], page["total"]
+        else:
+            matches = [self.match_record(e, q, m.id, m.rank, m.score, m.offset, m.box)
+                       for m in res.matches]
+            total = int(len(order))
+        t4 = time.perf_counter()
+        return {
+            "search_id": sid, "cache": e.name, "layer": layer, "k": k,
+            "query": self.query_record(e, q, echo),
+            "matches": matches, "total": total,
+            "curve": curve(scores),
+            "stats": dict(res.stats),
+            "timing": {"query_ms": round((t1 - t0) * 1e3, 1), "wait_ms": round((t2 - t1) * 1e3, 1),
+                       "search_ms": round((t3 - t2) * 1e3, 1), "total_ms": round((t4 - t0) * 1e3, 1)},
+        }
+
+    def query_record(self, e: CacheEntry, q: Query, echo: dict) -> dict:
+        r0, c0, h, w = q.cell_box
+        return {
+            "image": echo, "layer": q.layer, "grid": list(q.grid), "cell_box": [r0, c0, h, w],
+            "weights": np.round(q.weights[r0:r0 + h, c0:c0 + w], 4).tolist(),
+            "n_cells": q.n_cells, "box": [round(v, 2) for v in q.box],
+            "image_size": list(q.image_size), "geometry": geometry_dict(q.geometry, q.image_size),
+            "label": q.label,
+        }
+
+    def match_record(self, e: CacheEntry, q: Query, i: int, rank: int, score: float,
+                     offset, box) -> dict:
+        c = e.cache
+        size = c.image_size(i)
+        return {
+            "id": int(i), "rank": int(rank), "score": round(float(score), 6),
+            "path": str(c.paths[i]), "label": str(c.labels[i]),
+            "offset": [int(offset[0]), int(offset[1])], "box": [round(float(v), 2) for v in box],
+            "image_size": list(size),
+            "geometry": geometry_dict(c.transform.geometry(*size), size),
+            "meta": {col: str(e.column(col)[i]) for col in e.columns if col != "label"},
+        }
+
+    def stored(self, sid: str) -> StoredSearch:
+        st = self.searches.get(sid)
+        if st is None:
+            raise NotFound(f"search {sid!r} has expired (the server keeps the latest searches); "
+                           "run it again")
+        return st
+
+    def _offsets(self, e: CacheEntry, st: StoredSearch, ids: np.ndarray):
+        feats = e.rows_features(st.layer, ids)
+        best, off, maps = exact_scores(feats, st.query.weights, st.query.features)
+        return best, off, maps
+
+    def window(self, sid: str, start: int, stop: int, limit: int = MAX_WINDOW,
+               column: str | None = None, value: str | None = None) -> dict:
+        """Images at ranks [start, stop) of a stored search (optionally among the rows whose
+        ``column`` equals ``value``); at most ``limit`` of them, evenly spaced when the window
+        is wider."""
+        st = self.stored(sid)
+        e = self.entry(st.cache)
+        order = st.order
+        if column:
+            col = e.column(column).astype(str)
+            order = order[col[order] == str(value)]
+        total = int(len(order))
+        start = max(0, int(start))
+        stop = min(total, int(stop))
+        limit = max(1, min(MAX_WINDOW, int(limit)))
+        if stop <= start:
+            return {"search_id": sid, "start": start, "stop": max(start, stop), "total": total,
+                    "items": []}
+        if stop - start > limit:
+            ranks = np.unique(np.round(np.linspace(start, stop - 1, limit)).astype(np.int64))
+        else:
+            ranks = np.arange(start, stop)
+        ids = order[ranks]
+        top = {m.id: m for m in st.top}
+        items = [None] * len(ids)
+        need = [j for j, i in enumerate(ids) if int(i) not in top or column]
+        for j, i in enumerate(ids):
+            m = top.get(int(i))
+            if m is not None and not column:
+                items[j] = self.match_record(e, st.query, m.id, int(ranks[j]), m.score, m.offset, m.box)
+        if need:
+            nids = ids[need]
+            best, off, _ = self._offsets(e, st, nids)
+            boxes = match_boxes(e.cache, st.query, nids, off)
+            for jj, j in enumerate(need):
+                i = int(ids[j])
+                m = top.get(i)
+                score = m.score if m is not None else float(st.scores[i])
+                items[j] = self.match_record(e, st.query, i, int(ranks[j]), score,
+                                             boxes[jj][0], boxes[jj][1])
+        return {"search_id": sid, "start": start, "stop": stop, "total": total, "items": items}
+
+    def heat(self, sid: str, ids: list[int]) -> dict:
+        st = self.stored(sid)
+        e = self.entry(st.cache)
+        if len(ids) > MAX_WINDOW:
+            raise BadQuery(f"at most {MAX_WINDOW} heat maps per request")
+        arr = np.array([e.cache._check_id(i) for i in ids], dtype=np.int64)
+        _, _, maps = self._offsets(e, st, arr)
+        r0, c0, h, w = st.query.cell_box
+        return {"search_id": sid, "cell_box": [r0, c0, h, w], "grid": list(st.query.grid),
+                "maps": {str(int(i)): np.round(maps[j], 4).tolist() for j, i in enumerate(arr)}}
+
+    def export(self, sid: str, k: int | None = None) -> tuple[dict, list[dict]]:
+        st = self.stored(sid)
+        k = len(st.top) if not k else max(1, min(5000, int(k)))
+        page = self.window(sid, 0, k, limit=MAX_WINDOW) if k <= MAX_WINDOW else None
+        items = page["items"] if page else []
+        if page is None:
+            for s in range(0, k, MAX_WINDOW):
+                items += self.window(sid, s, min(k, s + MAX_WINDOW))["items"]
+        e = self.entry(st.cache)
+        head = {"search_id": sid, "cache": st.cache, "model": e.cache.model, "layer": st.layer,
+                "query": self.query_record(e, st.query, st.image)}
+        return head, items
+
+
+def _box(box) -> tuple[float, float, float, float]:
+    try:
+        vals = tuple(float(v) for v in box)
+    except (TypeError, ValueError):
+        raise BadMask(f"a box is four numbers x0,y0,x1,y1; got {box!r}") from None
+    if len(vals) != 4 or not all(np.isfinite(vals)):
+        raise BadMask(f"a box is four finite numbers x0,y0,x1,y1; got {box!r}")
+    return vals
+
+
+def match_boxes(cache: FeatureCache, q: Query, ids, offsets) -> list[tuple]:
+    """((row, col), box in the result image's pixels) for offset indices, as the engine does."""
+    H, W = q.grid
+    r0, c0, h, w = q.cell_box
+    B = W - w + 1
+    g = q.geometry
+    ux0, uy0 = g.to_input(q.box[0], q.box[1])
+    ux1, uy1 = g.to_input(q.box[2], q.box[3])
+    cw, ch = g.size / W, g.size / H
+    out = []
+    for i, o in zip(ids, offsets):
+        a, b = divmod(int(o), B)
+        dx, dy = (b - c0) * cw, (a - r0) * ch
+        size = cache.image_size(int(i))
+        geom = cache.transform.geometry(*size)
+        cells = ((ux0 + dx) / cw, (uy0 + dy) / ch, (ux1 + dx) / cw, (uy1 + dy) / ch)
+        out.append(((a, b), cell_box_to_image(cells, geom, (H, W), size)))
+    return out
+
+
+def curve(scores: np.ndarray, max_points: int = MAX_CURVE_POINTS) -> dict:
+    """The sorted score curve (best first), downsampled to at most ``max_points``."""
+    s = scores[np.isfinite(scores)]
+    s = -np.sort(-s)
+    n = len(s)
+    if n <= max_points:
+        idx = np.arange(n)
+    else:
+        idx = np.unique(np.round(np.linspace(0, n - 1, max_points)).astype(np.int64))
+    return {"n": int(n), "ranks": idx.tolist(), "scores": np.round(s[idx], 5).tolist()}

@@ -1,0 +1,213 @@
+"""The search engine with the real default model: self-match, planted crops, exact refine,
+streaming, several queries at once, and clear errors for bad queries."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vfsearch import BadMask, BadQuery, index, make_query, open_cache, search, search_many
+from vfsearch.search import exact_scores
+
+
+def _iou(a, b):
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def test_region_finds_its_own_image_with_score_one_at_the_right_place(small_cache):
+    c = small_cache
+    box = (60, 80, 200, 190)
+    res = search(c, 4, box=box, k=3, exclude_self=False)
+    top = res[0]
+    assert top.id == 4 and top.score == pytest.approx(1.0, abs=1e-6)
+    assert _iou(top.box, box) > 0.95  # the query's own box carried to the best offset
+    excluded = search(c, 4, box=box, k=3)
+    assert 4 not in excluded.ids
+
+
+def test_whole_image_query_ranks_crops_of_the_same_photo_first(small_cache):
+    c = small_cache
+    cat = [i for i, lab in enumerate(c.labels) if lab == "cat"]
+    res = search(c, cat[0], whole=True, k=2)
+    assert set(res.ids) == set(cat[1:])
+
+
+def test_crop_pasted_into_another_photo_is_found_where_it_was_pasted(small_cache, tmp_path, model):
+    src = Image.open(small_cache.abspath(4)).convert("RGB")  # a cat photo
+    crop_box = (40, 40, 200, 200)
+    crop = src.crop(crop_box)
+    short = min(src.size)  # same scale as the source, so the crop spans the same cells
+    canvas = Image.open(small_cache.abspath(0)).convert("RGB").resize((short * 5 // 4, short))
+    paste_at = (short * 5 // 4 - 200, short - 190)
+    canvas.paste(crop, paste_at)
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(len(small_cache)):
+        if small_cache.labels[i] != small_cache.labels[4]:  # no other crop of the same photo
+            Image.open(small_cache.abspath(i)).convert("RGB").save(folder / f"d{i:02d}.png")
+    canvas.save(folder / "planted.png")
+    src.save(folder / "source.png")
+    c = index(folder, tmp_path / "c", model=model, workers=0, progress=False).cache
+    ids = {str(p): i for i, p in enumerate(c.paths)}
+    res = search(c, ids["source.png"], box=crop_box, k=3)
+    assert res[0].id == ids["planted.png"]
+    pasted = (paste_at[0], paste_at[1], paste_at[0] + 160, paste_at[1] + 160)
+    # the box lands on the pasted crop up to the grid's resolution (one cell = 32 input px)
+    assert _iou(res[0].box, pasted) > 0.5
+
+
+def test_8bit_search_equals_an_exact_float_search(small_cache, sample_dir, model, tmp_path):
+    c8 = small_cache
+    c32 = index(sample_dir, tmp_path / "f32", model=model, layers=["blocks.15", "blocks.10"],
+                dtype="f32", workers=0, progress=False).cache
+    rng = np.random.default_rng(0)
+    for layer in ("blocks.15", "blocks.10"):
+        for _ in range(4):
+            i = int(rng.integers(len(c8)))
+            w, h = c8.image_size(i)
+            x0, y0 = rng.uniform(w * 0.2, w * 0.45), rng.uniform(h * 0.2, h * 0.45)
+            box = (x0, y0, x0 + rng.uniform(30, w * 0.35), y0 + rng.uniform(30, h * 0.35))
+            r8 = search(c8, i, box=box, layer=layer, k=8, return_scores=True)
+            r32 = search(c32, i, box=box, layer=layer, k=8)
+            assert list(r8.ids) == list(r32.ids)
+            assert np.allclose(r8.top_scores, r32.top_scores, atol=1e-5)
+            assert r8.stats["refined"] < len(c8)  # the bound prunes most rows
+            # and both agree with the float64 reference computed straight from the formula
+            feats = np.stack([c32.features(j, layer) for j in range(len(c32))])
+            q = r32.query
+            best, _, _ = exact_scores(feats, q.weights, q.features)
+            best[i] = -np.inf
+            assert list(np.argsort(-best, kind="stable")[:8]) == list(r32.ids)
+
+
+def test_soft_mask_and_box_and_png_mask_agree(small_cache, tmp_path):
+    c = small_cache
+    w, h = c.image_size(2)
+    box = (w * 0.2, h * 0.3, w * 0.6, h * 0.8)
+    m = np.zeros((h, w), np.float32)
+    m[int(h * 0.3):int(np.ceil(h * 0.8)), int(w * 0.2):int(np.ceil(w * 0.6))] = 1
+    Image.fromarray((m * 255).astype(np.uint8)).save(tmp_path / "m.png")
+    a = search(c, 2, box=box, k=5)
+    b = search(c, 2, mask=m, k=5)
+    p = search(c, 2, mask=str(tmp_path / "m.png"), k=5)
+    assert list(a.ids) == list(b.ids) == list(p.ids)
+    soft = m * 0.5
+    s = search(c, 2, mask=soft, k=5)  # uniform scaling of the mask does not change cosine
+    assert np.allclose(s.top_scores, b.top_scores, atol=1e-6)
+
+
+def _central_box(c, i, frac=0.4):
+    w, h = c.image_size(i)
+    return (w * (0.5 - frac / 2), h * (0.5 - frac / 2), w * (0.5 + frac / 2), h * (0.5 + frac / 2))
+
+
+def test_streaming_with_a_memory_budget_equals_in_memory(small_cache):
+    box = _central_box(small_cache, 7)
+    full = search(small_cache, 7, box=box, k=6, return_scores=True, memory=None)
+    streamed = search(small_cache, 7, box=box, k=6, return_scores=True, memory=1)
+    assert list(full.ids) == list(streamed.ids)
+    assert np.array_equal(full.scores, streamed.scores)
+
+
+def test_search_many_equals_single_searches_and_curve(small_cache):
+    c = small_cache
+    qs = [make_query(c, 1, box=_central_box(c, 1, 0.3)), make_query(c, 9, whole=True),
+          make_query(c, 12, box=_central_box(c, 12, 0.5), layer="blocks.10")]
+    many = search_many(c, qs, k=5, return_scores=True)
+    for q, r in zip(qs, many):
+        one = search(c, q, k=5)
+        assert list(one.ids) == list(r.ids)
+        curve = r.sorted_scores()
+        assert len(curve) == len(c) - 1 and curve[0] == pytest.approx(r[0].score, abs=1e-6)
+        assert np.all(np.diff(curve) <= 0)
+
+
+def test_heat_map_max_is_the_match(small_cache):
+    res = search(small_cache, 3, box=_central_box(small_cache, 3), k=2)
+    m = res[0]
+    heat = res.score_map(m.id)
+    assert heat.max() == pytest.approx(m.score, abs=1e-6)
+    assert np.unravel_index(heat.argmax(), heat.shape) == m.offset
+
+
+def test_near_duplicates_are_suppressed(tmp_path, model, sample_dir):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    cat = sorted((sample_dir / "cat").iterdir())[0]
+    for name in ("a.jpg", "b.jpg", "c.jpg"):
+        (folder / name).write_bytes(cat.read_bytes())
+    for f in sorted((sample_dir / "coffee").iterdir()):
+        (folder / f.name).write_bytes(f.read_bytes())
+    c = index(folder, tmp_path / "c", model=model, workers=0, progress=False).cache
+    qid = [str(p) for p in c.paths].index("a.jpg")
+    plain = search(c, qid, whole=True, k=3)
+    assert {str(c.paths[i]) for i in plain.ids[:2]} == {"b.jpg", "c.jpg"}
+    dd = search(c, qid, whole=True, k=3, dedup=0.99)
+    names = [str(c.paths[i]) for i in dd.ids]
+    assert sum(n in ("b.jpg", "c.jpg") for n in names) == 1
+
+
+def test_external_image_query_matches_the_dataset_copy(small_cache):
+    path = small_cache.abspath(5)
+    res = search(small_cache, str(path), box=_central_box(small_cache, 5), k=1)
+    assert res[0].id == 5 and res[0].score == pytest.approx(1.0, abs=1e-4)
+
+
+def test_bad_queries_give_clear_errors(small_cache, tmp_path):
+    c = small_cache
+    w, h = c.image_size(0)
+    with pytest.raises(BadMask, match="empty"):
+        search(c, 0, mask=np.zeros((h, w)))
+    with pytest.raises(BadMask, match="mask size 10×10 ≠ image size"):
+        search(c, 0, mask=np.ones((10, 10)))
+    edge = np.zeros((h, w), np.float32)
+    edge[:, :2] = 1  # a thin strip the centre crop cuts away (landscape images)
+    if w > h * 1.05:
+        with pytest.raises(BadMask, match="outside the part of the image the model sees"):
+            search(c, 0, mask=edge)
+    with pytest.raises(BadMask, match="outside"):
+        search(c, 0, box=(w + 10, 0, w + 50, 40))
+    with pytest.raises(BadQuery, match="exactly one"):
+        search(c, 0)
+    with pytest.raises(BadQuery, match="k must be"):
+        search(c, 0, whole=True, k=0)
+    from vfsearch.errors import NotFound
+
+    with pytest.raises(NotFound, match="no image with id"):
+        search(c, 10_000, whole=True)
+
+
+def test_query_from_another_model_is_refused(small_cache, sample_dir, tmp_path):
+    import contextlib
+    import io
+
+    from vfsearch import load_model
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        lite1 = load_model("efficientnet-lite1")
+    other = index(sample_dir / "cat", tmp_path / "lite1", model=lite1, workers=0,
+                  progress=False).cache
+    q = make_query(other, 0, whole=True)
+    with pytest.raises(BadQuery, match="efficientnet-lite1"):
+        search(small_cache, q)
+
+
+def test_cli_search_prints_table_and_json(small_cache):
+    cmd = [sys.executable, "-m", "vfsearch.cli", "search", str(small_cache.path), "--image", "3",
+           "--box", "20,20,150,150", "-k", "3"]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "rank" in out.stdout and len(out.stdout.strip().splitlines()) == 5
+    js = subprocess.run(cmd + ["--json"], capture_output=True, text=True)
+    d = json.loads(js.stdout)
+    assert len(d["matches"]) == 3 and {"id", "path", "label", "score", "box"} <= set(d["matches"][0])
+    bad = subprocess.run(cmd[:-4] + ["--box", "1,2"], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: ") and "Traceback" not in bad.stderr
