@@ -372,7 +372,8 @@ def disk_usage(path: Path) -> int:
 # -- writing --------------------------------------------------------------------------------------
 
 
-def create_cache(path: Path, *, model: str, weights_hash: str, transform: Transform,
+def create_cache(path: Path, *, model: str, weights_hash: str, weights_path: str | None,
+                 transform: Transform,
                  image_root: Path, layer_info: dict[str, dict], dtype: str, refine: str,
                  chunk: int, compression: str, meta_columns: list[str]) -> zarr.Group:
     if path.exists() and any(path.iterdir()):
@@ -382,6 +383,7 @@ def create_cache(path: Path, *, model: str, weights_hash: str, transform: Transf
         "format_version": FORMAT_VERSION,
         "model": model,
         "weights_hash": weights_hash,
+        "weights_path": weights_path,
         "transform": transform.to_dict(),
         "image_root": str(image_root),
         "layers": list(layer_info),

@@ -240,7 +240,7 @@ def demo_cmd(workdir, port, open_browser, no_serve):
 
     images = sample_images(workdir / "images")
     lm = load_model(DEFAULT_MODEL)
-    layers = [lm.default_layer] + [x for x in ("blocks.10", "head") if x != lm.default_layer]
+    layers = [lm.default_layer] + [x for x in ("blocks.15", "head") if x != lm.default_layer]
     rep = index(images, workdir / "cache", model=lm, layers=layers)
     click.echo(f"cache ready: {rep.cache.path} ({int(rep.cache.valid.sum())} images, "
                f"layers {', '.join(layers)})")

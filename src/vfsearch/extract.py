@@ -270,7 +270,8 @@ def index(
 
     if not existing:
         root = cache_mod.create_cache(
-            out, model=lm.name, weights_hash=lm.weights_hash, transform=transform,
+            out, model=lm.name, weights_hash=lm.weights_hash, weights_path=lm.weights_path,
+            transform=transform,
             image_root=imageset.root, layer_info=layer_info, dtype=dtype, refine=refine,
             chunk=chunk, compression=compression, meta_columns=imageset.meta_columns,
         )

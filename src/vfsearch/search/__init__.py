@@ -1,7 +1,7 @@
 """Region search: queries on the feature grid, the fused scan kernel, top-k with exact refine."""
 
 from .engine import Match, SearchResult, exact_scores, search, search_many
-from .query import Query, box_mask, load_mask, make_query
+from .query import Query, box_mask, load_mask, make_query, register_query_model
 
 __all__ = [
     "Match",
@@ -11,6 +11,7 @@ __all__ = [
     "exact_scores",
     "load_mask",
     "make_query",
+    "register_query_model",
     "search",
     "search_many",
 ]

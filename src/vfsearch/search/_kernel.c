@@ -30,6 +30,7 @@
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define VFS_X86 1
+#include <cpuid.h>
 #include <immintrin.h>
 #define VFS_AVX2 __attribute__((target("avx2,fma,f16c")))
 #define VFS_AVX512 \
@@ -50,12 +51,13 @@ enum { LV_GENERIC = 0, LV_AVX2 = 1, LV_AVX512 = 2 };
 /* CPU detection                                                             */
 /* ------------------------------------------------------------------------ */
 
-int vfs_cpu_level(void) {
+static int vfs_detect_level(void) {
 #ifdef VFS_X86
     __builtin_cpu_init();
+    unsigned int a = 0, b = 0, c = 0, d = 0;
+    const int f16c = __get_cpuid(1, &a, &b, &c, &d) && (c & (1u << 29)); /* F16C */
     int level = LV_GENERIC;
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-        __builtin_cpu_supports("f16c"))
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c)
         level = LV_AVX2;
     if (level == LV_AVX2 && __builtin_cpu_supports("avx512f") &&
         __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
@@ -65,6 +67,14 @@ int vfs_cpu_level(void) {
 #else
     return LV_GENERIC;
 #endif
+}
+
+/* Best SIMD level this CPU (and OS) supports: 0 generic, 1 AVX2, 2 AVX-512 VNNI. */
+int vfs_cpu_level(void) {
+    static volatile int cached = -1;
+    int level = cached;
+    if (level < 0) cached = level = vfs_detect_level();
+    return level;
 }
 
 int vfs_abi_version(void) { return 1; }
@@ -98,8 +108,9 @@ static inline float h2f(uint16_t h) {
 typedef struct {
     int32_t cell; /* image cell index y*W+x */
     int32_t G;    /* number of query cells in this group (1..GMAX) */
-    int32_t k[GMAX];
-    int32_t o[GMAX];
+    int32_t p0;   /* index of the group's first pair in the per-image dot array */
+    int32_t pad_;
+    const void *q[GMAX]; /* the group's query rows */
 } group_t;
 
 typedef struct {
@@ -107,15 +118,16 @@ typedef struct {
     int64_t n;
     int H, W, C, esize;
     const float *scale, *sqnorm, *qerr2;
-    int O, ngroups, is8;
+    int O, K, ngroups, is8;
     const group_t *groups;
-    const uint8_t *qbase; /* (K, C) int16 or float32 */
-    int64_t qstride;      /* bytes per query row */
-    const double *wk;     /* per-k weight on the dot: sq_k (8-bit) or 1 */
-    const double *m2;     /* per-k m_k^2 */
+    const int32_t *pidx; /* (O, K): pair index of (offset o, query cell k) */
+    const int32_t *cidx; /* (O, K): image cell of (offset o, query cell k) */
+    const double *wk;    /* per-k weight on the dot: sq_k (8-bit) or 1 */
+    const double *m2;    /* per-k m_k^2 */
     double qnorm, eps_q;
     float *out_score, *out_upper, *out_lower;
     int32_t *out_offset;
+    double *dp;             /* scratch: per-pair scale_cell * dot, P + 4 */
     double *num, *den, *qe; /* scratch, O each */
 } scan_t;
 
@@ -173,41 +185,47 @@ static void finish_image(const scan_t *s, int64_t i) {
     s->out_lower[i] = (float)lo;
 }
 
-typedef void (*dot_fn)(const void *x, const void *const *q, int G, int C, double *out);
+/* dot(x, q, G, C, f, out): out[t] = f * <x, q[t]> for t < G. It may write
+ * zeros up to out[round_up(G, 4) - 1]. */
+typedef void (*dot_fn)(const void *x, const void *const *q, int G, int C, double f,
+                       double *out);
 
-/* The per-image loop; always inlined into each (level, dtype) entry so the
- * dot function is inlined too. */
+/* The per-image loop; always inlined into each (level, dtype) entry so that
+ * the dot function is inlined too.
+ * Pass A: one dot product per valid (cell, k) pair, grouped by cell.
+ * Pass B: per offset, gather its K pairs (sums in k order). */
 VFS_INLINE void scan_driver(const scan_t *s, dot_fn dot) {
     const int HW = s->H * s->W;
-    const int O = s->O;
+    const int O = s->O, K = s->K;
     const int C = s->C;
     const int64_t cell_bytes = (int64_t)C * s->esize;
     const int64_t img_bytes = (int64_t)HW * cell_bytes;
-    double *num = s->num, *den = s->den, *qe = s->qe;
+    double *num = s->num, *den = s->den, *qe = s->qe, *dp = s->dp;
     const double *wk = s->wk, *m2 = s->m2;
-    const void *qp[GMAX];
-    double d[GMAX];
     for (int64_t i = 0; i < s->n; ++i) {
         const uint8_t *img = s->feats + i * img_bytes;
         const float *sc = s->scale ? s->scale + i * HW : NULL;
         const float *sn = s->sqnorm + i * HW;
         const float *qr = s->qerr2 ? s->qerr2 + i * HW : NULL;
-        for (int o = 0; o < O; ++o) num[o] = den[o] = qe[o] = 0.0;
         for (int gi = 0; gi < s->ngroups; ++gi) {
             const group_t *g = &s->groups[gi];
-            const int G = g->G;
-            for (int t = 0; t < G; ++t) qp[t] = s->qbase + (int64_t)g->k[t] * s->qstride;
-            dot(img + (int64_t)g->cell * cell_bytes, qp, G, C, d);
             const double f = sc ? (double)sc[g->cell] : 1.0;
-            const double nrm = (double)sn[g->cell];
-            const double e = qr ? (double)qr[g->cell] : 0.0;
-            for (int t = 0; t < G; ++t) {
-                const int k = g->k[t];
-                const int o = g->o[t];
-                num[o] += (f * wk[k]) * d[t];
-                den[o] += m2[k] * nrm;
-                qe[o] += m2[k] * e;
+            dot(img + (int64_t)g->cell * cell_bytes, g->q, g->G, C, f, dp + g->p0);
+        }
+        for (int o = 0; o < O; ++o) {
+            const int32_t *pi = s->pidx + (int64_t)o * K;
+            const int32_t *ci = s->cidx + (int64_t)o * K;
+            double nu = 0.0, de = 0.0;
+            for (int k = 0; k < K; ++k) {
+                nu += wk[k] * dp[pi[k]];
+                de += m2[k] * (double)sn[ci[k]];
             }
+            num[o] = nu;
+            den[o] = de;
+            double q = 0.0;
+            if (qr)
+                for (int k = 0; k < K; ++k) q += m2[k] * (double)qr[ci[k]];
+            qe[o] = q;
         }
         finish_image(s, i);
     }
@@ -218,29 +236,29 @@ VFS_INLINE void scan_driver(const scan_t *s, dot_fn dot) {
 /* ------------------------------------------------------------------------ */
 
 static inline void dot_u8_generic(const void *x_, const void *const *q, int G, int C,
-                                  double *out) {
+                                  double f, double *out) {
     const uint8_t *x = (const uint8_t *)x_;
     for (int g = 0; g < G; ++g) {
         const int16_t *qq = (const int16_t *)q[g];
         int32_t acc = 0;
         for (int j = 0; j < C; ++j) acc += (int32_t)x[j] * (int32_t)qq[j];
-        out[g] = (double)acc;
+        out[g] = f * (double)acc;
     }
 }
 
 static inline void dot_i8_generic(const void *x_, const void *const *q, int G, int C,
-                                  double *out) {
+                                  double f, double *out) {
     const int8_t *x = (const int8_t *)x_;
     for (int g = 0; g < G; ++g) {
         const int16_t *qq = (const int16_t *)q[g];
         int32_t acc = 0;
         for (int j = 0; j < C; ++j) acc += (int32_t)x[j] * (int32_t)qq[j];
-        out[g] = (double)acc;
+        out[g] = f * (double)acc;
     }
 }
 
 static inline void dot_f32_generic(const void *x_, const void *const *q, int G, int C,
-                                   double *out) {
+                                   double f, double *out) {
     const float *x = (const float *)x_;
     for (int g = 0; g < G; ++g) {
         const float *qq = (const float *)q[g];
@@ -251,12 +269,12 @@ static inline void dot_f32_generic(const void *x_, const void *const *q, int G, 
         float acc = ((lane[0] + lane[4]) + (lane[2] + lane[6])) +
                     ((lane[1] + lane[5]) + (lane[3] + lane[7]));
         for (; j < C; ++j) acc += x[j] * qq[j];
-        out[g] = (double)acc;
+        out[g] = f * (double)acc;
     }
 }
 
 static inline void dot_f16_generic(const void *x_, const void *const *q, int G, int C,
-                                   double *out) {
+                                   double f, double *out) {
     const uint16_t *x = (const uint16_t *)x_;
     float xb[256];
     float acc[GMAX];
@@ -279,7 +297,7 @@ static inline void dot_f16_generic(const void *x_, const void *const *q, int G, 
     for (int g = 0; g < G; ++g) {
         const float *L = lane[g];
         const float t = ((L[0] + L[4]) + (L[2] + L[6])) + ((L[1] + L[5]) + (L[3] + L[7]));
-        out[g] = (double)(t + acc[g]);
+        out[g] = f * (double)(t + acc[g]);
     }
 }
 
@@ -318,7 +336,7 @@ VFS_INLINE VFS_AVX2 __m128 hsum4_ps(__m256 a, __m256 b, __m256 c, __m256 d) {
 /* 8-bit x (unsigned or signed) . int16 query, G accumulators, exact int32.
  * x is widened to int16 once per 16 elements and reused for all G rows. */
 VFS_INLINE VFS_AVX2 void dot8_avx2_G(const void *x_, const void *const *q, int C,
-                                     double *out, const int G, const int sgn) {
+                                     double f, double *out, const int G, const int sgn) {
     const uint8_t *x = (const uint8_t *)x_;
     __m256i acc[GMAX];
     const int16_t *qq[GMAX];
@@ -364,14 +382,17 @@ VFS_INLINE VFS_AVX2 void dot8_avx2_G(const void *x_, const void *const *q, int C
                 t[g] += (sgn ? (int32_t)((const int8_t *)x)[jj] : (int32_t)x[jj]) *
                         (int32_t)qq[g][jj];
     }
-#pragma GCC unroll 12
-    for (int g = 0; g < G; ++g) out[g] = (double)t[g];
+    const __m256d fv = _mm256_set1_pd(f);
+#pragma GCC unroll 3
+    for (int g = 0; g < G; g += 4)
+        _mm256_storeu_pd(out + g,
+                         _mm256_mul_pd(fv, _mm256_cvtepi32_pd(_mm_loadu_si128((const __m128i *)(t + g)))));
 }
 
 /* float32 / float16 x . float32 query, G rows; S independent accumulator sets
  * so that small groups are not bound by the FMA latency. */
 VFS_INLINE VFS_AVX2 void dotf_avx2_G(const void *x_, const void *const *q, int C,
-                                     double *out, const int G, const int half) {
+                                     double f, double *out, const int G, const int half) {
     const int S = G <= 2 ? 4 : (G <= 5 ? 2 : 1);
     const float *xf = (const float *)x_;
     const uint16_t *xh = (const uint16_t *)x_;
@@ -422,8 +443,10 @@ VFS_INLINE VFS_AVX2 void dotf_avx2_G(const void *x_, const void *const *q, int C
         for (int g = 0; g < G; ++g)
             for (int jj = j; jj < C; ++jj) t[g] += (half ? h2f(xh[jj]) : xf[jj]) * qq[g][jj];
     }
-#pragma GCC unroll 12
-    for (int g = 0; g < G; ++g) out[g] = (double)t[g];
+    const __m256d fv = _mm256_set1_pd(f);
+#pragma GCC unroll 3
+    for (int g = 0; g < G; g += 4)
+        _mm256_storeu_pd(out + g, _mm256_mul_pd(fv, _mm256_cvtps_pd(_mm_loadu_ps(t + g))));
 }
 
 #define VFS_SWITCH_G(CALL)                                                                  \
@@ -443,26 +466,26 @@ VFS_INLINE VFS_AVX2 void dotf_avx2_G(const void *x_, const void *const *q, int C
     }
 
 VFS_INLINE VFS_AVX2 void dot_u8_avx2(const void *x, const void *const *q, int G, int C,
-                                     double *out) {
-#define CALL(g) dot8_avx2_G(x, q, C, out, g, 0)
+                                     double f, double *out) {
+#define CALL(g) dot8_avx2_G(x, q, C, f, out, g, 0)
     VFS_SWITCH_G(CALL)
 #undef CALL
 }
 VFS_INLINE VFS_AVX2 void dot_i8_avx2(const void *x, const void *const *q, int G, int C,
-                                     double *out) {
-#define CALL(g) dot8_avx2_G(x, q, C, out, g, 1)
+                                     double f, double *out) {
+#define CALL(g) dot8_avx2_G(x, q, C, f, out, g, 1)
     VFS_SWITCH_G(CALL)
 #undef CALL
 }
 VFS_INLINE VFS_AVX2 void dot_f32_avx2(const void *x, const void *const *q, int G, int C,
-                                      double *out) {
-#define CALL(g) dotf_avx2_G(x, q, C, out, g, 0)
+                                      double f, double *out) {
+#define CALL(g) dotf_avx2_G(x, q, C, f, out, g, 0)
     VFS_SWITCH_G(CALL)
 #undef CALL
 }
 VFS_INLINE VFS_AVX2 void dot_f16_avx2(const void *x, const void *const *q, int G, int C,
-                                      double *out) {
-#define CALL(g) dotf_avx2_G(x, q, C, out, g, 1)
+                                      double f, double *out) {
+#define CALL(g) dotf_avx2_G(x, q, C, f, out, g, 1)
     VFS_SWITCH_G(CALL)
 #undef CALL
 }
@@ -477,7 +500,7 @@ static VFS_AVX2 void scan_f32_avx2(const scan_t *s) { scan_driver(s, dot_f32_avx
 /* ------------------------------------------------------------------------ */
 
 VFS_INLINE VFS_AVX512 void dot8_avx512_G(const void *x_, const void *const *q, int C,
-                                         double *out, const int G, const int sgn) {
+                                         double f, double *out, const int G, const int sgn) {
     const uint8_t *x = (const uint8_t *)x_;
     __m512i acc[GMAX];
     const int16_t *qq[GMAX];
@@ -503,11 +526,11 @@ VFS_INLINE VFS_AVX512 void dot8_avx512_G(const void *x_, const void *const *q, i
             acc[g] = _mm512_dpwssd_epi32(acc[g], xw, _mm512_maskz_loadu_epi16(m, (const void *)(qq[g] + j)));
     }
 #pragma GCC unroll 12
-    for (int g = 0; g < G; ++g) out[g] = (double)_mm512_reduce_add_epi32(acc[g]);
+    for (int g = 0; g < G; ++g) out[g] = f * (double)_mm512_reduce_add_epi32(acc[g]);
 }
 
 VFS_INLINE VFS_AVX512 void dotf_avx512_G(const void *x_, const void *const *q, int C,
-                                         double *out, const int G, const int half) {
+                                         double f, double *out, const int G, const int half) {
     const float *xf = (const float *)x_;
     const uint16_t *xh = (const uint16_t *)x_;
     __m512 acc[GMAX];
@@ -534,30 +557,30 @@ VFS_INLINE VFS_AVX512 void dotf_avx512_G(const void *x_, const void *const *q, i
             acc[g] = _mm512_fmadd_ps(xv, _mm512_maskz_loadu_ps(m, qq[g] + j), acc[g]);
     }
 #pragma GCC unroll 12
-    for (int g = 0; g < G; ++g) out[g] = (double)_mm512_reduce_add_ps(acc[g]);
+    for (int g = 0; g < G; ++g) out[g] = f * (double)_mm512_reduce_add_ps(acc[g]);
 }
 
 VFS_INLINE VFS_AVX512 void dot_u8_avx512(const void *x, const void *const *q, int G, int C,
-                                         double *out) {
-#define CALL(g) dot8_avx512_G(x, q, C, out, g, 0)
+                                         double f, double *out) {
+#define CALL(g) dot8_avx512_G(x, q, C, f, out, g, 0)
     VFS_SWITCH_G(CALL)
 #undef CALL
 }
 VFS_INLINE VFS_AVX512 void dot_i8_avx512(const void *x, const void *const *q, int G, int C,
-                                         double *out) {
-#define CALL(g) dot8_avx512_G(x, q, C, out, g, 1)
+                                         double f, double *out) {
+#define CALL(g) dot8_avx512_G(x, q, C, f, out, g, 1)
     VFS_SWITCH_G(CALL)
 #undef CALL
 }
 VFS_INLINE VFS_AVX512 void dot_f32_avx512(const void *x, const void *const *q, int G, int C,
-                                          double *out) {
-#define CALL(g) dotf_avx512_G(x, q, C, out, g, 0)
+                                          double f, double *out) {
+#define CALL(g) dotf_avx512_G(x, q, C, f, out, g, 0)
     VFS_SWITCH_G(CALL)
 #undef CALL
 }
 VFS_INLINE VFS_AVX512 void dot_f16_avx512(const void *x, const void *const *q, int G, int C,
-                                          double *out) {
-#define CALL(g) dotf_avx512_G(x, q, C, out, g, 1)
+                                          double f, double *out) {
+#define CALL(g) dotf_avx512_G(x, q, C, f, out, g, 1)
     VFS_SWITCH_G(CALL)
 #undef CALL
 }
@@ -607,6 +630,10 @@ int vfs_scan(int level, int dtype, const void *feats, int64_t n, int H, int W, i
     for (int k = 0; k < K; ++k)
         if (dy[k] < 0 || dy[k] >= h || dx[k] < 0 || dx[k] >= w) return -1;
 
+    const int64_t P = (int64_t)O * K; /* every (offset, k) is exactly one (cell, k) pair */
+    if (P > 0x7fffffffLL - 16) return -1;
+    const int64_t qstride = (int64_t)C * (is8 ? 2 : 4);
+
     /* count groups */
     int64_t ngroups = 0;
     for (int c = 0; c < HW; ++c) {
@@ -619,15 +646,17 @@ int vfs_scan(int level, int dtype, const void *feats, int64_t n, int H, int W, i
         ngroups += (nk + gmax - 1) / gmax;
     }
     group_t *groups = (group_t *)calloc((size_t)(ngroups > 0 ? ngroups : 1), sizeof(group_t));
-    double *scratch = (double *)malloc(sizeof(double) * (size_t)(3 * O + 2 * K));
-    int *kbuf = (int *)malloc(sizeof(int) * (size_t)K * 2);
-    if (!groups || !scratch || !kbuf) {
+    double *scratch = (double *)malloc(sizeof(double) * (size_t)(3 * O + 2 * K + P + 16));
+    int32_t *ibuf = (int32_t *)malloc(sizeof(int32_t) * (size_t)(2 * P + 2 * K));
+    if (!groups || !scratch || !ibuf) {
         free(groups);
         free(scratch);
-        free(kbuf);
+        free(ibuf);
         return -3;
     }
+    int32_t *pidx = ibuf, *cidx = ibuf + P, *kbuf = ibuf + 2 * P;
     int gi = 0;
+    int32_t p = 0;
     for (int c = 0; c < HW; ++c) {
         const int y = c / W, x = c % W;
         int nk = 0;
@@ -648,9 +677,13 @@ int vfs_scan(int level, int dtype, const void *feats, int64_t n, int H, int W, i
             group_t *g = &groups[gi++];
             g->cell = c;
             g->G = G;
+            g->p0 = p;
             for (int t = 0; t < G; ++t) {
-                g->k[t] = kbuf[2 * (t0 + t)];
-                g->o[t] = kbuf[2 * (t0 + t) + 1];
+                const int k = kbuf[2 * (t0 + t)], o = kbuf[2 * (t0 + t) + 1];
+                g->q[t] = (const uint8_t *)qdata + (int64_t)k * qstride;
+                pidx[(int64_t)o * K + k] = p;
+                cidx[(int64_t)o * K + k] = c;
+                ++p;
             }
             t0 += G;
         }
@@ -675,11 +708,12 @@ int vfs_scan(int level, int dtype, const void *feats, int64_t n, int H, int W, i
     s.sqnorm = sqnorm;
     s.qerr2 = is8 ? qerr2 : NULL;
     s.O = O;
+    s.K = K;
     s.ngroups = gi;
     s.is8 = is8;
     s.groups = groups;
-    s.qbase = (const uint8_t *)qdata;
-    s.qstride = (int64_t)C * (is8 ? 2 : 4);
+    s.pidx = pidx;
+    s.cidx = cidx;
     s.wk = wk;
     s.m2 = m2d;
     s.qnorm = qnorm;
@@ -691,6 +725,7 @@ int vfs_scan(int level, int dtype, const void *feats, int64_t n, int H, int W, i
     s.num = scratch;
     s.den = scratch + O;
     s.qe = scratch + 2 * O;
+    s.dp = m2d + K;
 
     switch (level) {
 #ifdef VFS_X86
@@ -715,7 +750,7 @@ int vfs_scan(int level, int dtype, const void *feats, int64_t n, int H, int W, i
     }
     free(groups);
     free(scratch);
-    free(kbuf);
+    free(ibuf);
     return 0;
 }
 

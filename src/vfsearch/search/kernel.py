@@ -358,8 +358,10 @@ def _get_pool(nthreads: int) -> ThreadPoolExecutor:
         return _pool
 
 
-def _run_split(n: int, nthreads: int, fn, min_per_thread: int = _MIN_IMAGES_PER_THREAD) -> list:
-    """Call fn(i0, i1) on `nthreads` contiguous ranges of [0, n)."""
+def _run_split(n: int, nthreads: int, fn, min_per_thread: int | None = None) -> list:
+    """Call fn(i0, i1) on `nthreads` contiguous ranges of [0, n) (fewer when n is small)."""
+    if min_per_thread is None:
+        min_per_thread = _MIN_IMAGES_PER_THREAD
     t = max(1, min(nthreads, n // max(1, min_per_thread) or 1))
     if t == 1:
         return [fn(0, n)]

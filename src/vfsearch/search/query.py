@@ -118,22 +118,43 @@ def box_mask(box, size: tuple[int, int]) -> np.ndarray:
     return m
 
 
+_EXTRA_MODELS: dict[tuple[str, str], object] = {}
+
+
+def register_query_model(model) -> None:
+    """Make a :class:`~vfsearch.models.LoadedModel` (e.g. from ``from_module``) available for
+    external query images on caches built with it (matched by name and weights hash)."""
+    _EXTRA_MODELS[(model.name, model.weights_hash)] = model
+
+
 @lru_cache(maxsize=4)
-def _model_for(name: str):
+def _model_for(name: str, weights: str | None = None):
     from ..models import load_model
 
     with contextlib.redirect_stdout(io.StringIO()):
-        return load_model(name)
+        return load_model(name, weights)
+
+
+def _registered() -> list[str]:
+    from ..models import available_models
+
+    return available_models()
 
 
 def query_features(cache: FeatureCache, img: Image.Image, layer: str) -> np.ndarray:
     """Run an external image through the cache's model, layer and transform."""
     from ..extract import extract_image
 
-    if cache.model.startswith(("torchvision:", "timm:", "custom")):
-        raise BadQuery(f"external query images need the cache's model ({cache.model}); "
-                       "pass features or a dataset id instead")
-    lm = _model_for(cache.model)
+    lm = _EXTRA_MODELS.get((cache.model, cache.weights_hash))
+    if lm is None:
+        wp = cache.meta.get("weights_path")
+        if cache.model.startswith(("torchvision:", "timm:")) and not (wp and Path(wp).exists()):
+            raise BadQuery(f"external query images need the weights of {cache.model} "
+                           f"(recorded at {wp}, not found); query with a dataset id instead")
+        if cache.model not in _registered() and not cache.model.startswith(("torchvision:", "timm:")):
+            raise BadQuery(f"external query images on a {cache.model!r} cache need the model: call "
+                           "vfsearch.search.register_query_model(model) first")
+        lm = _model_for(cache.model, wp)
     if lm.weights_hash != cache.weights_hash:
         raise CacheMismatch(f"installed {cache.model} weights ({lm.weights_hash}) differ from the "
                             f"cache's ({cache.weights_hash})")

@@ -81,8 +81,7 @@ class TokenMiddleware:
         return await self.app(scope, receive, send_with_cookie)
 
 
-def create_app(caches, token: str | None = None, *, max_concurrent: int | None = None,
-               warm: bool = False) -> FastAPI:
+def create_app(caches, token: str | None = None, *, max_concurrent: int | None = None) -> FastAPI:
     """The web app for ``caches`` (a dict name → cache, or a list of caches / cache paths).
     With ``token``, every request must carry it."""
     state = caches if isinstance(caches, AppState) else AppState(caches, token=token,
@@ -188,6 +187,11 @@ def create_app(caches, token: str | None = None, *, max_concurrent: int | None =
             raise PayloadTooLarge(f"upload exceeds the {MAX_UPLOAD_BYTES / 1e6:.0f} MB limit")
         return await run_in_threadpool(state.add_upload, data, file.filename or "upload")
 
+    @app.get("/api/uploads/{uid}")
+    async def upload_info(uid: str):
+        u = state.upload(uid)
+        return {"upload": u.id, "name": u.name, "size": list(u.size)}
+
     @app.get("/api/uploads/{uid}/image")
     async def upload_image(uid: str):
         u = state.upload(uid)
@@ -249,13 +253,6 @@ def create_app(caches, token: str | None = None, *, max_concurrent: int | None =
     @app.get("/favicon.ico")
     async def favicon():
         return Response(status_code=204)
-
-    if warm:
-        @app.on_event("startup")
-        async def _warm():  # pragma: no cover - exercised by serve()
-            import threading
-
-            threading.Thread(target=state.warm_all, daemon=True).start()
 
     if state.token:
         app.add_middleware(TokenMiddleware, token=state.token)

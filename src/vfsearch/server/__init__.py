@@ -1,0 +1,72 @@
+"""The local web app: ``vfsearch serve CACHE [CACHE...]``.
+
+``create_app(caches, token=None)`` builds the FastAPI app (for tests, or to mount elsewhere);
+``serve(paths, ...)`` opens the caches, prints the URL and runs uvicorn.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import secrets
+import sys
+import threading
+import webbrowser
+from pathlib import Path
+
+from ..errors import VfsError
+from .app import create_app
+from .state import AppState
+
+__all__ = ["create_app", "serve", "is_loopback", "AppState"]
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost", "ip6-localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _url(host: str, port: int, token: str | None) -> str:
+    h = host
+    if host in ("0.0.0.0", "::", ""):
+        h = "127.0.0.1"
+    elif ":" in h and not h.startswith("["):
+        h = f"[{h}]"
+    return f"http://{h}:{port}/" + (f"?token={token}" if token else "")
+
+
+def serve(paths, host: str = "127.0.0.1", port: int = 8000, token: str | None = None,
+          open_browser: bool = False, image_root=None, *, log_level: str = "warning") -> None:
+    """Open the caches at ``paths``, print the URL and serve the app until interrupted.
+
+    Bound to a non-loopback address, the server requires a token (one is generated when none is
+    given), accepted as ``?token=``, a cookie, or ``Authorization: Bearer``.
+    """
+    import uvicorn
+
+    from ..cache import open_cache
+
+    paths = [Path(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
+    if not paths:
+        raise VfsError("give at least one cache to serve")
+    if image_root is not None and len(paths) != 1:
+        raise VfsError("--image-root re-points a single cache; serve one cache at a time with it")
+    caches = [open_cache(p, image_root=image_root) for p in paths]
+    if token is None and not is_loopback(host):
+        token = secrets.token_urlsafe(24)
+    state = AppState(caches, token=token)
+    app = create_app(state, token=token)
+    threading.Thread(target=state.warm_all, name="vfsearch-warm", daemon=True).start()
+    url = _url(host, port, token)
+    names = ", ".join(f"{n} ({len(e.cache)} images)" for n, e in state.caches.items())
+    print(f"vfsearch: serving {names}", file=sys.stderr)
+    print(f"vfsearch: open {url}", file=sys.stderr, flush=True)
+    if not is_loopback(host):
+        print("vfsearch: the server is reachable from other machines; share the token with care",
+              file=sys.stderr)
+    if open_browser:
+        threading.Timer(1.0, webbrowser.open, args=(url,)).start()
+    uvicorn.run(app, host=host, port=port, log_level=log_level)

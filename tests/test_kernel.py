@@ -1,0 +1,455 @@
+"""Tests of the search kernel (vfsearch.search.kernel) against the float64 reference."""
+
+from __future__ import annotations
+
+import math
+import warnings
+import zlib
+
+import numpy as np
+import pytest
+
+from vfsearch.search import kernel as K
+from vfsearch.search.reference import reference_scores
+
+BACKENDS = K.available_backends()
+DTYPES = ["float32", "float16", "uint8", "int8"]
+TOL = {"float32": 1e-5, "float16": 1e-4, "uint8": 2e-3, "int8": 2e-3}
+
+
+# --------------------------------------------------------------------------- #
+# helpers
+# --------------------------------------------------------------------------- #
+
+
+def make_feats(rng, n, H, W, C, dtype):
+    """Random features in `dtype` (+ scale/qerr2 for 8-bit).
+
+    Returns (feats, sqnorm, scale, qerr2, deq, orig): deq = what the kernel sees
+    (dequantised / f16-rounded, float64), orig = the unquantised float data."""
+    signed = dtype != "uint8"
+    x = np.array(rng.standard_normal((n, H, W, C)), dtype=np.float64)
+    if not signed:
+        x = np.abs(x) * (rng.random((n, H, W, C)) < 0.7)  # post-ReLU-like
+    x *= rng.uniform(0.2, 3.0, (n, H, W, 1))  # varying cell norms
+    x = x.astype(np.float32)
+    if dtype in ("uint8", "int8"):
+        qmax = 255 if dtype == "uint8" else 127
+        amax = np.abs(x).max(axis=-1)
+        scale = (amax / qmax).astype(np.float32)
+        safe = np.where(scale > 0, scale, 1.0)[..., None]
+        lo = 0 if dtype == "uint8" else -127
+        q = np.clip(np.rint(x / safe), lo, qmax).astype(dtype)
+        deq = q.astype(np.float64) * scale[..., None].astype(np.float64)
+        qerr2 = ((x.astype(np.float64) - deq) ** 2).sum(-1).astype(np.float32)
+        feats = q
+    else:
+        feats = x.astype(dtype)
+        deq = feats.astype(np.float64)
+        scale = qerr2 = None
+    sqnorm = (deq**2).sum(-1).astype(np.float32)
+    return feats, sqnorm, scale, qerr2, deq, x.astype(np.float64)
+
+
+def soft_mask(rng, H, W, box=None, density=0.7):
+    """Random soft mask with values in (0, 1] inside a random (or given) box."""
+    if box is None:
+        h = int(rng.integers(1, H + 1))
+        w = int(rng.integers(1, W + 1))
+        y0 = int(rng.integers(0, H - h + 1))
+        x0 = int(rng.integers(0, W - w + 1))
+    else:
+        y0, x0, h, w = box
+    m = np.zeros((H, W))
+    sub = rng.uniform(0.05, 1.0, (h, w)) * (rng.random((h, w)) < density)
+    sub[0, 0] = max(sub[0, 0], 0.5)  # keep the box's corners on so the crop is (h, w)
+    sub[-1, -1] = max(sub[-1, -1], 0.5)
+    m[y0 : y0 + h, x0 : x0 + w] = sub
+    return m
+
+
+def query_feats(rng, H, W, C, dtype):
+    q = rng.standard_normal((H, W, C)).astype(np.float32)
+    return np.abs(q) if dtype == "uint8" else q
+
+
+def unique_best(maps, margin=1e-3):
+    out = []
+    for m in maps:
+        v = np.sort(m.reshape(-1))[::-1]
+        out.append(len(v) == 1 or v[0] - v[1] > margin)
+    return np.array(out, dtype=bool)
+
+
+def check(res, feats_deq, orig, weights, qfeat, dtype):
+    ref_s, ref_o, maps = reference_scores(feats_deq, weights, qfeat)
+    tol = TOL[dtype]
+    assert res.score.dtype == np.float32 and res.offset.dtype == np.int32
+    assert res.upper.dtype == np.float32 and res.lower.dtype == np.float32
+    assert np.all(np.isfinite(res.score))
+    np.testing.assert_allclose(res.score, ref_s, rtol=0, atol=tol)
+    u = unique_best(maps, margin=max(10 * tol, 1e-3))
+    np.testing.assert_array_equal(res.offset[u], ref_o[u])
+    # the bounds hold the exact score: on the unquantised data for 8-bit,
+    # on the data as given for float types
+    exact = reference_scores(orig, weights, qfeat)[0] if dtype in ("uint8", "int8") else ref_s
+    assert np.all(res.lower <= exact + 1e-6), (res.lower, exact)
+    assert np.all(exact <= res.upper + 1e-6), (exact, res.upper)
+    assert np.all(res.lower <= res.score) and np.all(res.score <= res.upper)
+
+
+# --------------------------------------------------------------------------- #
+# main agreement tests
+# --------------------------------------------------------------------------- #
+
+
+def test_backends_listed():
+    assert "numpy" in BACKENDS
+    assert BACKENDS[-1] == "numpy"
+    assert set(BACKENDS) <= {"avx512", "avx2", "generic", "numpy"}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("C", [40, 112])
+def test_random_vs_reference(backend, dtype, C):
+    rng = np.random.default_rng(zlib.crc32(f"{backend}-{dtype}-{C}".encode()))
+    n, H, W = 7, 7, 6
+    feats, sqn, scale, qerr2, deq, orig = make_feats(rng, n, H, W, C, dtype)
+    for _ in range(2):
+        wts = soft_mask(rng, H, W)
+        qfeat = query_feats(rng, H, W, C, dtype)
+        q = K.PreparedQuery.from_grid(qfeat, wts)
+        res = K.scan(feats, sqn, q, scale=scale, qerr2=qerr2, backend=backend)
+        check(res, deq, orig, wts, qfeat, dtype)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_odd_widths(backend, dtype):
+    """C below / not a multiple of the vector width (scalar and masked tails)."""
+    rng = np.random.default_rng(7)
+    for C in (3, 17, 320, 37 + 32):
+        feats, sqn, scale, qerr2, deq, orig = make_feats(rng, 3, 4, 5, C, dtype)
+        wts = soft_mask(rng, 4, 5, box=(0, 1, 2, 3))
+        qfeat = query_feats(rng, 4, 5, C, dtype)
+        q = K.PreparedQuery.from_grid(qfeat, wts)
+        res = K.scan(feats, sqn, q, scale=scale, qerr2=qerr2, backend=backend)
+        check(res, deq, orig, wts, qfeat, dtype)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_edge_shapes(backend, dtype):
+    rng = np.random.default_rng(11)
+    C = 24
+    cases = [
+        (7, 6, (0, 0, 7, 6)),  # mask as large as the grid: one offset
+        (1, 1, (0, 0, 1, 1)),  # 1x1 grid
+        (5, 4, (2, 1, 1, 1)),  # one-cell mask
+        (3, 8, (0, 0, 1, 8)),  # a full row
+        (6, 5, (1, 0, 4, 1)),  # a column strip
+    ]
+    for H, W, box in cases:
+        feats, sqn, scale, qerr2, deq, orig = make_feats(rng, 4, H, W, C, dtype)
+        wts = soft_mask(rng, H, W, box=box, density=1.0)
+        qfeat = query_feats(rng, H, W, C, dtype)
+        q = K.PreparedQuery.from_grid(qfeat, wts)
+        assert (q.h, q.w) == box[2:]
+        res = K.scan(feats, sqn, q, scale=scale, qerr2=qerr2, backend=backend)
+        check(res, deq, orig, wts, qfeat, dtype)
+        if (q.h, q.w) == (H, W):
+            assert np.all(res.offset == 0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_best_at_bottom_right(backend, dtype):
+    """Plant the query at the last offset; it must win there with score ~1."""
+    rng = np.random.default_rng(5)
+    n, H, W, C = 3, 7, 7, 48
+    feats, sqn, scale, qerr2, deq, orig = make_feats(rng, n, H, W, C, dtype)
+    wts = soft_mask(rng, H, W, box=(1, 2, 3, 3), density=1.0)
+    qfeat = query_feats(rng, H, W, C, dtype)
+    q = K.PreparedQuery.from_grid(qfeat, wts)
+    # image 1: the query region copied (scaled) to the bottom-right offset
+    x = orig.copy()
+    x[1, H - 3 :, W - 3 :] = 2.0 * qfeat[1:4, 2:5]
+    feats, sqn, scale, qerr2, deq, orig = requantise(x, dtype)
+    res = K.scan(feats, sqn, q, scale=scale, qerr2=qerr2, backend=backend)
+    last = (H - 3 + 1) * (W - 3 + 1) - 1
+    assert res.offset[1] == last
+    assert res.score[1] > 0.99
+    check(res, deq, orig, wts, qfeat, dtype)
+
+
+def requantise(x, dtype):
+    """make_feats for given float data."""
+    n, H, W, C = x.shape
+
+    class R:  # a generator that returns x instead of random numbers
+        def standard_normal(self, shape):
+            return x
+
+        def random(self, shape):
+            return np.zeros(shape)
+
+        def uniform(self, lo, hi, shape):
+            return np.ones(shape)
+
+    feats, sqn, scale, qerr2, deq, orig = make_feats(R(), n, H, W, C, dtype)
+    return feats, sqn, scale, qerr2, deq, orig
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_zero_cells_and_n0(backend, dtype):
+    rng = np.random.default_rng(3)
+    n, H, W, C = 4, 5, 5, 33
+    feats, sqn, scale, qerr2, deq, orig = make_feats(rng, n, H, W, C, dtype)
+    x = orig.copy()
+    x[0] = 0.0  # a whole image of zeros: den = 0 everywhere
+    x[1, 2, 2] = 0.0  # one zero cell
+    x[2, :, :3] = 0.0
+    feats, sqn, scale, qerr2, deq, orig = requantise(x, dtype)
+    for box in ((2, 2, 1, 1), (0, 0, 2, 3)):
+        wts = soft_mask(rng, H, W, box=box, density=1.0)
+        qfeat = query_feats(rng, H, W, C, dtype)
+        q = K.PreparedQuery.from_grid(qfeat, wts)
+        res = K.scan(feats, sqn, q, scale=scale, qerr2=qerr2, backend=backend)
+        for a in (res.score, res.upper, res.lower):
+            assert np.all(np.isfinite(a))
+        assert res.score[0] == 0.0 and res.offset[0] == 0
+        check(res, deq, orig, wts, qfeat, dtype)
+    # n = 0
+    q = K.PreparedQuery.from_grid(query_feats(rng, H, W, C, dtype), soft_mask(rng, H, W))
+    res = K.scan(feats[:0], sqn[:0], q, scale=None if scale is None else scale[:0],
+                 qerr2=None if qerr2 is None else qerr2[:0], backend=backend)  # fmt: skip
+    assert res.score.shape == res.offset.shape == res.upper.shape == res.lower.shape == (0,)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_zero_query(backend):
+    rng = np.random.default_rng(4)
+    feats, sqn, scale, qerr2, deq, orig = make_feats(rng, 3, 4, 4, 16, "uint8")
+    wts = soft_mask(rng, 4, 4, box=(0, 0, 2, 2))
+    q = K.PreparedQuery.from_grid(np.zeros((4, 4, 16), np.float32), wts)
+    assert q.qnorm == 0.0
+    res = K.scan(feats, sqn, q, scale=scale, qerr2=qerr2, backend=backend)
+    assert np.all(res.score == 0) and np.all(res.offset == 0)
+    assert np.all(res.lower <= 0) and np.all(res.upper >= 0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", ["uint8", "int8"])
+def test_8bit_is_exact_integer_arithmetic(backend, dtype):
+    """The 8-bit score is the cosine of the int16-rounded query with the
+    dequantised features, computed exactly (int32 dots), up to float rounding;
+    extreme values must not overflow."""
+    rng = np.random.default_rng(8)
+    n, H, W, C = 5, 4, 4, 1024  # C*255*16383 would overflow int32 here
+    hi = 255 if dtype == "uint8" else 127
+    lo = 0 if dtype == "uint8" else -127
+    feats = rng.integers(lo, hi + 1, (n, H, W, C)).astype(dtype)
+    feats[0] = hi  # the largest possible dots
+    if dtype == "int8":
+        feats[0, ..., 1::2] = -127  # aligned with the query's sign pattern
+        feats[1] = -128  # outside the symmetric range, still int8
+    scale = rng.uniform(0.001, 0.01, (n, H, W)).astype(np.float32)
+    deq = feats.astype(np.float64) * scale[..., None]
+    sqn = (deq**2).sum(-1).astype(np.float32)
+    wts = soft_mask(rng, H, W, box=(0, 0, 2, 3), density=1.0)
+    qfeat = np.full((H, W, C), 3.0, np.float32)
+    qfeat[..., ::7] = 1e-3
+    if dtype == "int8":
+        qfeat[..., 1::2] *= -1
+    q = K.PreparedQuery.from_grid(qfeat, wts)
+    qz = K._quantised(q)
+    assert np.abs(qz.qi).max() <= min(16383, (2**31 - 1) // (C * 255))
+    res = K.scan(feats, sqn, q, scale=scale, backend=backend)
+    # float64 model of the kernel with the rounded query
+    OH, OW = H - q.h + 1, W - q.w + 1
+    s = np.zeros((n, OH, OW))
+    den = np.zeros((n, OH, OW))
+    for k in range(q.K):
+        y, x = q.dy[k], q.dx[k]
+        cells = feats[:, y : y + OH, x : x + OW].astype(np.int64)
+        idot = (cells * qz.qi[k].astype(np.int64)).sum(-1)
+        s += scale[:, y : y + OH, x : x + OW] * float(qz.sq[k]) * idot
+        den += float(q.m2[k]) * sqn[:, y : y + OH, x : x + OW]
+    s = (s / (q.qnorm * np.sqrt(den))).reshape(n, -1)
+    np.testing.assert_allclose(res.score, s.max(1), rtol=0, atol=2e-6)
+    assert res.score[0] > 0.5  # no int32 wrap-around
+    # and the rounding term of the bound covers the difference to the exact query
+    ref = reference_scores(deq, wts, qfeat)[0]
+    assert np.all(np.abs(res.score - ref) <= qz.eps_q + 1e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_query_rounding_bound_is_tight(backend):
+    """Features aligned with the query's rounding error: the score moves by
+    (almost) exactly eps_q, and the bounds still hold."""
+    rng = np.random.default_rng(17)
+    H, W, C = 2, 2, 64
+    wts = np.array([[0.1, 0.3], [1.0, 0.05]])
+    qfeat = rng.standard_normal((H, W, C)).astype(np.float32)
+    q = K.PreparedQuery.from_grid(qfeat, wts)
+    qz = K._quantised(q)
+    R = qz.sq[:, None].astype(np.float64) * qz.qi - q.qf.astype(np.float64)
+    x = (R / q.m2[:, None].astype(np.float64)).reshape(1, H, W, C)  # worst case for the rounding
+    for sign in (1.0, -1.0):
+        feats, sqn, scale, qerr2, deq, orig = requantise(sign * x, "int8")
+        res = K.scan(feats, sqn, q, scale=scale, backend=backend)
+        exact = reference_scores(deq, wts, qfeat)[0]
+        moved = abs(float(res.score[0]) - exact[0])
+        assert 0.9 * qz.eps_q <= moved <= qz.eps_q + 1e-6
+        assert res.lower[0] <= exact[0] <= res.upper[0]
+
+
+# --------------------------------------------------------------------------- #
+# threads, chunking, backends
+# --------------------------------------------------------------------------- #
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_threads_and_chunks(backend, monkeypatch):
+    """n not a multiple of the thread chunk; any thread count gives the same result."""
+    monkeypatch.setattr(K, "_NUMPY_CHUNK", 8)
+    monkeypatch.setattr(K, "_MIN_IMAGES_PER_THREAD", 4)
+    rng = np.random.default_rng(9)
+    feats, sqn, scale, qerr2, deq, orig = make_feats(rng, 53, 5, 5, 20, "uint8")
+    wts = soft_mask(rng, 5, 5, box=(1, 1, 2, 3))
+    q = K.PreparedQuery.from_grid(query_feats(rng, 5, 5, 20, "uint8"), wts)
+    base = K.scan(feats, sqn, q, scale=scale, qerr2=qerr2, threads=1, backend=backend)
+    for t in (2, 3, 8):
+        r = K.scan(feats, sqn, q, scale=scale, qerr2=qerr2, threads=t, backend=backend)
+        for f in ("score", "offset", "upper", "lower"):
+            np.testing.assert_array_equal(getattr(r, f), getattr(base, f))
+    # a memmap-like contiguous slice in the middle
+    r = K.scan(feats[10:31], sqn[10:31], q, scale=scale[10:31], qerr2=qerr2[10:31], threads=2, backend=backend)
+    np.testing.assert_array_equal(r.score, base.score[10:31])
+    np.testing.assert_array_equal(r.offset, base.offset[10:31])
+
+
+def test_backends_agree():
+    rng = np.random.default_rng(10)
+    for dtype in DTYPES:
+        feats, sqn, scale, qerr2, deq, orig = make_feats(rng, 9, 7, 7, 72, dtype)
+        q = K.PreparedQuery.from_grid(query_feats(rng, 7, 7, 72, dtype), soft_mask(rng, 7, 7, box=(2, 1, 3, 3)))
+        res = [K.scan(feats, sqn, q, scale=scale, qerr2=qerr2, backend=b) for b in BACKENDS]
+        for r in res[1:]:
+            np.testing.assert_allclose(r.score, res[0].score, rtol=0, atol=2e-6)
+            np.testing.assert_allclose(r.upper, res[0].upper, rtol=0, atol=2e-6)
+            np.testing.assert_allclose(r.lower, res[0].lower, rtol=0, atol=2e-6)
+
+
+def test_env_forces_backend(monkeypatch):
+    rng = np.random.default_rng(12)
+    feats, sqn, scale, qerr2, deq, orig = make_feats(rng, 2, 3, 3, 8, "float32")
+    q = K.PreparedQuery.from_grid(query_feats(rng, 3, 3, 8, "float32"), soft_mask(rng, 3, 3))
+    calls = []
+    real = K._scan_numpy
+    monkeypatch.setattr(K, "_scan_numpy", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setenv("VFSEARCH_KERNEL", "numpy")
+    K.scan(feats, sqn, q)
+    assert calls
+    monkeypatch.setenv("VFSEARCH_KERNEL", "no-such-backend")
+    with pytest.raises(RuntimeError):
+        K.scan(feats, sqn, q)
+    monkeypatch.delenv("VFSEARCH_KERNEL")
+    with pytest.raises(ValueError):
+        K.scan(feats, sqn, q, backend="no-such-backend")
+
+
+def test_build_failure_falls_back_to_numpy(monkeypatch, tmp_path):
+    monkeypatch.setattr(K, "_lib", None)
+    monkeypatch.setattr(K, "_backends", None)
+    monkeypatch.setattr(K, "_warned", set())
+    monkeypatch.setenv("VFSEARCH_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    with pytest.warns(RuntimeWarning, match="numpy"):
+        assert K.available_backends() == ["numpy"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once only
+        assert K.available_backends() == ["numpy"]
+        rng = np.random.default_rng(13)
+        feats, sqn, scale, qerr2, deq, orig = make_feats(rng, 3, 4, 4, 8, "uint8")
+        wts = soft_mask(rng, 4, 4)
+        qfeat = query_feats(rng, 4, 4, 8, "uint8")
+        res = K.scan(feats, sqn, K.PreparedQuery.from_grid(qfeat, wts), scale=scale, qerr2=qerr2)
+        check(res, deq, orig, wts, qfeat, "uint8")
+
+
+@pytest.mark.skipif("generic" not in BACKENDS, reason="no C compiler")
+def test_simd_self_check_passes():
+    lib, _ = K._load()
+    for b in BACKENDS:
+        if b in ("avx2", "avx512"):
+            assert K._self_check(lib, b) == (True, "")
+
+
+# --------------------------------------------------------------------------- #
+# query preparation, score_map, read_floor, input checks
+# --------------------------------------------------------------------------- #
+
+
+def test_prepared_query_from_grid():
+    rng = np.random.default_rng(14)
+    qfeat = rng.standard_normal((6, 7, 5)).astype(np.float32)
+    wts = np.zeros((6, 7))
+    wts[1, 2] = 0.5
+    wts[3, 4] = 1.0
+    wts[2, 3] = 0.25
+    q = K.PreparedQuery.from_grid(qfeat, wts)
+    assert (q.h, q.w) == (3, 3)
+    np.testing.assert_array_equal(q.dy, [0, 1, 2])
+    np.testing.assert_array_equal(q.dx, [0, 1, 2])
+    assert q.dy.dtype == q.dx.dtype == np.int32
+    np.testing.assert_allclose(q.m2, [0.25, 0.0625, 1.0])
+    np.testing.assert_allclose(q.qf[1], 0.0625 * qfeat[2, 3], rtol=1e-6)
+    expect = math.sqrt(sum(w**2 * float(np.dot(qfeat[y, x].astype(np.float64), qfeat[y, x].astype(np.float64))) for (y, x), w in
+                           [((1, 2), 0.5), ((3, 4), 1.0), ((2, 3), 0.25)]))  # fmt: skip
+    assert q.qnorm == pytest.approx(expect, rel=1e-12)
+    with pytest.raises(ValueError):
+        K.PreparedQuery.from_grid(qfeat, np.zeros((6, 7)))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_score_map(dtype):
+    rng = np.random.default_rng(15)
+    feats, sqn, scale, qerr2, deq, orig = make_feats(rng, 2, 6, 5, 30, dtype)
+    wts = soft_mask(rng, 6, 5, box=(0, 1, 3, 2))
+    qfeat = query_feats(rng, 6, 5, 30, dtype)
+    q = K.PreparedQuery.from_grid(qfeat, wts)
+    _, _, maps = reference_scores(deq, wts, qfeat)
+    for i in range(2):
+        m = K.score_map(feats[i], sqn[i], q, scale=None if scale is None else scale[i])
+        assert m.shape == (4, 4) and m.dtype == np.float64
+        np.testing.assert_allclose(m, maps[i], rtol=0, atol=1e-6)
+
+
+def test_read_floor():
+    a = np.arange(1 << 20, dtype=np.uint8).reshape(256, -1)
+    K.read_floor(a)
+    K.read_floor(a, threads=3)
+    K.read_floor(a[:0])
+    K.read_floor(np.zeros(17, np.float16), threads=2)
+    with pytest.raises(ValueError):
+        K.read_floor(a[:, ::2])
+
+
+def test_input_checks():
+    rng = np.random.default_rng(16)
+    feats, sqn, scale, qerr2, deq, orig = make_feats(rng, 2, 4, 4, 8, "uint8")
+    q = K.PreparedQuery.from_grid(query_feats(rng, 4, 4, 8, "uint8"), soft_mask(rng, 4, 4))
+    with pytest.raises(ValueError):
+        K.scan(feats, sqn, q)  # 8-bit needs scale
+    with pytest.raises(ValueError):
+        K.scan(feats[..., :4], sqn, q, scale=scale)  # C mismatch
+    with pytest.raises(ValueError):
+        K.scan(feats, sqn[:1], q, scale=scale)
+    with pytest.raises(TypeError):
+        K.scan(feats.astype(np.float64), sqn, q)
+    q_big = K.PreparedQuery.from_grid(np.ones((5, 5, 8), np.float32), np.ones((5, 5)))
+    with pytest.raises(ValueError):
+        K.scan(feats, sqn, q_big, scale=scale)
