@@ -21,7 +21,7 @@ from PIL import Image
 
 from vfsearch import index
 from vfsearch.images import load_image
-from vfsearch.search import search
+from vfsearch.engine import search
 
 LAYERS = ["blocks.5", "blocks.8", "blocks.10", "blocks.12", "blocks.14", "blocks.15", "head"]
 

@@ -3,8 +3,10 @@
     python benchmarks/kernel_micro.py [--n 50000] [--nf 10000] [--reps 5] [--threads T]
 
 uint8: n images x 7x7x512 (50k -> 1.25 GB); float16/float32 at --nf images
-(10k -> 0.5 / 1.0 GB). Query: 3x3 cells with a soft mask. Each row: median of
---reps runs after one warm-up; ratio = time / read_floor time of the same array.
+(10k -> 0.5 / 1.0 GB); the numpy backend at --numpy-n images (median of 2).
+Query: 3x3 cells with a soft mask. Timed in rounds (read_floor, then each
+backend) after a warm-up round; each row is the median of --reps rounds;
+"x floor" = time / (median read_floor time of the same array, scaled to n).
 """
 
 from __future__ import annotations
@@ -15,17 +17,7 @@ import time
 
 import numpy as np
 
-from vfsearch.search import kernel as K
-
-
-def _median_time(fn, reps: int) -> float:
-    fn()  # warm-up
-    ts = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
+from vfsearch.engine import kernel as K
 
 
 def _make_u8(n: int, H: int, W: int, C: int, rng) -> np.ndarray:
@@ -45,7 +37,9 @@ def main() -> None:
     ap.add_argument("--nf", type=int, default=10_000, help="images for float16/float32")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--numpy-n", type=int, default=5_000, help="images for the numpy backend (slow)")
+    ap.add_argument(
+        "--numpy-n", type=int, default=5_000, help="images for the numpy backend (slow)"
+    )
     args = ap.parse_args()
 
     H = W = 7
@@ -63,15 +57,32 @@ def main() -> None:
     rows = []
 
     def bench(label, feats, sqnorm, scale, qerr2, backend_list):
+        """Rounds of (read_floor, each backend), so that every timing sees the
+        same machine state; median per row over the rounds after a warm-up."""
         n = feats.shape[0]
-        floor = _median_time(lambda: K.read_floor(feats, threads=threads), args.reps)
-        rows.append((label, "read_floor", n, floor, floor))
+        jobs = [("read_floor", n, lambda: K.read_floor(feats, threads=threads))]
         for b in backend_list:
             nb = n if b != "numpy" else min(n, args.numpy_n)
-            f, s, sc, qe = feats[:nb], sqnorm[:nb], None if scale is None else scale[:nb], None if qerr2 is None else qerr2[:nb]
-            reps = args.reps if b != "numpy" else 1
-            t = _median_time(lambda: K.scan(f, s, query, scale=sc, qerr2=qe, threads=threads, backend=b), reps)
-            rows.append((label, b, nb, t, floor * nb / n))
+            kw = {
+                "scale": None if scale is None else scale[:nb],
+                "qerr2": None if qerr2 is None else qerr2[:nb],
+                "threads": threads,
+                "backend": b,
+            }
+            f, s = feats[:nb], sqnorm[:nb]
+            jobs.append((b, nb, lambda f=f, s=s, kw=kw: K.scan(f, s, query, **kw)))
+        times: dict[str, list[float]] = {name: [] for name, _, _ in jobs}
+        for r in range(args.reps + 1):
+            for name, _, fn in jobs:
+                if name == "numpy" and r > 2:
+                    continue  # slow: warm-up + 2 timed runs
+                t = time.perf_counter()
+                fn()
+                if r > 0:
+                    times[name].append(time.perf_counter() - t)
+        floor = statistics.median(times["read_floor"])
+        for name, nb, _ in jobs:
+            rows.append((label, name, nb, statistics.median(times[name]), floor * nb / n))
 
     # uint8
     x = _make_u8(args.n, H, W, C, rng)

@@ -32,7 +32,7 @@ def sample_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def model():
-    from vfsearch.search.query import _model_for
+    from vfsearch.engine.query import _model_for
 
     return _model_for("efficientnet-lite0")
 

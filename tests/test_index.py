@@ -95,9 +95,9 @@ def test_interrupted_run_resumes_to_identical_arrays(tmp_path, model):
 def test_kill_9_mid_run_then_rerun_equals_uninterrupted(tmp_path, model):
     src = _tiny_set(tmp_path / "imgs", 24)
     args = ["index", str(src), "--chunk", "2", "--batch-size", "2", "--workers", "0", "-q",
-            "--layer", "blocks.15"]
+            "--layer", "blocks.15", "--threads", "1"]
     ref = index(src, tmp_path / "ref", model=model, layers=["blocks.15"], chunk=2, batch_size=2,
-                workers=0, progress=False).cache
+                workers=0, progress=False, threads=1).cache
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "vfsearch.cli", *args, "--out", str(out)]
     p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -145,7 +145,7 @@ def test_new_images_are_added_and_changed_files_reindexed(tmp_path, model):
 def test_other_layer_or_transform_or_dtype_is_refused(tmp_path, model):
     src = _tiny_set(tmp_path / "imgs", 2)
     index(src, tmp_path / "c", model=model, workers=0, progress=False)
-    for kw, what in [({"layers": ["blocks.10"]}, "layers"), ({"mode": "whole"}, "transform"),
+    for kw, what in [({"layers": ["blocks.15"]}, "layers"), ({"mode": "whole"}, "transform"),
                      ({"dtype": "f16"}, "dtype")]:
         with pytest.raises(CacheMismatch, match=what):
             index(src, tmp_path / "c", model=model, workers=0, progress=False, **kw)

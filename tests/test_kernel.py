@@ -1,4 +1,4 @@
-"""Tests of the search kernel (vfsearch.search.kernel) against the float64 reference."""
+"""Tests of the search kernel (vfsearch.engine.kernel) against the float64 reference."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import zlib
 import numpy as np
 import pytest
 
-from vfsearch.search import kernel as K
-from vfsearch.search.reference import reference_scores
+from vfsearch.engine import kernel as K
+from vfsearch.engine.reference import reference_scores
 
 BACKENDS = K.available_backends()
 DTYPES = ["float32", "float16", "uint8", "int8"]
@@ -231,7 +231,7 @@ def test_zero_cells_and_n0(backend, dtype):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_zero_query(backend):
     rng = np.random.default_rng(4)
-    feats, sqn, scale, qerr2, deq, orig = make_feats(rng, 3, 4, 4, 16, "uint8")
+    feats, sqn, scale, qerr2, _deq, _orig = make_feats(rng, 3, 4, 4, 16, "uint8")
     wts = soft_mask(rng, 4, 4, box=(0, 0, 2, 2))
     q = K.PreparedQuery.from_grid(np.zeros((4, 4, 16), np.float32), wts)
     assert q.qnorm == 0.0
@@ -298,7 +298,7 @@ def test_query_rounding_bound_is_tight(backend):
     R = qz.sq[:, None].astype(np.float64) * qz.qi - q.qf.astype(np.float64)
     x = (R / q.m2[:, None].astype(np.float64)).reshape(1, H, W, C)  # worst case for the rounding
     for sign in (1.0, -1.0):
-        feats, sqn, scale, qerr2, deq, orig = requantise(sign * x, "int8")
+        feats, sqn, scale, _qerr2, deq, _orig = requantise(sign * x, "int8")
         res = K.scan(feats, sqn, q, scale=scale, backend=backend)
         exact = reference_scores(deq, wts, qfeat)[0]
         moved = abs(float(res.score[0]) - exact[0])
@@ -317,7 +317,7 @@ def test_threads_and_chunks(backend, monkeypatch):
     monkeypatch.setattr(K, "_NUMPY_CHUNK", 8)
     monkeypatch.setattr(K, "_MIN_IMAGES_PER_THREAD", 4)
     rng = np.random.default_rng(9)
-    feats, sqn, scale, qerr2, deq, orig = make_feats(rng, 53, 5, 5, 20, "uint8")
+    feats, sqn, scale, qerr2, _deq, _orig = make_feats(rng, 53, 5, 5, 20, "uint8")
     wts = soft_mask(rng, 5, 5, box=(1, 1, 2, 3))
     q = K.PreparedQuery.from_grid(query_feats(rng, 5, 5, 20, "uint8"), wts)
     base = K.scan(feats, sqn, q, scale=scale, qerr2=qerr2, threads=1, backend=backend)
@@ -326,7 +326,15 @@ def test_threads_and_chunks(backend, monkeypatch):
         for f in ("score", "offset", "upper", "lower"):
             np.testing.assert_array_equal(getattr(r, f), getattr(base, f))
     # a memmap-like contiguous slice in the middle
-    r = K.scan(feats[10:31], sqn[10:31], q, scale=scale[10:31], qerr2=qerr2[10:31], threads=2, backend=backend)
+    r = K.scan(
+        feats[10:31],
+        sqn[10:31],
+        q,
+        scale=scale[10:31],
+        qerr2=qerr2[10:31],
+        threads=2,
+        backend=backend,
+    )
     np.testing.assert_array_equal(r.score, base.score[10:31])
     np.testing.assert_array_equal(r.offset, base.offset[10:31])
 
@@ -334,8 +342,10 @@ def test_threads_and_chunks(backend, monkeypatch):
 def test_backends_agree():
     rng = np.random.default_rng(10)
     for dtype in DTYPES:
-        feats, sqn, scale, qerr2, deq, orig = make_feats(rng, 9, 7, 7, 72, dtype)
-        q = K.PreparedQuery.from_grid(query_feats(rng, 7, 7, 72, dtype), soft_mask(rng, 7, 7, box=(2, 1, 3, 3)))
+        feats, sqn, scale, qerr2, _deq, _orig = make_feats(rng, 9, 7, 7, 72, dtype)
+        q = K.PreparedQuery.from_grid(
+            query_feats(rng, 7, 7, 72, dtype), soft_mask(rng, 7, 7, box=(2, 1, 3, 3))
+        )
         res = [K.scan(feats, sqn, q, scale=scale, qerr2=qerr2, backend=b) for b in BACKENDS]
         for r in res[1:]:
             np.testing.assert_allclose(r.score, res[0].score, rtol=0, atol=2e-6)
@@ -345,7 +355,7 @@ def test_backends_agree():
 
 def test_env_forces_backend(monkeypatch):
     rng = np.random.default_rng(12)
-    feats, sqn, scale, qerr2, deq, orig = make_feats(rng, 2, 3, 3, 8, "float32")
+    feats, sqn, _scale, _qerr2, _deq, _orig = make_feats(rng, 2, 3, 3, 8, "float32")
     q = K.PreparedQuery.from_grid(query_feats(rng, 3, 3, 8, "float32"), soft_mask(rng, 3, 3))
     calls = []
     real = K._scan_numpy
@@ -407,8 +417,9 @@ def test_prepared_query_from_grid():
     assert q.dy.dtype == q.dx.dtype == np.int32
     np.testing.assert_allclose(q.m2, [0.25, 0.0625, 1.0])
     np.testing.assert_allclose(q.qf[1], 0.0625 * qfeat[2, 3], rtol=1e-6)
-    expect = math.sqrt(sum(w**2 * float(np.dot(qfeat[y, x].astype(np.float64), qfeat[y, x].astype(np.float64))) for (y, x), w in
-                           [((1, 2), 0.5), ((3, 4), 1.0), ((2, 3), 0.25)]))  # fmt: skip
+    q64 = qfeat.astype(np.float64)
+    cells = [((1, 2), 0.5), ((3, 4), 1.0), ((2, 3), 0.25)]
+    expect = math.sqrt(sum(w**2 * float(q64[y, x] @ q64[y, x]) for (y, x), w in cells))
     assert q.qnorm == pytest.approx(expect, rel=1e-12)
     with pytest.raises(ValueError):
         K.PreparedQuery.from_grid(qfeat, np.zeros((6, 7)))
@@ -417,7 +428,7 @@ def test_prepared_query_from_grid():
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_score_map(dtype):
     rng = np.random.default_rng(15)
-    feats, sqn, scale, qerr2, deq, orig = make_feats(rng, 2, 6, 5, 30, dtype)
+    feats, sqn, scale, _qerr2, deq, _orig = make_feats(rng, 2, 6, 5, 30, dtype)
     wts = soft_mask(rng, 6, 5, box=(0, 1, 3, 2))
     qfeat = query_feats(rng, 6, 5, 30, dtype)
     q = K.PreparedQuery.from_grid(qfeat, wts)
@@ -440,7 +451,7 @@ def test_read_floor():
 
 def test_input_checks():
     rng = np.random.default_rng(16)
-    feats, sqn, scale, qerr2, deq, orig = make_feats(rng, 2, 4, 4, 8, "uint8")
+    feats, sqn, scale, _qerr2, _deq, _orig = make_feats(rng, 2, 4, 4, 8, "uint8")
     q = K.PreparedQuery.from_grid(query_feats(rng, 4, 4, 8, "uint8"), soft_mask(rng, 4, 4))
     with pytest.raises(ValueError):
         K.scan(feats, sqn, q)  # 8-bit needs scale

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from vfsearch import BadMask, BadQuery, index, make_query, open_cache, search, search_many
-from vfsearch.search import exact_scores
+from vfsearch.engine import exact_scores
 
 
 def _iou(a, b):

@@ -17,7 +17,7 @@ from .errors import (
 )
 from .extract import FeatureExtractor, index
 from .models import DEFAULT_MODEL, from_module, list_layers, load_model
-from .search import Match, Query, SearchResult, make_query, search, search_many
+from .engine import Match, Query, SearchResult, make_query, search, search_many
 from .transforms import Transform
 
 __version__ = "0.1.0"

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .search import kernel
-from .search.engine import _topk, exact_scores
+from .engine import kernel
+from .engine.searcher import _topk, exact_scores
 
 __all__ = ["run_bench", "reference_method"]
 
@@ -212,7 +212,7 @@ def run_bench(sizes=(25_000, 50_000, 75_000, 100_000), repeat: int = 3, referenc
               threads: int | None = None, log=print) -> dict:
     """Run the benchmark; returns (and optionally writes) the results as JSON + markdown."""
     from .cache import open_cache
-    from .search.engine import _scan_all
+    from .engine.searcher import _scan_all
 
     sizes = sorted(int(s) for s in sizes)
     nmax = sizes[-1]

@@ -67,11 +67,10 @@ def quantize(x: np.ndarray, dtype: str, nonnegative: bool):
     """
     x = np.asarray(x, dtype=np.float32)
     if dtype == "f32":
-        return x, None, np.einsum("nhwc,nhwc->nhw", x, x), None
+        return x, None, _sqsum(x), None
     if dtype == "f16":
         h = x.astype(np.float16)
-        hf = h.astype(np.float32)
-        return h, None, np.einsum("nhwc,nhwc->nhw", hf, hf), None
+        return h, None, _sqsum(h.astype(np.float32)), None
     if nonnegative:
         if (x < 0).any():
             raise CacheError("layer marked non-negative produced negative values; use --dtype f16")
@@ -83,12 +82,13 @@ def quantize(x: np.ndarray, dtype: str, nonnegative: bool):
     q = np.clip(np.rint(x / safe), lo, qmax).astype(npdt)
     deq = q.astype(np.float32) * scale[..., None]
     err = x - deq
-    return (
-        q,
-        scale,
-        np.einsum("nhwc,nhwc->nhw", deq, deq),
-        np.einsum("nhwc,nhwc->nhw", err, err),
-    )
+    return q, scale, _sqsum(deq), _sqsum(err)
+
+
+def _sqsum(a: np.ndarray) -> np.ndarray:
+    """Per-cell squared norm, summed in float64 so the float32 result does not depend on memory
+    alignment or thread count (a resumed or distributed run writes identical bytes)."""
+    return np.einsum("nhwc,nhwc->nhw", a, a, dtype=np.float64).astype(np.float32)
 
 
 def stored_dtype(dtype: str, nonnegative: bool) -> np.dtype:

@@ -63,9 +63,14 @@ def _echo_json(obj) -> None:
               show_default=True)
 @click.option("--max-pixels", default=100_000_000, show_default=True, type=int,
               help="Refuse images with more pixels (decompression bombs).")
+@click.option("--scheduler", default=None,
+              help="Dask: local:N (N worker processes) or a scheduler address; workers write chunks.")
+@click.option("--threads", default=None, type=click.IntRange(1, 256),
+              help="torch threads for the forward pass (default: torch's).")
 @click.option("--quiet", "-q", is_flag=True)
 def index_cmd(images, out, model, weights, layers, dtype, refine, mode, image_root, label_from,
-              label_pattern, batch_size, workers, device, chunk, compression, max_pixels, quiet):
+              label_pattern, batch_size, workers, device, chunk, compression, max_pixels, scheduler,
+              threads, quiet):
     """Extract features of IMAGES (folder, .txt list or .csv) into a resumable cache."""
     from .extract import index
     from .models import DEFAULT_MODEL
@@ -75,7 +80,8 @@ def index_cmd(images, out, model, weights, layers, dtype, refine, mode, image_ro
         dtype=dtype, refine=refine, mode=mode, image_root=image_root,
         label_from=None if label_from == "none" else label_from, label_pattern=label_pattern,
         batch_size=batch_size, workers=workers, device=device, chunk=chunk,
-        compression=compression, max_pixels=max_pixels, progress=not quiet,
+        compression=compression, max_pixels=max_pixels, progress=not quiet, scheduler=scheduler,
+        threads=threads,
     )
     c = rep.cache
     ips = f"{rep.images_per_second:.1f} images/s" if rep.indexed else "nothing to do"
@@ -179,21 +185,22 @@ def _parse_box(text: str | None):
               help="Drop near-duplicates (pooled-feature cosine ≥ this).")
 @click.option("--memory", default=None, help="Stream the cache within this RAM budget (e.g. 2G).")
 @click.option("--image-root", type=click.Path(path_type=Path), default=None)
+@click.option("--scheduler", default=None, help="Dask: local:N or a scheduler address.")
 @click.option("--json", "as_json", is_flag=True)
 def search_cmd(cache, image, mask, box, whole, layer, k, include_self, dedup, memory, image_root,
-               as_json):
+               scheduler, as_json):
     """Find the K most similar regions to a query region."""
     import time
 
     from .cache import open_cache
-    from .search import search
+    from .engine import search
 
     c = open_cache(cache, image_root=image_root)
     query = int(image) if image.isdigit() else image
     t0 = time.perf_counter()
     res = search(c, query, mask=str(mask) if mask else None, box=_parse_box(box), whole=whole,
                  layer=layer, k=k, exclude_self=not include_self, dedup=dedup,
-                 memory=_parse_bytes(memory) if memory else "auto")
+                 memory=_parse_bytes(memory) if memory else "auto", scheduler=scheduler)
     dt = time.perf_counter() - t0
     if as_json:
         d = res.to_dict()
@@ -235,7 +242,7 @@ def explain_cmd(cache, image, mask, box, whole, layer, result_id, method, mode, 
     from .cache import open_cache
     from .explain import explain, render_overlay
     from .images import load_image
-    from .search import make_query
+    from .engine import make_query
 
     c = open_cache(cache)
     query = int(image) if image.isdigit() else image
@@ -341,6 +348,16 @@ def _parse_bytes(text: str) -> int:
 
         raise VfsError(f"cannot read a size from {text!r} (use e.g. 512M or 2G)") from None
 
+
+def _register_plugins() -> None:
+    from .embed import map_cmd
+    from .evaluate import eval_cmd
+
+    main.add_command(eval_cmd, "eval")
+    main.add_command(map_cmd, "map")
+
+
+_register_plugins()
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -32,8 +32,8 @@ from .cache import FeatureCache
 from .errors import BadQuery, VfsError
 from .extract import FeatureExtractor
 from .images import load_image
-from .search.engine import exact_scores
-from .search.query import Query
+from .engine.searcher import exact_scores
+from .engine.query import Query
 
 __all__ = [
     "Explanation",
@@ -90,7 +90,7 @@ class Explainer:
     # -- shared helpers ----------------------------------------------------------------------
     def model(self):
         if self._model is None:
-            from .search.query import _EXTRA_MODELS, _model_for
+            from .engine.query import _EXTRA_MODELS, _model_for
 
             self._model = _EXTRA_MODELS.get((self.cache.model, self.cache.weights_hash)) or _model_for(
                 self.cache.model, self.cache.meta.get("weights_path"))

@@ -222,6 +222,8 @@ def index(
     progress: bool | Callable[[int, int], None] = True,
     check_disk: bool = True,
     max_batches: int | None = None,
+    scheduler: str | None = None,
+    threads: int | None = None,
 ) -> IndexReport:
     """Index images into a feature cache at ``out`` (created, resumed or extended).
 
@@ -320,10 +322,26 @@ def index(
               f"[{', '.join(layers)}] as {dtype}; estimated size ≤ {est / 1e6:.1f} MB",
               file=sys.stderr)
 
-    if len(pending):
-        _run(root, meta, lm, transform, layers, layer_info, pending, status, paths, img_root,
-             batch_size=batch_size, workers=workers, device=device, thumb_size=thumb_size,
-             max_pixels=max_pixels, progress=progress, report=report, max_batches=max_batches)
+    if len(pending) and scheduler:
+        from .distributed import get_client, index_distributed
+
+        t1 = time.perf_counter()
+        report.indexed = index_distributed(get_client(scheduler), out, pending, int(meta["chunk"]), lm,
+                                           batch_size=batch_size, max_pixels=max_pixels,
+                                           thumb_size=thumb_size, progress=progress)
+        report.seconds = time.perf_counter() - t1
+    elif len(pending):
+        # float results of a forward pass depend on torch's thread count: pin it when asked (the
+        # Dask workers use 1), so runs with the same threads write identical bytes
+        before = torch.get_num_threads()
+        if threads:
+            torch.set_num_threads(threads)
+        try:
+            _run(root, meta, lm, transform, layers, layer_info, pending, status, paths, img_root,
+                 batch_size=batch_size, workers=workers, device=device, thumb_size=thumb_size,
+                 max_pixels=max_pixels, progress=progress, report=report, max_batches=max_batches)
+        finally:
+            torch.set_num_threads(before)
 
     cache_mod.update_attrs(root, updated=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     report.cache = FeatureCache(out)

@@ -2,6 +2,26 @@
 
 ``create_app(caches, token=None)`` builds the FastAPI app (for tests, or to mount elsewhere);
 ``serve(paths, ...)`` opens the caches, prints the URL and runs uvicorn.
+
+JSON API (errors are always ``{"error": code, "message": ...}`` with a 4xx/5xx status):
+
+    GET  /api/caches                               caches, layers (grid, channels), column summaries
+    GET  /api/caches/{cache}/images?q&column&value&offset&limit   filtered dataset listing
+    GET  /api/caches/{cache}/random?q&column&value a random indexed image
+    GET  /api/caches/{cache}/images/{id}           one image: path, label, size, meta, geometry
+    GET  /api/caches/{cache}/lookup?from_cache&id  the same file in another cache
+    GET  /api/caches/{cache}/thumb/{id}            JPEG thumbnail (ETag, Cache-Control, 304)
+    GET  /api/caches/{cache}/image/{id}            the original file (only inside the image root)
+    POST /api/uploads  (multipart "file")          an external query image → {upload, size}
+    GET  /api/uploads/{upload}[/image]             its size / the image
+    POST /api/search   {cache, layer?, image: {id[, cache]} | {upload}, box | mask | whole,
+                        k?, exclude_self?, filter?: {column, value}, thumbs?}
+                       → {search_id, query, matches, total, curve (≤ 2000 points), timing}
+                       mask: {png: base64} | {u8: base64, width, height} | {data: [[...]]}
+                             | {rle: "w.h.runs"} at any size with the image's aspect ratio (±2 %)
+    GET  /api/searches/{sid}/window?start&stop&limit&column&value&thumbs   images at ranks
+    GET  /api/searches/{sid}/heat?ids=1,2,3        score maps (every offset) for heat overlays
+    GET  /api/searches/{sid}/export?format=csv|json&k
 """
 
 from __future__ import annotations
@@ -17,7 +37,7 @@ from ..errors import VfsError
 from .app import create_app
 from .state import AppState
 
-__all__ = ["create_app", "serve", "is_loopback", "AppState"]
+__all__ = ["AppState", "create_app", "is_loopback", "serve"]
 
 
 def is_loopback(host: str) -> bool:

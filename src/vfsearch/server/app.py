@@ -25,11 +25,18 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..errors import BadQuery, VfsError
 from .state import MAX_UPLOAD_BYTES, AppState, PayloadTooLarge, Unauthorized
 
-__all__ = ["create_app", "TOKEN_COOKIE"]
+__all__ = ["TOKEN_COOKIE", "create_app"]
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
 TOKEN_COOKIE = "vfsearch_token"
 log = logging.getLogger("vfsearch.server")
+
+
+def _fast_json(content: dict) -> Response:
+    """Plain json.dumps (the content is already JSON types): skips FastAPI's slow recursive
+    encoder on big responses (score curves, inline thumbnails)."""
+    return Response(json.dumps(content, separators=(",", ":"), allow_nan=False),
+                    media_type="application/json")
 
 
 def _error(status: int, code: str, message: str) -> JSONResponse:
@@ -156,7 +163,7 @@ def create_app(caches, token: str | None = None, *, max_concurrent: int | None =
         return await run_in_threadpool(lambda: state.image_record(state.entry(name), image_id))
 
     @app.get("/api/caches/{name}/lookup")
-    async def lookup(name: str, from_cache: str, id: int):  # noqa: A002
+    async def lookup(name: str, from_cache: str, id: int):
         def run():
             src = state.entry(from_cache)
             path = str(src.cache.paths[src.cache._check_id(id)])
@@ -165,7 +172,8 @@ def create_app(caches, token: str | None = None, *, max_concurrent: int | None =
 
     @app.get("/api/caches/{name}/thumb/{image_id}")
     async def thumb(name: str, image_id: int, request: Request):
-        data, etag = await run_in_threadpool(state.thumbnail, name, image_id)
+        hit = state.thumbs.get((name, image_id))
+        data, etag = hit if hit is not None else await run_in_threadpool(state.thumbnail, name, image_id)
         headers = {"ETag": etag, "Cache-Control": "private, max-age=86400"}
         inm = request.headers.get("if-none-match")
         if inm and (inm.strip() == "*" or etag in [t.strip().removeprefix("W/") for t in inm.split(",")]):
@@ -201,12 +209,12 @@ def create_app(caches, token: str | None = None, *, max_concurrent: int | None =
     @app.post("/api/search")
     async def run_search(request: Request):
         body = await _json_body(request)
-        return await run_in_threadpool(state.run_search, body)
+        return _fast_json(await run_in_threadpool(state.run_search, body))
 
     @app.get("/api/searches/{sid}/window")
     async def window(sid: str, start: int = 0, stop: int = 20, limit: int = 60,
-                     column: str | None = None, value: str | None = None):
-        return await run_in_threadpool(state.window, sid, start, stop, limit, column, value)
+                     column: str | None = None, value: str | None = None, thumbs: bool = False):
+        return _fast_json(await run_in_threadpool(state.window, sid, start, stop, limit, column, value, thumbs))
 
     @app.get("/api/searches/{sid}/heat")
     async def heat(sid: str, ids: str):
@@ -214,10 +222,10 @@ def create_app(caches, token: str | None = None, *, max_concurrent: int | None =
             lst = [int(x) for x in ids.split(",") if x.strip()]
         except ValueError:
             raise BadQuery("ids must be comma-separated integers") from None
-        return await run_in_threadpool(state.heat, sid, lst)
+        return _fast_json(await run_in_threadpool(state.heat, sid, lst))
 
     @app.get("/api/searches/{sid}/export")
-    async def export(sid: str, format: str = "json", k: int | None = None):  # noqa: A002
+    async def export(sid: str, format: str = "json", k: int | None = None):
         if format not in ("json", "csv"):
             raise BadQuery("format must be 'json' or 'csv'")
         head, items = await run_in_threadpool(state.export, sid, k)
@@ -237,10 +245,6 @@ def create_app(caches, token: str | None = None, *, max_concurrent: int | None =
                          *[m["meta"].get(c, "") for c in cols], *m["box"], *m["offset"],
                          *m["image_size"]])
         return Response(buf.getvalue(), media_type="text/csv", headers=disp)
-
-    @app.api_route("/api/{rest:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH"])
-    async def api_404(rest: str):
-        return _error(404, "not_found", f"no API endpoint /api/{rest}")
 
     # -- the page ----------------------------------------------------------------------------
     @app.get("/")

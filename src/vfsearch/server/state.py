@@ -11,15 +11,17 @@ import base64
 import dataclasses
 import hashlib
 import io
+import logging
 import os
 import re
 import threading
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -27,11 +29,13 @@ from PIL import Image
 from ..cache import FeatureCache, open_cache
 from ..errors import BadImage, BadMask, BadQuery, NotFound, VfsError
 from ..images import load_image
-from ..search import Query, exact_scores, make_query, search
-from ..search.query import box_mask, load_mask
+from ..engine import Query, exact_scores, make_query, search
+from ..engine.query import box_mask, load_mask
 from ..transforms import Geometry, cell_box_to_image, mask_to_grid
 
-__all__ = ["AppState", "CacheEntry", "Forbidden", "LRU", "PayloadTooLarge", "decode_rle", "encode_rle"]
+log = logging.getLogger("vfsearch.server")
+
+__all__ = ["LRU", "AppState", "CacheEntry", "Forbidden", "PayloadTooLarge", "decode_rle", "encode_rle"]
 
 MAX_UPLOAD_BYTES = 20 << 20  # 20 MB per uploaded file
 MAX_UPLOAD_PIXELS = 40_000_000  # refuse larger uploads (decompression bombs)
@@ -192,13 +196,29 @@ class StoredSearch:
     layer: str
     query: Query
     scores: np.ndarray  # (N,) float32, -inf for excluded rows
-    order: np.ndarray  # ids with finite scores, best first (engine's top-k first)
     top: list  # engine matches
     created: float
     image: dict  # the query image reference
+    _order: np.ndarray | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def order(self) -> np.ndarray:
+        """Ids with finite scores, best first; the engine's (exact) top-k first. Computed on the
+        first rank-window request, not for every search."""
+        if self._order is None:
+            with self._lock:
+                if self._order is None:
+                    top_ids = np.array([m.id for m in self.top], dtype=np.int64)
+                    s = self.scores.copy()
+                    s[top_ids] = -np.inf
+                    rest = np.flatnonzero(np.isfinite(s))
+                    rest = rest[np.argsort(-s[rest], kind="stable")]
+                    self._order = np.concatenate([top_ids, rest]).astype(np.int64)
+        return self._order
 
     def nbytes(self) -> int:
-        return self.scores.nbytes + self.order.nbytes + self.query.features.nbytes + (
+        return 2 * self.scores.nbytes + self.query.features.nbytes + (
             self.query.mask.nbytes if self.query.mask is not None else 0)
 
 
@@ -210,10 +230,51 @@ class CacheEntry:
         self.cache = cache
         self.lock = threading.Lock()
         self.warm: set[str] = set()
+        self.in_ram: set[str] = set()
         self._path_index: dict[str, int] | None = None
         self._columns: dict[str, np.ndarray] = {}
         self._summary: dict | None = None
         self._lower: np.ndarray | None = None
+        self._n: int | None = None
+        self._transform = None
+        self._thumb_arr = None
+
+    # -- fast per-row lookups (FeatureCache.__len__ goes through zarr on every call) ----------
+    @property
+    def n(self) -> int:
+        if self._n is None:
+            self._n = len(self.cache)
+        return self._n
+
+    def check_id(self, i) -> int:
+        try:
+            i = int(i)
+        except (TypeError, ValueError):
+            raise NotFound(f"image id must be an integer, got {i!r}") from None
+        if not 0 <= i < self.n:
+            raise NotFound(f"no image with id {i} (cache has ids 0–{self.n - 1})")
+        return i
+
+    def size(self, i: int) -> tuple[int, int]:
+        w, h = self.cache.sizes[i]
+        return int(w), int(h)
+
+    @property
+    def transform(self):
+        if self._transform is None:
+            self._transform = self.cache.transform
+        return self._transform
+
+    def thumb_array(self):
+        if self._thumb_arr is None:
+            self._thumb_arr = self.cache.root["images/thumb"]
+        return self._thumb_arr
+
+    def path(self, i: int) -> str:
+        return str(self.cache.paths[i])
+
+    def label(self, i: int) -> str:
+        return str(self.cache.labels[i])
 
     # -- metadata ---------------------------------------------------------------------------
     @property
@@ -247,7 +308,7 @@ class CacheEntry:
                 uniq, counts = np.unique(vals.astype(str), return_counts=True) if len(vals) else ([], [])
                 order = np.argsort(-np.asarray(counts), kind="stable")[:60]
                 cols[name] = {
-                    "n_unique": int(len(uniq)),
+                    "n_unique": len(uniq),
                     "values": [[str(uniq[i]), int(counts[i])] for i in order],
                 }
             layers = []
@@ -287,6 +348,7 @@ class CacheEntry:
             if layer not in self.warm:
                 if self.fits_in_memory(layer):
                     self.cache.load(layer)
+                    self.in_ram.add(layer)
                 self.warm.add(layer)
 
     def rows_features(self, layer: str, ids: np.ndarray) -> np.ndarray:
@@ -296,7 +358,7 @@ class CacheEntry:
         ex = c.exact_rows(layer, ids)
         if ex is not None:
             return ex[0]
-        if layer in self.warm and self.fits_in_memory(layer):
+        if layer in self.in_ram:
             data = c.load(layer)
             f = data.features[ids].astype(np.float32)
             if data.scale is not None:
@@ -334,6 +396,8 @@ class AppState:
         self.uploads = LRU(64, max_bytes=1 << 30, sizeof=lambda u: u.nbytes())
         self.searches = LRU(128, max_bytes=512 << 20, sizeof=lambda s: s.nbytes())
         self.thumbs = LRU(100_000, max_bytes=96 << 20, sizeof=lambda t: len(t[0]))
+        self.bases = LRU(256, max_bytes=256 << 20,
+                         sizeof=lambda q: q.features.nbytes + (0 if q.mask is None else q.mask.nbytes))
         self.originals = LRU(16, max_bytes=128 << 20, sizeof=lambda t: len(t[0]))
         self.sem = threading.Semaphore(max_concurrent or max(2, (os.cpu_count() or 2)))
         self.started = time.time()
@@ -356,8 +420,8 @@ class AppState:
         for e in self.caches.values():
             try:
                 e.warm_up(e.cache.default_layer)
-            except Exception:  # noqa: BLE001 - warm-up is best effort; searches report errors
-                pass
+            except Exception as exc:  # noqa: BLE001 - warm-up is best effort; searches report errors
+                log.warning("warming up %s failed: %s", e.name, exc)
 
     def caches_json(self) -> list[dict]:
         return [e.summary() for e in self.caches.values()]
@@ -382,7 +446,7 @@ class AppState:
         offset = max(0, int(offset))
         limit = max(1, min(1000, int(limit)))
         sel = ids[offset:offset + limit]
-        return {"total": int(len(ids)), "offset": offset,
+        return {"total": len(ids), "offset": offset,
                 "items": [self.image_record(e, int(i), brief=True) for i in sel]}
 
     def random_image(self, name: str, q=None, column=None, value=None) -> dict:
@@ -395,15 +459,15 @@ class AppState:
 
     def image_record(self, e: CacheEntry, i: int, brief: bool = False) -> dict:
         c = e.cache
-        i = c._check_id(i)
-        size = c.image_size(i)
-        rec = {"id": i, "path": str(c.paths[i]), "label": str(c.labels[i]),
+        i = e.check_id(i)
+        size = e.size(i)
+        rec = {"id": i, "path": e.path(i), "label": e.label(i),
                "size": list(size)}
         if brief:
             return rec
         rec["valid"] = bool(c.valid[i])
         rec["meta"] = {col: str(e.column(col)[i]) for col in e.columns if col != "label"}
-        rec["geometry"] = geometry_dict(c.transform.geometry(*size), size)
+        rec["geometry"] = geometry_dict(e.transform.geometry(*size), size)
         return rec
 
     def find_image(self, name: str, path: str) -> dict:
@@ -417,15 +481,15 @@ class AppState:
     # -- files -------------------------------------------------------------------------------
     def thumbnail(self, name: str, i: int) -> tuple[bytes, str]:
         e = self.entry(name)
-        i = e.cache._check_id(i)
+        i = e.check_id(i)
         key = (name, i)
         hit = self.thumbs.get(key)
         if hit is not None:
             return hit
-        arr = e.cache.root["images/thumb"]
+        arr = e.thumb_array()
         ch = int(arr.chunks[0])
         s = i // ch * ch
-        rows = arr[s:min(len(e.cache), s + ch)]
+        rows = arr[s:min(e.n, s + ch)]
         out = None
         for j, data in enumerate(rows):
             data = bytes(data)
@@ -437,13 +501,41 @@ class AppState:
             raise NotFound(f"image {i} has no thumbnail (it was not indexed)")
         return out
 
+    def thumbnails(self, name: str, ids) -> dict[int, tuple[bytes, str]]:
+        """Thumbnails of several images (the misses read in one concurrent zarr selection)."""
+        e = self.entry(name)
+        out: dict[int, tuple[bytes, str]] = {}
+        miss = []
+        for i in ids:
+            i = e.check_id(i)
+            hit = self.thumbs.get((name, i))
+            if hit is not None:
+                out[i] = hit
+            else:
+                miss.append(i)
+        if miss:
+            miss = sorted(set(miss))
+            vals = e.thumb_array().get_orthogonal_selection((np.array(miss, dtype=np.int64),))
+            for i, data in zip(miss, vals):
+                data = bytes(data)
+                if data:
+                    v = (data, '"' + hashlib.blake2b(data, digest_size=10).hexdigest() + '"')
+                    self.thumbs.put((name, i), v)
+                    out[i] = v
+        return out
+
+    def inline_thumbs(self, name: str, ids, limit: int = 48) -> dict[str, str]:
+        """{id: base64 JPEG} for the first ``limit`` ids (saves the page a request per result)."""
+        got = self.thumbnails(name, list(ids)[:limit])
+        return {str(i): base64.b64encode(v[0]).decode("ascii") for i, v in got.items()}
+
     def original_path(self, name: str, i: int) -> Path:
         """The original file of image ``i``, refused unless it lies inside the image root."""
         e = self.entry(name)
         c = e.cache
-        i = c._check_id(i)
+        i = e.check_id(i)
         root = Path(c.image_root).resolve()
-        rel = str(c.paths[i])
+        rel = e.path(i)
         try:
             p = (root / rel).resolve(strict=True)
         except (OSError, RuntimeError):
@@ -516,16 +608,15 @@ class AppState:
         src = ref.get("cache")
         if src and src != e.name:
             se = self.entry(str(src))
-            i = se.cache._check_id(i)
-            path = str(se.cache.paths[i])
+            i = se.check_id(i)
+            path = se.path(i)
             j = e.path_index().get(path)
             if j is None:
                 raise NotFound(f"cache {e.name!r} does not contain the query image {path!r}; "
                                "compare needs the same image in both caches (or an upload)")
             i = j
-        i = e.cache._check_id(i)
-        return i, {"id": i, "cache": e.name, "path": str(e.cache.paths[i]),
-                   "size": list(e.cache.image_size(i))}
+        i = e.check_id(i)
+        return i, {"id": i, "cache": e.name, "path": e.path(i), "size": list(e.size(i))}
 
     @staticmethod
     def mask_array(spec: dict, size: tuple[int, int]) -> np.ndarray:
@@ -592,26 +683,48 @@ class AppState:
         if n != 1:
             raise BadQuery("give exactly one of 'mask', 'box' or 'whole': true")
         if isinstance(image, Upload):
-            return self._upload_query(e, layer, image, region)
-        size = e.cache.image_size(image)
-        if region.get("mask") is not None:
-            return make_query(e.cache, image, mask=self.mask_array(region["mask"], size), layer=layer)
-        if region.get("box") is not None:
-            return make_query(e.cache, image, box=_box(region["box"]), layer=layer)
-        return make_query(e.cache, image, whole=True, layer=layer)
+            key = (str(e.cache.path), e.cache.weights_hash, layer)
+            base = image.base.get(key)
+            if base is None:
+                base = make_query(e.cache, image.image, whole=True, layer=layer)
+                image.base[key] = base
+        else:
+            # the query image's features, read once per (cache, layer, image): every stroke on
+            # the same image reuses them
+            key = (e.name, layer, int(image))
+            base = self.bases.get(key)
+            if base is None:
+                base = self._dataset_base(e, layer, int(image))
+                self.bases.put(key, base)
+        return self._region_query(base, region)
 
-    def _upload_query(self, e: CacheEntry, layer: str, u: Upload, region: dict) -> Query:
-        key = (str(e.cache.path), e.cache.weights_hash, layer)
-        base = u.base.get(key)
-        if base is None:
-            base = make_query(e.cache, u.image, whole=True, layer=layer)
-            u.base[key] = base
+    def _dataset_base(self, e: CacheEntry, layer: str, i: int) -> Query:
+        """The whole-image query of dataset image ``i`` (what ``make_query(cache, i,
+        whole=True)`` builds), with its features taken from RAM when the layer is loaded."""
+        c = e.cache
+        if not c.valid[i]:
+            return make_query(c, i, whole=True, layer=layer)  # raises the usual error
+        feats = e.rows_features(layer, np.array([i]))[0]
+        size = e.size(i)
+        geom = e.transform.geometry(*size)
+        grid = tuple(c.grid(layer))
+        x0, y0 = geom.to_image(0, 0)
+        x1, y1 = geom.to_image(geom.size, geom.size)
+        box = (max(0.0, x0), max(0.0, y0), min(float(size[0]), x1), min(float(size[1]), y1))
+        return Query(features=np.ascontiguousarray(feats, dtype=np.float32),
+                     weights=np.ones(grid, np.float32), image_size=size, geometry=geom, box=box,
+                     layer=layer, model=c.model, weights_hash=c.weights_hash, source_id=i,
+                     mask=None, label=e.label(i))
+
+    def _region_query(self, base: Query, region: dict) -> Query:
+        """``base`` (a whole-image query) restricted to a mask or box (as make_query does)."""
         if region.get("whole"):
             return base
+        size = base.image_size
         if region.get("mask") is not None:
-            m = self.mask_array(region["mask"], u.size)
+            m = self.mask_array(region["mask"], size)
         else:
-            m = box_mask(_box(region["box"]), u.size)
+            m = box_mask(_box(region["box"]), size)
         weights = mask_to_grid(m, base.geometry, tuple(base.weights.shape))
         ys, xs = np.nonzero(m > 0)
         bbox = (float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1))
@@ -621,9 +734,10 @@ class AppState:
         t0 = time.perf_counter()
         e = self.entry(str(body.get("cache", "")))
         layer = e.check_layer(body.get("layer"))
-        k = int(body.get("k") or 20)
-        if not 1 <= k <= MAX_K:
-            raise BadQuery(f"k must be between 1 and {MAX_K}")
+        k = body.get("k", 20)
+        if isinstance(k, bool) or not isinstance(k, (int, float)) or int(k) != k or not 1 <= k <= MAX_K:
+            raise BadQuery(f"k must be an integer between 1 and {MAX_K}")
+        k = int(k)
         image, echo = self.resolve_image(e, body.get("image") or {})
         q = self.build_query(e, layer, image, body)
         t1 = time.perf_counter()
@@ -634,14 +748,8 @@ class AppState:
                          return_scores=True)
         t3 = time.perf_counter()
         scores = res.scores
-        top_ids = res.ids
-        finite = np.isfinite(scores)
-        rest = np.flatnonzero(finite)
-        rest = rest[~np.isin(rest, top_ids)]
-        rest = rest[np.argsort(-scores[rest], kind="stable")]
-        order = np.concatenate([top_ids, rest]).astype(np.int64)
         sid = uuid.uuid4().hex[:12]
-        st = StoredSearch(sid, e.name, layer, q, scores, order, list(res.matches), time.time(), echo)
+        st = StoredSearch(sid, e.name, layer, q, scores, list(res.matches), time.time(), echo)
         self.searches.put(sid, st)
         flt = body.get("filter") or {}
         if flt.get("column"):
@@ -650,9 +758,11 @@ class AppState:
         else:
             matches = [self.match_record(e, q, m.id, m.rank, m.score, m.offset, m.box)
                        for m in res.matches]
-            total = int(len(order))
+            total = int(np.isfinite(scores).sum())
+        thumbs = self.inline_thumbs(e.name, [m["id"] for m in matches]) if body.get("thumbs") else None
         t4 = time.perf_counter()
         return {
+            "thumbs": thumbs,
             "search_id": sid, "cache": e.name, "layer": layer, "k": k,
             "query": self.query_record(e, q, echo),
             "matches": matches, "total": total,
@@ -666,7 +776,7 @@ class AppState:
         r0, c0, h, w = q.cell_box
         return {
             "image": echo, "layer": q.layer, "grid": list(q.grid), "cell_box": [r0, c0, h, w],
-            "weights": np.round(q.weights[r0:r0 + h, c0:c0 + w], 4).tolist(),
+            "weights": np.round(q.weights[r0:r0 + h, c0:c0 + w].astype(np.float64), 4).tolist(),
             "n_cells": q.n_cells, "box": [round(v, 2) for v in q.box],
             "image_size": list(q.image_size), "geometry": geometry_dict(q.geometry, q.image_size),
             "label": q.label,
@@ -674,14 +784,13 @@ class AppState:
 
     def match_record(self, e: CacheEntry, q: Query, i: int, rank: int, score: float,
                      offset, box) -> dict:
-        c = e.cache
-        size = c.image_size(i)
+        size = e.size(i)
         return {
             "id": int(i), "rank": int(rank), "score": round(float(score), 6),
-            "path": str(c.paths[i]), "label": str(c.labels[i]),
+            "path": e.path(i), "label": e.label(i),
             "offset": [int(offset[0]), int(offset[1])], "box": [round(float(v), 2) for v in box],
             "image_size": list(size),
-            "geometry": geometry_dict(c.transform.geometry(*size), size),
+            "geometry": geometry_dict(e.transform.geometry(*size), size),
             "meta": {col: str(e.column(col)[i]) for col in e.columns if col != "label"},
         }
 
@@ -698,7 +807,7 @@ class AppState:
         return best, off, maps
 
     def window(self, sid: str, start: int, stop: int, limit: int = MAX_WINDOW,
-               column: str | None = None, value: str | None = None) -> dict:
+               column: str | None = None, value: str | None = None, thumbs: bool = False) -> dict:
         """Images at ranks [start, stop) of a stored search (optionally among the rows whose
         ``column`` equals ``value``); at most ``limit`` of them, evenly spaced when the window
         is wider."""
@@ -708,7 +817,7 @@ class AppState:
         if column:
             col = e.column(column).astype(str)
             order = order[col[order] == str(value)]
-        total = int(len(order))
+        total = len(order)
         start = max(0, int(start))
         stop = min(total, int(stop))
         limit = max(1, min(MAX_WINDOW, int(limit)))
@@ -729,22 +838,25 @@ class AppState:
                 items[j] = self.match_record(e, st.query, m.id, int(ranks[j]), m.score, m.offset, m.box)
         if need:
             nids = ids[need]
-            best, off, _ = self._offsets(e, st, nids)
-            boxes = match_boxes(e.cache, st.query, nids, off)
+            _best, off, _ = self._offsets(e, st, nids)
+            boxes = match_boxes(e, st.query, nids, off)
             for jj, j in enumerate(need):
                 i = int(ids[j])
                 m = top.get(i)
                 score = m.score if m is not None else float(st.scores[i])
                 items[j] = self.match_record(e, st.query, i, int(ranks[j]), score,
                                              boxes[jj][0], boxes[jj][1])
-        return {"search_id": sid, "start": start, "stop": stop, "total": total, "items": items}
+        out = {"search_id": sid, "start": start, "stop": stop, "total": total, "items": items}
+        if thumbs:
+            out["thumbs"] = self.inline_thumbs(e.name, ids.tolist(), limit=MAX_WINDOW)
+        return out
 
     def heat(self, sid: str, ids: list[int]) -> dict:
         st = self.stored(sid)
         e = self.entry(st.cache)
         if len(ids) > MAX_WINDOW:
             raise BadQuery(f"at most {MAX_WINDOW} heat maps per request")
-        arr = np.array([e.cache._check_id(i) for i in ids], dtype=np.int64)
+        arr = np.array([e.check_id(i) for i in ids], dtype=np.int64)
         _, _, maps = self._offsets(e, st, arr)
         r0, c0, h, w = st.query.cell_box
         return {"search_id": sid, "cell_box": [r0, c0, h, w], "grid": list(st.query.grid),
@@ -774,10 +886,10 @@ def _box(box) -> tuple[float, float, float, float]:
     return vals
 
 
-def match_boxes(cache: FeatureCache, q: Query, ids, offsets) -> list[tuple]:
+def match_boxes(e: CacheEntry, q: Query, ids, offsets) -> list[tuple]:
     """((row, col), box in the result image's pixels) for offset indices, as the engine does."""
     H, W = q.grid
-    r0, c0, h, w = q.cell_box
+    r0, c0, _h, w = q.cell_box
     B = W - w + 1
     g = q.geometry
     ux0, uy0 = g.to_input(q.box[0], q.box[1])
@@ -787,8 +899,8 @@ def match_boxes(cache: FeatureCache, q: Query, ids, offsets) -> list[tuple]:
     for i, o in zip(ids, offsets):
         a, b = divmod(int(o), B)
         dx, dy = (b - c0) * cw, (a - r0) * ch
-        size = cache.image_size(int(i))
-        geom = cache.transform.geometry(*size)
+        size = e.size(int(i))
+        geom = e.transform.geometry(*size)
         cells = ((ux0 + dx) / cw, (uy0 + dy) / ch, (ux1 + dx) / cw, (uy1 + dy) / ch)
         out.append(((a, b), cell_box_to_image(cells, geom, (H, W), size)))
     return out
@@ -803,4 +915,4 @@ def curve(scores: np.ndarray, max_points: int = MAX_CURVE_POINTS) -> dict:
         idx = np.arange(n)
     else:
         idx = np.unique(np.round(np.linspace(0, n - 1, max_points)).astype(np.int64))
-    return {"n": int(n), "ranks": idx.tolist(), "scores": np.round(s[idx], 5).tolist()}
+    return {"n": int(n), "ranks": idx.tolist(), "scores": np.round(s[idx].astype(np.float64), 5).tolist()}

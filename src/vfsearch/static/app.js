@@ -103,6 +103,23 @@ function loadImage(url) {
   return p;
 }
 
+/** Thumbnails the server sent inline (base64 JPEG) go straight into the image cache. */
+function primeThumbs(cache, thumbs) {
+  if (!thumbs) return;
+  for (const [id, b64] of Object.entries(thumbs)) {
+    const url = thumbURL(cache, id);
+    if (imgCache.has(url)) continue;
+    const p = new Promise((resolve, reject) => {
+      const im = new Image();
+      im.onload = () => resolve(im);
+      im.onerror = () => reject(new Error(`bad thumbnail ${id}`));
+      im.src = `data:image/jpeg;base64,${b64}`;
+    });
+    imgCache.set(url, p);
+    p.catch(() => imgCache.delete(url));
+  }
+}
+
 // -- toast / status -----------------------------------------------------------------------------
 let toastTimer;
 function toast(msg, kind = "error") {
@@ -120,7 +137,7 @@ function status(text, busy = false) {
 }
 function reportError(e) {
   if (e && e.name === "AbortError") return;
-  console.error(e);
+  console.warn(e);
   toast(e.message || String(e));
 }
 
@@ -150,6 +167,7 @@ const parseChoice = (v) => {
   return { cache: v.slice(0, i), layer: v.slice(i + 2) };
 };
 const choiceLabel = (c) => `${c.cache} · ${c.layer}`;
+const shortChoice = (c) => (S.caches.length > 1 ? `${c.cache}·${c.layer}` : c.layer);
 
 // affine map: query-mask pixels -> result canvas pixels (R = where the result image is drawn)
 function carryTransform(ctx, m, R) {
@@ -190,6 +208,25 @@ function fitRect(iw, ih, W, H, pad = 0) {
   return { x: (W - w) / 2, y: (H - h) / 2, w, h };
 }
 
+const SHADE = "rgba(8,10,18,0.58)";
+const INV_PAD = 2;
+/** The mask's inverse as shade (alpha 0.58·(1 − m)), padded with full shade (cached). */
+function inverseMask(mask, small) {
+  const key = small ? "_invSmall" : "_invBig";
+  if (mask[key]) return mask[key];
+  const src = small ? mask.small : mask.canvas;
+  const c = document.createElement("canvas");
+  c.width = src.width + 2 * INV_PAD;
+  c.height = src.height + 2 * INV_PAD;
+  const g = c.getContext("2d");
+  g.fillStyle = SHADE;
+  g.fillRect(0, 0, c.width, c.height);
+  g.globalCompositeOperation = "destination-out";
+  g.drawImage(src, INV_PAD, INV_PAD);
+  mask[key] = { canvas: c, srcW: src.width, srcH: src.height };
+  return mask[key];
+}
+
 function drawResult(canvas, img, m, ctx, mode, heat, { cssSize = null, outline = true } = {}) {
   const W0 = cssSize ? cssSize[0] : canvas.clientWidth || 140;
   const H0 = cssSize ? cssSize[1] : canvas.clientHeight || W0;
@@ -199,62 +236,85 @@ function drawResult(canvas, img, m, ctx, mode, heat, { cssSize = null, outline =
   const g = canvas.getContext("2d");
   g.setTransform(1, 0, 0, 1, 0, 0);
   g.clearRect(0, 0, W, H);
-  const R = fitRect(m.image_size[0], m.image_size[1], W, H);
+  const R0 = fitRect(m.image_size[0], m.image_size[1], W, H);
+  const x = Math.round(R0.x), y = Math.round(R0.y);  // whole pixels: no light edge lines
+  const R = { x, y, w: Math.round(R0.x + R0.w) - x, h: Math.round(R0.y + R0.h) - y };
   if (img) {
-    g.imageSmoothingQuality = "high";
+    g.imageSmoothingQuality = R.w < img.naturalWidth * 0.6 ? "high" : "low";
     g.drawImage(img, R.x, R.y, R.w, R.h);
   }
   if (mode === "none" || !ctx) return R;
   const kx = R.w / m.image_size[0], ky = R.h / m.image_size[1];
   const crop = m.geometry.crop;
   if (mode === "heat" && heat) {
+    // heat per grid cell: the best score of any window (position of the query's box) that
+    // covers the cell, so the hot block is where the match is, at the grid's resolution
     const A = heat.length, B = heat[0].length;
     const [, , h, w] = ctx.query.cell_box;
     const [Hg, Wg] = ctx.query.grid;
     const gr = m.geometry;
-    const cw = gr.size / Wg, ch = gr.size / Hg;
-    const top = ctx.top || 1;
-    const off = document.createElement("canvas");
-    off.width = B;
-    off.height = A;
-    const o = off.getContext("2d");
-    const id = o.createImageData(B, A);
+    const cell = new Float32Array(Hg * Wg).fill(-Infinity);
     for (let a = 0; a < A; a++)
       for (let b = 0; b < B; b++) {
-        const t = clamp(heat[a][b] / top, 0, 1);
-        const [r, gg, bb] = cmap(Math.pow(t, 1.6));
-        const j = (a * B + b) * 4;
-        id.data[j] = r; id.data[j + 1] = gg; id.data[j + 2] = bb; id.data[j + 3] = 255 * (0.18 + 0.62 * Math.pow(t, 1.3));
+        const v = heat[a][b];
+        for (let r = a; r < a + h; r++)
+          for (let c = b; c < b + w; c++) if (v > cell[r * Wg + c]) cell[r * Wg + c] = v;
       }
+    // colour: position within this image (its own min..max); strength: its score vs. the top
+    let lo = Infinity, hi = -Infinity;
+    for (const v of cell) { if (v < lo) lo = v; if (v > hi) hi = v; }
+    const span = hi - lo > 1e-6 ? hi - lo : 1;
+    const strength = clamp(0.5 + 0.5 * (hi / (ctx.top || 1)), 0.5, 1);
+    const off = document.createElement("canvas");
+    off.width = Wg;
+    off.height = Hg;
+    const o = off.getContext("2d");
+    const id = o.createImageData(Wg, Hg);
+    for (let i = 0; i < cell.length; i++) {
+      const t = hi > lo ? clamp((cell[i] - lo) / span, 0, 1) : 1;
+      const [r, gg, bb] = cmap(0.1 + 0.9 * t);
+      const j = i * 4;
+      id.data[j] = r; id.data[j + 1] = gg; id.data[j + 2] = bb; id.data[j + 3] = 255 * strength * (0.1 + 0.65 * Math.pow(t, 1.4));
+    }
     o.putImageData(id, 0, 0);
     g.save();
-    g.fillStyle = "rgba(8,10,18,0.35)";
+    g.fillStyle = "rgba(8,10,18,0.4)";
     g.fillRect(R.x, R.y, R.w, R.h);
+    const X0 = R.x + (kx * gr.left) / gr.sx, Y0 = R.y + (ky * gr.top) / gr.sy;
+    const X1 = R.x + (kx * (gr.size + gr.left)) / gr.sx, Y1 = R.y + (ky * (gr.size + gr.top)) / gr.sy;
     g.beginPath();
     g.rect(R.x + crop[0] * kx, R.y + crop[1] * ky, (crop[2] - crop[0]) * kx, (crop[3] - crop[1]) * ky);
     g.clip();
-    const u0 = ((w - 1) / 2) * cw, v0 = ((h - 1) / 2) * ch;
-    const X0 = R.x + (kx * (u0 + gr.left)) / gr.sx, Y0 = R.y + (ky * (v0 + gr.top)) / gr.sy;
-    const X1 = R.x + (kx * (u0 + B * cw + gr.left)) / gr.sx, Y1 = R.y + (ky * (v0 + A * ch + gr.top)) / gr.sy;
-    g.imageSmoothingEnabled = A > 1 || B > 1;
+    g.imageSmoothingEnabled = true;
+    g.imageSmoothingQuality = "medium";
     g.drawImage(off, X0, Y0, X1 - X0, Y1 - Y0);
     g.restore();
   } else if (ctx.mask) {
+    // shade the image except where the query's mask lands: R minus the mask's rectangle is
+    // filled directly, the rectangle gets the mask's (pre-rendered, padded) inverse
     const { t, clip } = carryTransform(ctx, m, R);
-    const sh = document.createElement("canvas");
-    sh.width = W;
-    sh.height = H;
-    const s = sh.getContext("2d");
-    s.fillStyle = "rgba(8,10,18,0.58)";
-    s.fillRect(R.x, R.y, R.w, R.h);
-    s.globalCompositeOperation = "destination-out";
-    s.beginPath();
-    s.rect(clip[0], clip[1], clip[2] - clip[0], clip[3] - clip[1]);
-    s.clip();
-    s.setTransform(...t);
-    s.imageSmoothingEnabled = true;
-    s.drawImage(ctx.mask.canvas, 0, 0);
-    g.drawImage(sh, 0, 0);
+    const useSmall = ctx.mask.small && Math.abs(t[0]) * ctx.mask.width < 2 * ctx.mask.small.width;
+    const inv = inverseMask(ctx.mask, useSmall);
+    const fx = ctx.mask.width / inv.srcW, fy = ctx.mask.height / inv.srcH;
+    const a = t[0] * fx, d = t[3] * fy;
+    // pixel-aligned, so the fill's hole and the clip share their edges exactly (no seams)
+    const hx0 = Math.round(Math.max(t[4], clip[0])), hy0 = Math.round(Math.max(t[5], clip[1]));
+    const hx1 = Math.round(Math.min(t[4] + t[0] * ctx.mask.width, clip[2])), hy1 = Math.round(Math.min(t[5] + t[3] * ctx.mask.height, clip[3]));
+    g.fillStyle = SHADE;
+    g.beginPath();
+    g.rect(R.x, R.y, R.w, R.h);
+    if (hx1 > hx0 && hy1 > hy0) {
+      g.rect(hx0, hy0, hx1 - hx0, hy1 - hy0);
+      g.fill("evenodd");
+      g.save();
+      g.beginPath();
+      g.rect(hx0, hy0, hx1 - hx0, hy1 - hy0);
+      g.clip();
+      g.setTransform(a, 0, 0, d, t[4] - a * INV_PAD, t[5] - d * INV_PAD);
+      g.imageSmoothingEnabled = true;
+      g.drawImage(inv.canvas, 0, 0);
+      g.restore();
+    } else g.fill();
   }
   if (outline && m.box) {
     const [x0, y0, x1, y1] = m.box;
@@ -415,13 +475,13 @@ function renderQueryMeta(extra = null) {
   if (!q) return box.replaceChildren();
   const li = layerInfo(S.choice);
   const parts = [];
-  if (q.kind === "dataset") parts.push(el("span", {}, "image ", el("b", { text: `#${q.id}` })));
+  if (q.kind === "dataset") parts.push(el("b", { text: `#${q.id}` }));
   else parts.push(el("span", {}, "upload ", el("b", { text: q.name || q.upload })));
-  if (q.label) parts.push(el("span", {}, "label ", el("b", { text: q.label })));
-  parts.push(el("span", { class: "pill", text: `${q.size[0]}×${q.size[1]} px` }));
-  parts.push(el("span", { class: "pill", title: "feature grid of this layer (cells over the centre crop)", text: `grid ${li.grid[0]}×${li.grid[1]} · ${li.channels} ch` }));
+  if (q.label) parts.push(el("b", { text: q.label }));
+  parts.push(el("span", { class: "pill", title: "image size (pixels)", text: `${q.size[0]}×${q.size[1]}` }));
+  parts.push(el("span", { class: "pill", title: "feature grid of this layer: rows × cols × channels, over the centre crop", text: `${li.grid[0]}×${li.grid[1]}×${li.channels}` }));
   const qi = extra || (S.panes[0] && S.panes[0].ctx && S.panes[0].ctx.query);
-  if (qi && qi.n_cells) parts.push(el("span", { class: "pill", title: "cells the mask covers (its bounding box on the grid)", text: `${qi.n_cells} cells · box ${qi.cell_box[2]}×${qi.cell_box[3]}` }));
+  if (qi && qi.n_cells) parts.push(el("span", { class: "pill hot", title: "cells the mask covers (in a box of rows × cols on the grid)", text: `${qi.n_cells} cells in ${qi.cell_box[2]}×${qi.cell_box[3]}` }));
   for (const [k, v] of Object.entries(q.meta || {})) parts.push(el("span", {}, `${k} `, el("b", { text: v })));
   box.replaceChildren(...parts);
   $("#q-info").textContent = q.kind === "dataset" ? q.path : q.name || "";
@@ -499,14 +559,33 @@ let inflight = null;
 
 function maskSnapshot() {
   const m = brush.getMask();
-  return { width: m.width, height: m.height, data: m.data, canvas: brush.toCanvas() };
+  const canvas = brush.toCanvas();
+  // a small copy for drawing on result thumbnails (drawing the full mask 24× is slow)
+  const s = Math.min(1, 128 / Math.max(m.width, m.height));
+  const small = document.createElement("canvas");
+  small.width = Math.max(1, Math.round(m.width * s));
+  small.height = Math.max(1, Math.round(m.height * s));
+  const g = small.getContext("2d");
+  g.imageSmoothingQuality = "high";
+  g.drawImage(canvas, 0, 0, small.width, small.height);
+  return { width: m.width, height: m.height, data: m.data, canvas, small };
 }
 
 function imageRef(q) {
   return q.kind === "dataset" ? { id: q.id, cache: q.cache } : { upload: q.upload };
 }
 
-async function runSearch({ t0 = performance.now() } = {}) {
+async function runSearch(opts = {}) {
+  S.running = (S.running || 0) + 1;
+  try {
+    await doSearch(opts);
+  } finally {
+    S.running--;
+    if (!S.running) document.body.dataset.state = "idle";
+  }
+}
+
+async function doSearch({ t0 = performance.now() } = {}) {
   const q = S.query;
   if (!q) return;
   if (!S.whole && brush.isEmpty()) {
@@ -521,36 +600,46 @@ async function runSearch({ t0 = performance.now() } = {}) {
   status("searching…", true);
   const mask = maskSnapshot();
   const region = S.whole ? { whole: true } : { mask: { png: mask.canvas.toDataURL("image/png").split(",")[1] } };
+  const tEnc = performance.now();
   const choices = [S.choice, ...(S.compare ? [S.compare] : [])];
-  const body = (c) => ({ cache: c.cache, layer: c.layer, image: imageRef(q), k: S.k, exclude_self: S.excludeSelf, filter: S.filter || undefined, ...region });
+  const body = (c) => ({ cache: c.cache, layer: c.layer, image: imageRef(q), k: S.k, exclude_self: S.excludeSelf, filter: S.filter || undefined, thumbs: true, ...region });
   const settled = await Promise.allSettled(choices.map((c) => api("/api/search", { json: body(c), signal })));
   if (seq !== S.seq) return;
   const tServer = performance.now();
-  const entry = addHistory(q, mask, choices);
+  const anyOk = settled.some((r) => r.status === "fulfilled");
+  const entry = anyOk ? addHistory(q, mask, choices) : { ctxs: [], color: "#999", label: "" };
   S.panes = settled.map((r, i) => {
     if (r.status === "rejected") return { choice: choices[i], error: r.reason };
     const resp = r.value;
-    const ctx = { sid: resp.search_id, choice: choices[i], query: resp.query, mask, top: resp.matches[0] ? resp.matches[0].score : 1, curve: resp.curve, color: entry.color, dashed: i > 0, label: entry.label + (i > 0 ? " (compare)" : "") };
+    primeThumbs(choices[i].cache, resp.thumbs);
+    const ctx = { sid: resp.search_id, choice: choices[i], query: resp.query, mask, top: resp.matches[0] ? resp.matches[0].score : 1, curve: resp.curve, color: entry.color, dashed: i > 0, label: `${entry.label} · ${shortChoice(choices[i])}` };
     entry.ctxs[i] = ctx;
     return { choice: choices[i], ctx, matches: resp.matches, total: resp.total, timing: resp.timing, stats: resp.stats, heat: {} };
   });
   if (settled[0].status === "rejected") reportError(settled[0].reason);
+  else if (!$("#toast").hidden && !$("#toast").classList.contains("info")) $("#toast").hidden = true;
   S.win = null;
   S.activeCurve = S.panes[0].ctx ? S.panes[0].ctx.sid : null;
   renderQueryMeta();
+  const tHist = performance.now();
+  S.prof = { draw: 0 };
   await renderPanes();
   if (seq !== S.seq) return;
-  renderHistory();
+  const tCards = performance.now();
   drawDist();
   renderStrip(null);
-  writeHash();
   const t1 = performance.now();
+  // history and the URL are not part of the results: update them after the frame
+  setTimeout(() => {
+    renderHistory();
+    writeHash();
+  }, 0);
   const p0 = S.panes[0];
-  S.lastTiming = { total: t1 - t0, server: tServer - t0, draw: t1 - tServer, serverSearch: p0.timing ? p0.timing.search_ms : null };
+  S.lastTiming = { total: t1 - t0, server: tServer - t0, draw: t1 - tServer, serverSearch: p0.timing ? p0.timing.search_ms : null,
+    serverTotal: p0.timing ? p0.timing.total_ms : null, encode: tEnc - t0, fetch: tServer - tEnc, prep: tHist - tServer, cards: tCards - tHist, rest: t1 - tCards, cardDraw: S.prof.draw };
   window.vfs.timings.push(S.lastTiming);
-  const n = p0.ctx ? p0.total : 0;
-  status(p0.error ? "search failed" : `${n.toLocaleString()} ranked · ${p0.timing.search_ms.toFixed(0)} ms search · ${S.lastTiming.total.toFixed(0)} ms total`);
-  document.body.dataset.state = "idle";
+  status(p0.error ? "search failed" : `${S.lastTiming.total.toFixed(0)} ms`);
+  $("#status").title = p0.error ? "" : `search ${p0.timing.search_ms.toFixed(0)} ms on the server (${p0.timing.total_ms.toFixed(0)} ms with the query and response), ${S.lastTiming.total.toFixed(0)} ms from the end of the stroke until the results were drawn`;
   document.body.dataset.searches = String(window.vfs.timings.length);
   window.dispatchEvent(new CustomEvent("vfs:results", { detail: S.lastTiming }));
 }
@@ -573,7 +662,7 @@ async function renderPanes() {
   const draws = [];
   S.panes.forEach((p, pi) => {
     const pane = el("div", { class: "pane", "data-pane": pi, "data-search-id": p.ctx ? p.ctx.sid : "" });
-    const head = el("div", { class: "pane-head" }, el("span", { class: "sw", style: `background:${p.ctx ? p.ctx.color : "#ccc"}` }), el("b", { text: choiceLabel(p.choice) }));
+    const head = el("div", { class: "pane-head" }, el("span", { class: "sw" + (pi > 0 ? " dashed" : ""), style: `background:${p.ctx ? p.ctx.color : "#ccc"};color:${p.ctx ? p.ctx.color : "#ccc"}` }), el("b", { text: choiceLabel(p.choice) }));
     pane.append(head);
     if (p.error) {
       pane.append(el("div", { class: "pane-error", text: p.error.message || String(p.error) }));
@@ -581,7 +670,7 @@ async function renderPanes() {
       return;
     }
     const li = layerInfo(p.choice);
-    head.append(el("span", { class: "muted", text: `${p.matches.length}/${p.total.toLocaleString()}${S.filter ? ` where ${S.filter.column}=${S.filter.value}` : ""} · ${li.grid[0]}×${li.grid[1]} · ${p.timing.search_ms.toFixed(0)} ms` }));
+    head.append(el("span", { class: "muted", title: "shown / ranked images · feature grid · server search time", text: `top ${p.matches.length} of ${p.total.toLocaleString()}${S.filter ? ` with ${S.filter.column} = ${S.filter.value}` : ""} · ${li.grid[0]}×${li.grid[1]} · ${p.timing.search_ms.toFixed(0)} ms` }));
     pane.append(renderSpread(p));
     const grid = el("div", { class: "grid" });
     pane.append(grid);
@@ -596,7 +685,7 @@ async function renderPanes() {
   });
   wrap.replaceChildren(...nodes);
   const p0 = S.panes[0];
-  $("#r-info").textContent = p0 && p0.ctx ? `top ${p0.matches.length} of ${p0.total.toLocaleString()}` : "";
+  $("#r-info").textContent = "";
   await Promise.all(draws);
   if (S.overlay === "heat") await loadHeat();
 }
@@ -619,7 +708,9 @@ function appendCards(p, pi, matches) {
     m._canvas = cv;
     jobs.push(loadImage(thumbURL(p.choice.cache, m.id)).then((img) => {
       m._img = img;
+      const t = performance.now();
       drawCard(p, m);
+      if (S.prof) S.prof.draw += performance.now() - t;
     }).catch(() => drawCard(p, m)));
   }
   return Promise.all(jobs);
@@ -645,7 +736,9 @@ async function moreResults(pi) {
     params.set("column", S.filter.column);
     params.set("value", S.filter.value);
   }
+  params.set("thumbs", "1");
   const r = await api(`/api/searches/${p.ctx.sid}/window?${params}`);
+  primeThumbs(p.choice.cache, r.thumbs);
   p.matches.push(...r.items);
   const btn = $(`[data-pane="${pi}"] .more`);
   if (btn) {
@@ -656,7 +749,7 @@ async function moreResults(pi) {
   pane.replaceChild(renderSpread(p), $(".spread-wrap", pane));
   await appendCards(p, pi, r.items);
   if (S.overlay === "heat") await loadHeat();
-  $("#r-info").textContent = `top ${S.panes[0].matches.length} of ${S.panes[0].total.toLocaleString()}`;
+
 }
 
 async function loadHeat() {
@@ -872,8 +965,9 @@ async function renderStrip(win) {
   const token = (renderStrip.token = (renderStrip.token || 0) + 1);
   const width = win.stop - win.start;
   head.textContent = `ranks ${win.start + 1}–${win.stop} of ${ctx.label}${width > 40 ? ` (40 evenly spaced of ${width.toLocaleString()})` : ""} · loading…`;
-  const r = await api(`/api/searches/${ctx.sid}/window?start=${win.start}&stop=${win.stop}&limit=40`);
+  const r = await api(`/api/searches/${ctx.sid}/window?start=${win.start}&stop=${win.stop}&limit=40&thumbs=1`);
   if (token !== renderStrip.token) return;
+  primeThumbs(ctx.choice.cache, r.thumbs);
   head.textContent = `ranks ${win.start + 1}–${win.stop} of ${ctx.label}${width > 40 ? ` (40 evenly spaced of ${width.toLocaleString()})` : ""}`;
   strip.dataset.start = String(win.start);
   strip.dataset.stop = String(win.stop);
@@ -901,7 +995,8 @@ function addHistory(q, mask, choices) {
   } else {
     const color = PALETTE[S.colorIx++ % PALETTE.length];
     const name = q.kind === "dataset" ? `#${q.id} ${basename(q.path).replace(/\.[^.]+$/, "")}` : q.name || "upload";
-    h = { key, color, q: { ...q }, mask, whole: S.whole, choices, ctxs: [], shown: true, pinned: false, label: `${name} · ${choices[0].layer}`, thumb: null };
+    S.qn = (S.qn || 0) + 1;
+    h = { key, color, q: { ...q }, mask, whole: S.whole, choices, ctxs: [], shown: true, pinned: false, label: `Q${S.qn} ${name}`, thumb: null };
     h.thumb = historyThumb(mask);
   }
   h.ctxs = [];
@@ -946,7 +1041,7 @@ function renderHistory() {
       drawDist();
     });
     return el("div", { class: "hist" + (h === cur ? " current" : ""), title: `${h.label}\n${h.choices.map(choiceLabel).join(" vs ")}`, onclick: () => restoreHistory(h).catch(reportError) },
-      el("img", { src: h.thumb, alt: "" }), dot, el("div", { text: h.label }));
+      el("img", { src: h.thumb, alt: "" }), dot, el("div", { text: `${h.label.split(" ")[0]} ${h.choices.length > 1 ? "⇄" : ""}` }));
   }));
 }
 
@@ -1135,6 +1230,10 @@ function wire() {
     updateWholeBtn();
     runSearch({ t0 }).catch(reportError);
   });
+  // painting (or boxing) on a whole-image query starts a fresh mask; erasing carves it
+  $(".stage-inner").addEventListener("pointerdown", () => {
+    if (S.whole && brush.tool !== "erase") brush.clear({ commit: false });
+  }, { capture: true });
   brush.addEventListener("history", () => {
     $("#undo").disabled = !brush.canUndo();
     $("#redo").disabled = !brush.canRedo();

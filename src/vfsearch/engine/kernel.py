@@ -27,6 +27,7 @@ import shlex
 import subprocess
 import tempfile
 import threading
+import time
 import uuid
 import warnings
 import weakref
@@ -39,16 +40,21 @@ import numpy as np
 __all__ = [
     "PreparedQuery",
     "ScanResult",
+    "available_backends",
+    "read_floor",
     "scan",
     "score_map",
-    "read_floor",
-    "available_backends",
 ]
 
 _SRC = Path(__file__).with_name("_kernel.c")
-_CFLAGS = ["-O3", "-fPIC", "-shared", "-fno-math-errno"]
+_CFLAGS = ["-O3", "-fPIC", "-shared", "-fno-math-errno", "-fno-trapping-math"]
 _LEVELS = {"generic": 0, "avx2": 1, "avx512": 2}
-_DTYPES = {np.dtype(np.uint8): 0, np.dtype(np.int8): 1, np.dtype(np.float16): 2, np.dtype(np.float32): 3}
+_DTYPES = {
+    np.dtype(np.uint8): 0,
+    np.dtype(np.int8): 1,
+    np.dtype(np.float16): 2,
+    np.dtype(np.float32): 3,
+}
 _SLACK = 1e-5
 _NUMPY_CHUNK = 256
 _MIN_IMAGES_PER_THREAD = 32
@@ -87,7 +93,15 @@ class PreparedQuery:
             raise ValueError("PreparedQuery: cells must lie inside the h x w box")
         if not np.all(m2 > 0):
             raise ValueError("PreparedQuery: m2 must be > 0")
-        for name, val in (("h", h), ("w", w), ("dy", dy), ("dx", dx), ("m2", m2), ("qf", qf), ("qnorm", float(self.qnorm))):
+        for name, val in (
+            ("h", h),
+            ("w", w),
+            ("dy", dy),
+            ("dx", dx),
+            ("m2", m2),
+            ("qf", qf),
+            ("qnorm", float(self.qnorm)),
+        ):
             object.__setattr__(self, name, val)
 
     @property
@@ -99,7 +113,7 @@ class PreparedQuery:
         return int(self.qf.shape[1])
 
     @classmethod
-    def from_grid(cls, qfeat: np.ndarray, weights: np.ndarray) -> "PreparedQuery":
+    def from_grid(cls, qfeat: np.ndarray, weights: np.ndarray) -> PreparedQuery:
         """qfeat (H,W,C) query feature map, weights (H,W) mask weights in [0,1] on the
         grid; crops to the bounding box of weights>0."""
         qfeat = np.asarray(qfeat)
@@ -140,7 +154,7 @@ class _Quant:
     eps_q: float
 
 
-_quant_cache: "weakref.WeakKeyDictionary[PreparedQuery, _Quant]" = weakref.WeakKeyDictionary()
+_quant_cache: weakref.WeakKeyDictionary[PreparedQuery, _Quant] = weakref.WeakKeyDictionary()
 _quant_lock = threading.Lock()
 
 
@@ -150,7 +164,7 @@ def _quantised(query: PreparedQuery) -> _Quant:
         hit = _quant_cache.get(query)
     if hit is not None:
         return hit
-    K, C = query.qf.shape
+    _K, C = query.qf.shape
     qmax = min(16383, (2**31 - 1) // (C * 255))
     Q = query.qf.astype(np.float64)
     sq = (np.abs(Q).max(axis=1) / qmax).astype(np.float32)
@@ -193,15 +207,26 @@ def _cache_dir() -> Path:
 def _build() -> Path:
     cc = shlex.split(os.environ.get("CC") or "cc")
     src = _SRC.read_bytes()
-    ver = subprocess.run(cc + ["--version"], capture_output=True, text=True, timeout=60)
+    ver = subprocess.run(
+        cc + ["--version"], check=False, capture_output=True, text=True, timeout=60
+    )
     if ver.returncode != 0:
         raise RuntimeError(f"{cc[0]} --version failed: {ver.stderr.strip()}")
     h = hashlib.sha256()
-    for part in (src, ver.stdout.encode(), " ".join(cc + _CFLAGS).encode(), platform.machine().encode()):
+    for part in (
+        src,
+        ver.stdout.encode(),
+        " ".join(cc + _CFLAGS).encode(),
+        platform.machine().encode(),
+    ):
         h.update(part)
         h.update(b"\0")
     name = f"_kernel-{h.hexdigest()[:20]}.so"
-    dirs = [_cache_dir(), Path(tempfile.gettempdir()) / f"vfsearch-kernels-{os.getuid() if hasattr(os, 'getuid') else 0}"]
+    dirs = [
+        _cache_dir(),
+        Path(tempfile.gettempdir())
+        / f"vfsearch-kernels-{os.getuid() if hasattr(os, 'getuid') else 0}",
+    ]
     last_err: Exception | None = None
     for d in dirs:
         so = d / name
@@ -213,27 +238,67 @@ def _build() -> Path:
             try:
                 res = subprocess.run(
                     cc + _CFLAGS + [str(_SRC), "-o", str(tmp), "-lm"],
+                    check=False,
                     capture_output=True,
                     text=True,
                     timeout=300,
                 )
                 if res.returncode != 0:
-                    raise RuntimeError(f"compiling {_SRC.name} failed:\n{res.stderr.strip()}")
+                    raise RuntimeError(
+                        f"compiling {_SRC.name} failed:\n{res.stderr.strip()[-2000:]}"
+                    )
                 os.replace(tmp, so)
             finally:
                 if tmp.exists():
                     tmp.unlink()
+            _remove_stale_temps(d)
             return so
         except OSError as e:  # unwritable cache dir: try the next one
             last_err = e
     raise RuntimeError(f"cannot write the kernel cache: {last_err}")
 
 
+def _remove_stale_temps(d: Path, age_s: float = 3600.0) -> None:
+    """Temp files left by builds that were killed half-way (best effort)."""
+    now = time.time()
+    for p in d.glob("._kernel-*.tmp"):
+        try:
+            if now - p.stat().st_mtime > age_s:
+                p.unlink()
+        except OSError:
+            pass
+
+
 def _bind(lib: ctypes.CDLL) -> None:
     P, I, I64, D = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_double
     lib.vfs_cpu_level.argtypes = []
     lib.vfs_cpu_level.restype = I
-    lib.vfs_scan.argtypes = [I, I, P, I64, I, I, I, P, P, P, I, I, I, P, P, P, P, P, D, D, P, P, P, P]
+    lib.vfs_scan.argtypes = [
+        I,
+        I,
+        P,
+        I64,
+        I,
+        I,
+        I,
+        P,
+        P,
+        P,
+        I,
+        I,
+        I,
+        P,
+        P,
+        P,
+        P,
+        P,
+        D,
+        D,
+        P,
+        P,
+        P,
+        P,
+    ]
     lib.vfs_scan.restype = I
     lib.vfs_read_floor.argtypes = [P, I64, I]
     lib.vfs_read_floor.restype = ctypes.c_uint64
@@ -254,7 +319,10 @@ def _load() -> tuple[ctypes.CDLL | None, list[str]]:
             _bind(lib)
         except Exception as e:  # noqa: BLE001 - any failure -> numpy fallback
             lib = None
-            _warn_once("build", f"vfsearch: C search kernel unavailable ({e}); using the slow numpy backend")
+            _warn_once(
+                "build",
+                f"vfsearch: C search kernel unavailable ({e}); using the slow numpy backend",
+            )
         if lib is not None:
             _lib = lib
             level = int(lib.vfs_cpu_level())
@@ -266,7 +334,10 @@ def _load() -> tuple[ctypes.CDLL | None, list[str]]:
                 if ok:
                     backends.insert(0, name)
                 else:
-                    _warn_once(f"check-{name}", f"vfsearch: {name} kernel disabled, self-check failed: {why}")
+                    _warn_once(
+                        f"check-{name}",
+                        f"vfsearch: {name} kernel disabled, self-check failed: {why}",
+                    )
         _lib = lib
         _backends = backends
         return _lib, _backends
@@ -291,8 +362,15 @@ def _self_check(lib: ctypes.CDLL, name: str) -> tuple[bool, str]:
                     scale = rng.uniform(0.01, 0.1, (n, H, W)).astype(np.float32)
                     deq = deq * scale[..., None]
                 sqn = np.einsum("nhwc,nhwc->nhw", deq, deq).astype(np.float32)
-                qerr2 = rng.uniform(0, 1e-3, (n, H, W)).astype(np.float32) if scale is not None else None
-                for wts in (rng.uniform(0.1, 1, (H, W)) * (rng.random((H, W)) < 0.5), np.eye(H, W)[:, ::-1]):
+                qerr2 = (
+                    rng.uniform(0, 1e-3, (n, H, W)).astype(np.float32)
+                    if scale is not None
+                    else None
+                )
+                for wts in (
+                    rng.uniform(0.1, 1, (H, W)) * (rng.random((H, W)) < 0.5),
+                    np.eye(H, W)[:, ::-1],
+                ):
                     wts = np.array(wts)
                     wts[2, 3] = 0.7
                     qfeat = rng.standard_normal((H, W, C)).astype(np.float32)
@@ -322,7 +400,9 @@ def _resolve(backend: str) -> str:
         env = os.environ.get("VFSEARCH_KERNEL", "").strip().lower()
         if env and env != "auto":
             if env not in avail:
-                raise RuntimeError(f"VFSEARCH_KERNEL={env!r} is not available here (available: {avail})")
+                raise RuntimeError(
+                    f"VFSEARCH_KERNEL={env!r} is not available here (available: {avail})"
+                )
             return env
         return avail[0]
     if b not in avail:
@@ -335,8 +415,8 @@ def _resolve(backend: str) -> str:
 # --------------------------------------------------------------------------- #
 
 _pool: ThreadPoolExecutor | None = None
-_pool_size = 0
 _pool_lock = threading.Lock()
+_POOL_MAX = 64  # threads are started lazily, only as many as ever used at once
 
 
 def _default_threads() -> int:
@@ -346,27 +426,28 @@ def _default_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _get_pool(nthreads: int) -> ThreadPoolExecutor:
-    global _pool, _pool_size
-    with _pool_lock:
-        if _pool is None or _pool_size < nthreads:
-            old = _pool
-            _pool_size = max(nthreads, _default_threads())
-            _pool = ThreadPoolExecutor(max_workers=_pool_size, thread_name_prefix="vfsearch-scan")
-            if old is not None:
-                old.shutdown(wait=False)
-        return _pool
+def _get_pool() -> ThreadPoolExecutor:
+    """The one persistent pool shared by scan / read_floor."""
+    global _pool
+    if _pool is None:
+        with _pool_lock:
+            if _pool is None:
+                _pool = ThreadPoolExecutor(
+                    max_workers=max(_POOL_MAX, _default_threads()),
+                    thread_name_prefix="vfsearch-scan",
+                )
+    return _pool
 
 
 def _run_split(n: int, nthreads: int, fn, min_per_thread: int | None = None) -> list:
     """Call fn(i0, i1) on `nthreads` contiguous ranges of [0, n) (fewer when n is small)."""
     if min_per_thread is None:
         min_per_thread = _MIN_IMAGES_PER_THREAD
-    t = max(1, min(nthreads, n // max(1, min_per_thread) or 1))
+    t = max(1, min(nthreads, _POOL_MAX, n // max(1, min_per_thread) or 1))
     if t == 1:
         return [fn(0, n)]
     bounds = [n * i // t for i in range(t + 1)]
-    pool = _get_pool(t)
+    pool = _get_pool()
     futs = [pool.submit(fn, bounds[i], bounds[i + 1]) for i in range(t)]
     return [f.result() for f in futs]
 
@@ -426,7 +507,17 @@ def _ptr(a: np.ndarray | None, i0: int = 0) -> int | None:
     return a.ctypes.data + i0 * (a.strides[0] if a.ndim else 0)
 
 
-def _scan_c(lib, backend, feats, sqnorm, query, scale, qerr2, threads: int = 1, out: ScanResult | None = None) -> ScanResult:
+def _scan_c(
+    lib,
+    backend,
+    feats,
+    sqnorm,
+    query,
+    scale,
+    qerr2,
+    threads: int = 1,
+    out: ScanResult | None = None,
+) -> ScanResult:
     n, H, W, C = feats.shape
     out = _alloc(n) if out is None else out
     if n == 0:
@@ -463,7 +554,9 @@ def _windows(a: np.ndarray, query: PreparedQuery, OH: int, OW: int, k: int) -> n
     return a[:, y : y + OH, x : x + OW]
 
 
-def _finish_numpy(num, den, qe, query: PreparedQuery, eps_q: float, is8: bool, out: ScanResult, i0: int) -> None:
+def _finish_numpy(
+    num, den, qe, query: PreparedQuery, eps_q: float, is8: bool, out: ScanResult, i0: int
+) -> None:
     """Same epilogue as the C kernel, vectorised: num/den/qe are (m, O) float64."""
     m = num.shape[0]
     qn = float(query.qnorm)
@@ -478,7 +571,9 @@ def _finish_numpy(num, den, qe, query: PreparedQuery, eps_q: float, is8: bool, o
         lo = best - _SLACK
     else:
         with np.errstate(divide="ignore", invalid="ignore"):
-            d = np.where(qe > 0, np.where(den > 0, np.sqrt(qe / np.where(den > 0, den, 1.0)), np.inf), 0.0)
+            d = np.where(
+                qe > 0, np.where(den > 0, np.sqrt(qe / np.where(den > 0, den, 1.0)), np.inf), 0.0
+            )
             f = np.where(d < 1.0, np.arcsin(np.minimum(d, 1.0)), math.pi)
         up = np.max(s + f, axis=1) + eps_q + _SLACK
         lo = best - (eps_q + f[rows, bo] + _SLACK)
@@ -489,7 +584,9 @@ def _finish_numpy(num, den, qe, query: PreparedQuery, eps_q: float, is8: bool, o
     out.lower[sl] = lo
 
 
-def _scan_numpy(feats, sqnorm, query, scale, qerr2, threads: int = 1, out: ScanResult | None = None) -> ScanResult:
+def _scan_numpy(
+    feats, sqnorm, query, scale, qerr2, threads: int = 1, out: ScanResult | None = None
+) -> ScanResult:
     n, H, W, C = feats.shape
     out = _alloc(n) if out is None else out
     if n == 0:
@@ -532,13 +629,24 @@ def _scan_numpy(feats, sqnorm, query, scale, qerr2, threads: int = 1, out: ScanR
                 den += m2[k] * _windows(sn, query, OH, OW, k)
                 if qr is not None:
                     qe += m2[k] * _windows(qr, query, OH, OW, k)
-            _finish_numpy(num.reshape(m, -1), den.reshape(m, -1), qe.reshape(m, -1), query, eps_q, is8, out, s0)
+            _finish_numpy(
+                num.reshape(m, -1),
+                den.reshape(m, -1),
+                qe.reshape(m, -1),
+                query,
+                eps_q,
+                is8,
+                out,
+                s0,
+            )
 
     _run_split(n, threads, run, min_per_thread=chunk)
     return out
 
 
-def scan(feats, sqnorm, query: PreparedQuery, *, scale=None, qerr2=None, threads=None, backend="auto") -> ScanResult:
+def scan(
+    feats, sqnorm, query: PreparedQuery, *, scale=None, qerr2=None, threads=None, backend="auto"
+) -> ScanResult:
     """Best region-cosine score of `query` in each of the n images.
 
     feats (n,H,W,C) uint8|int8|float16|float32, C-contiguous (np.memmap fine);
@@ -602,7 +710,7 @@ def read_floor(arr, threads=None) -> None:
     c_levels = [b for b in backends if b in _LEVELS]
     base = a.ctypes.data
     align = 1 << 16
-    t = max(1, min(nthreads, nbytes // align or 1))
+    t = max(1, min(nthreads, _POOL_MAX, nbytes // align or 1))
     bounds = [min(nbytes, (nbytes * i // t) // align * align) for i in range(t)] + [nbytes]
 
     if lib is not None and c_levels:
@@ -619,7 +727,7 @@ def read_floor(arr, threads=None) -> None:
     if t == 1:
         run(0, nbytes)
         return
-    pool = _get_pool(t)
+    pool = _get_pool()
     futs = [pool.submit(run, bounds[i], bounds[i + 1]) for i in range(t)]
     for f in futs:
         f.result()

@@ -15,7 +15,7 @@ def reference_scores(feats, weights, qfeat):
     feats = np.asarray(feats, dtype=np.float64)
     weights = np.asarray(weights, dtype=np.float64)
     qfeat = np.asarray(qfeat, dtype=np.float64)
-    n, H, W, C = feats.shape
+    n, H, W, _C = feats.shape
 
     # crop the mask to the bounding box of weights > 0
     ys, xs = np.nonzero(weights > 0)

@@ -153,7 +153,7 @@ def query_features(cache: FeatureCache, img: Image.Image, layer: str) -> np.ndar
                            f"(recorded at {wp}, not found); query with a dataset id instead")
         if cache.model not in _registered() and not cache.model.startswith(("torchvision:", "timm:")):
             raise BadQuery(f"external query images on a {cache.model!r} cache need the model: call "
-                           "vfsearch.search.register_query_model(model) first")
+                           "vfsearch.engine.register_query_model(model) first")
         lm = _model_for(cache.model, wp)
     if lm.weights_hash != cache.weights_hash:
         raise CacheMismatch(f"installed {cache.model} weights ({lm.weights_hash}) differ from the "

@@ -1,6 +1,6 @@
 """Region search: queries on the feature grid, the fused scan kernel, top-k with exact refine."""
 
-from .engine import Match, SearchResult, exact_scores, search, search_many
+from .searcher import Match, SearchResult, exact_scores, search, search_many
 from .query import Query, box_mask, load_mask, make_query, register_query_model
 
 __all__ = [

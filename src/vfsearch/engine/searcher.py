@@ -291,6 +291,7 @@ def search(
     memory: int | None | str = "auto",
     backend: str = "auto",
     threads: int | None = None,
+    scheduler: str | None = None,
 ) -> SearchResult:
     """Find the ``k`` images whose best same-shaped window is most similar to the query region.
 
@@ -300,11 +301,13 @@ def search(
     exact search. ``return_scores`` adds every image's score (for the distribution curve).
     ``memory`` bounds RAM by streaming the cache in blocks (bytes; "auto" streams only when the
     cache does not fit). ``dedup`` drops results whose pooled features have cosine ≥ ``dedup``
-    with a better result.
+    with a better result. ``scheduler`` (``"local:N"`` or a Dask address) maps the scan over the
+    cache's chunks on Dask workers; the results are identical.
     """
     return search_many(cache, [_as_query(cache, query, image, mask, box, whole, layer)], k=k,
                        exclude_self=exclude_self, return_scores=return_scores, dedup=dedup,
-                       exact=exact, memory=memory, backend=backend, threads=threads)[0]
+                       exact=exact, memory=memory, backend=backend, threads=threads,
+                       scheduler=scheduler)[0]
 
 
 def search_many(
@@ -319,6 +322,7 @@ def search_many(
     memory: int | None | str = "auto",
     backend: str = "auto",
     threads: int | None = None,
+    scheduler: str | None = None,
 ) -> list[SearchResult]:
     """Several queries in one pass over the data (each block is scanned for every query while it
     is in memory). Queries may use different layers; each layer is read once."""
@@ -332,7 +336,13 @@ def search_many(
     for layer, js in by_layer.items():
         mem = _default_memory(cache, layer) if memory == "auto" else memory
         pqs = [kernel.PreparedQuery.from_grid(queries[j].features, queries[j].weights) for j in js]
-        outs = _scan_all(cache, layer, pqs, memory=mem, backend=backend, threads=threads)
+        if scheduler:
+            from ..distributed import get_client, scan_distributed
+
+            rows = None if mem is None else max(cache.chunk_len(), int(mem) // 4)
+            outs = scan_distributed(cache, layer, pqs, get_client(scheduler), rows=rows, backend=backend)
+        else:
+            outs = _scan_all(cache, layer, pqs, memory=mem, backend=backend, threads=threads)
         for j, out in zip(js, outs):
             results[j] = _finish(cache, queries[j], out, k=k, exclude_self=exclude_self,
                                  return_scores=return_scores, dedup=dedup, exact=exact)

@@ -1,0 +1,349 @@
+"""End-to-end test of the web app in headless Debian chromium (Playwright, sync API).
+
+Screenshots go to artifacts/screenshots/*.png.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+CHROMIUM = Path("/usr/bin/chromium")
+if not CHROMIUM.exists():
+    pytest.skip("browser tests need Debian chromium at /usr/bin/chromium (scripts/setup.sh "
+                "installs it)", allow_module_level=True)
+try:
+    from playwright.sync_api import sync_playwright
+except ImportError:  # pragma: no cover
+    pytest.skip("browser tests need the python 'playwright' package", allow_module_level=True)
+
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(180)]
+
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--no-first-run", "--disable-sync"]
+SHOTS = Path(__file__).resolve().parents[1] / "artifacts" / "screenshots"
+
+
+@pytest.fixture(scope="module")
+def server(small_cache):
+    import uvicorn
+
+    from vfsearch.engine import make_query, search
+    from vfsearch.server import create_app
+
+    # compile/load the search kernel before the browser's first stroke (a one-off per machine)
+    search(small_cache, make_query(small_cache, 0, whole=True), k=1)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(create_app({"small": small_cache}), host="127.0.0.1",
+                                        port=port, log_level="warning"))
+    th = threading.Thread(target=srv.run, daemon=True)
+    th.start()
+    t = time.time()
+    while not srv.started:
+        assert th.is_alive() and time.time() - t < 20, "server did not start"
+        time.sleep(0.02)
+    yield f"http://127.0.0.1:{port}/"
+    srv.should_exit = True
+    th.join(10)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser):
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    ctx = browser.new_context(viewport={"width": 1440, "height": 900}, device_scale_factor=1)
+    pg = ctx.new_page()
+    problems: list[str] = []
+    pg.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+    pg.on("console", lambda m: m.type == "error" and "Failed to load resource" not in m.text
+          and problems.append(f"console: {m.text}"))
+    pg.problems = problems
+    yield pg
+    ctx.close()
+    assert not problems, problems
+
+
+def searches(pg) -> int:
+    return int(pg.evaluate("document.body.dataset.searches || '0'"))
+
+
+def wait_search(pg, n: int):
+    pg.wait_for_function(f"+(document.body.dataset.searches || 0) >= {n} && document.body.dataset.state === 'idle'",
+                         timeout=30000)
+
+
+def image_to_page(pg, x: float, y: float) -> tuple[float, float]:
+    """Image pixels of the query → page coordinates on the brush canvas."""
+    box = pg.locator("#q-canvas").bounding_box()
+    w, h = pg.evaluate("window.vfs.S.query.size")
+    return box["x"] + x / w * box["width"], box["y"] + y / h * box["height"]
+
+
+def stroke(pg, pts):
+    x, y = image_to_page(pg, *pts[0])
+    pg.mouse.move(x, y)
+    pg.mouse.down()
+    for p in pts[1:]:
+        x, y = image_to_page(pg, *p)
+        pg.mouse.move(x, y, steps=4)
+    pg.mouse.up()
+
+
+def drag(pg, sel, f0, f1, fy=0.5):
+    b = pg.locator(sel).bounding_box()
+    pg.mouse.move(b["x"] + f0 * b["width"], b["y"] + fy * b["height"])
+    pg.mouse.down()
+    pg.mouse.move(b["x"] + f1 * b["width"], b["y"] + fy * b["height"], steps=6)
+    pg.mouse.up()
+
+
+def locate_crop(big: Image.Image, small: Image.Image) -> tuple[int, int, float]:
+    """Where ``small`` (an unscaled crop) sits in ``big``: (x0, y0, mean abs error)."""
+    a = np.asarray(big.convert("L"), np.float32)
+    b = np.asarray(small.convert("L"), np.float32)
+    f = 4
+    A, Bs = a[::f, ::f], b[::f, ::f]
+    best = (1e9, 0, 0)
+    for y in range(A.shape[0] - Bs.shape[0] + 1):
+        for x in range(A.shape[1] - Bs.shape[1] + 1):
+            e = np.abs(A[y:y + Bs.shape[0], x:x + Bs.shape[1]] - Bs).mean()
+            best = min(best, (e, x * f, y * f))
+    _, x0, y0 = best
+    best = (1e9, 0, 0)
+    for y in range(max(0, y0 - f), min(a.shape[0] - b.shape[0], y0 + f) + 1):
+        for x in range(max(0, x0 - f), min(a.shape[1] - b.shape[1], x0 + f) + 1):
+            e = np.abs(a[y:y + b.shape[0], x:x + b.shape[1]] - b).mean()
+            best = min(best, (e, x, y))
+    return best[1], best[2], best[0]
+
+
+OVERLAY_CHECK = """(id) => {
+  // the card's pixels vs the bare thumbnail: inside the match box the region overlay keeps the
+  // image as is, far outside it the image is shaded
+  const card = document.querySelector(`.pane[data-pane="0"] .card[data-id="${id}"]`);
+  const cv = card.querySelector('canvas');
+  const m = window.vfs.S.panes[0].matches.find(x => x.id === id);
+  const W = cv.width, H = cv.height;
+  const s = Math.min(W / m.image_size[0], H / m.image_size[1]);
+  const R = {x: (W - m.image_size[0] * s) / 2, y: (H - m.image_size[1] * s) / 2};
+  const raw = document.createElement('canvas'); raw.width = W; raw.height = H;
+  const g = raw.getContext('2d');
+  g.imageSmoothingQuality = 'high';
+  g.drawImage(m._img, R.x, R.y, m.image_size[0] * s, m.image_size[1] * s);
+  const lum = (c, x, y) => { const d = c.getContext('2d').getImageData(Math.round(x) - 2, Math.round(y) - 2, 5, 5).data;
+    let t = 0; for (let i = 0; i < d.length; i += 4) t += d[i] + d[i+1] + d[i+2]; return t / 75 + 1; };
+  const [x0, y0, x1, y1] = m.box;
+  const cx = R.x + (x0 + x1) / 2 * s, cy = R.y + (y0 + y1) / 2 * s;
+  // the brightest of a few points far from the box, inside the image
+  let far = null;
+  for (let i = 1; i < 10; i++) for (let j = 1; j < 10; j++) {
+    const px = m.image_size[0] * i / 10, py = m.image_size[1] * j / 10;
+    if (px > x0 - 40 && px < x1 + 40 && py > y0 - 40 && py < y1 + 40) continue;
+    const X = R.x + px * s, Y = R.y + py * s, l = lum(raw, X, Y);
+    if (!far || l > far[2]) far = [X, Y, l];
+  }
+  return {inside: lum(cv, cx, cy) / lum(raw, cx, cy), outside: lum(cv, far[0], far[1]) / far[2]};
+}"""
+
+
+def test_end_to_end(server, page, small_cache, sample_dir, tmp_path):
+    pg = page
+    t_start = time.time()
+    pg.goto(server)
+    pg.wait_for_selector("body[data-ready='1']")
+    pg.wait_for_selector("#ds-grid .thumb >> nth=17")
+    assert pg.locator("#ds-count").inner_text().startswith("18 images")
+    pg.screenshot(path=str(SHOTS / "01-start.png"))
+
+    # dataset filter
+    pg.fill("#ds-q", "coffee")
+    pg.wait_for_function("document.querySelectorAll('#ds-grid .thumb').length === 3")
+    pg.fill("#ds-q", "")
+    pg.wait_for_function("document.querySelectorAll('#ds-grid .thumb').length === 18")
+
+    # pick astronaut_0 and brush its face
+    astro = [i for i, p in enumerate(small_cache.paths) if str(p).startswith("astronaut/")]
+    q_id = astro[0]
+    pg.click(f"#ds-grid .thumb[data-id='{q_id}']")
+    pg.wait_for_function(f"window.vfs.S.query && window.vfs.S.query.id === {q_id}")
+    assert pg.evaluate("window.vfs.brush.grid.rows") == 7
+    stroke(pg, [(205, 120), (290, 125), (285, 160), (210, 165), (215, 195), (285, 195)])
+    wait_search(pg, 1)
+    pg.wait_for_selector(".pane[data-pane='0'] .card[data-drawn='region'] >> nth=5")
+    cards = pg.locator(".pane[data-pane='0'] .card")
+    top = [int(cards.nth(i).get_attribute("data-id")) for i in range(2)]
+    assert set(top) == set(astro[1:]), "the query's own crops should be found first"
+    timing = pg.evaluate("window.vfs.S.lastTiming")
+    assert timing["total"] < 5000
+
+    # the match is where the face is in the crop (within ~1.5 feature cells)
+    q_bbox = pg.evaluate("window.vfs.brush.bbox()")
+    qc = ((q_bbox[0] + q_bbox[2]) / 2, (q_bbox[1] + q_bbox[3]) / 2)
+    big = Image.open(sample_dir / str(small_cache.paths[q_id]))
+    crop_id = astro[1]
+    small = Image.open(sample_dir / str(small_cache.paths[crop_id]))
+    x0, y0, err = locate_crop(big, small)
+    assert err < 12, "astronaut_1 should be an unscaled crop of astronaut_0"
+    m = pg.evaluate(f"window.vfs.S.panes[0].matches.find(m => m.id === {crop_id})")
+    mc = ((m["box"][0] + m["box"][2]) / 2, (m["box"][1] + m["box"][3]) / 2)
+    cell = 224 / 7 / m["geometry"]["sx"]
+    assert abs(mc[0] - (qc[0] - x0)) < 1.5 * cell and abs(mc[1] - (qc[1] - y0)) < 1.5 * cell, (mc, qc, x0, y0)
+    # and the overlay is drawn there: image kept inside the match, shaded far outside
+    ov = pg.evaluate(OVERLAY_CHECK, crop_id)
+    assert ov["inside"] > 0.85 and ov["outside"] < 0.6, ov
+    # spread chart shows labels of the results
+    assert "astronaut" in pg.locator(".pane[data-pane='0'] .spread").inner_text()
+    pg.screenshot(path=str(SHOTS / "02-results.png"))
+
+    # the distribution: drag windows on the curve, the strip follows
+    drag(pg, "#dist-canvas", 0.35, 0.7)
+    pg.wait_for_function("document.querySelector('#strip').dataset.start !== '' && document.querySelectorAll('#strip .mini').length > 0")
+    first = pg.evaluate("(s => [+s.dataset.start, +s.dataset.stop])(document.querySelector('#strip'))")
+    ranks = [int(r) for r in pg.eval_on_selector_all("#strip .mini", "els => els.map(e => e.dataset.rank)")]
+    assert first[0] > 0 and all(first[0] <= r < first[1] for r in ranks)
+    drag(pg, "#dist-canvas", 0.85, 0.99)
+    pg.wait_for_function(f"+document.querySelector('#strip').dataset.start > {first[0]}")
+    ranks2 = [int(r) for r in pg.eval_on_selector_all("#strip .mini", "els => els.map(e => e.dataset.rank)")]
+    assert ranks2 and min(ranks2) > max(ranks)
+    pg.wait_for_timeout(150)
+    pg.screenshot(path=str(SHOTS / "03-rank-window.png"))
+
+    # heat overlay
+    pg.click("#overlay-mode [data-mode='heat']")
+    pg.wait_for_selector(".pane[data-pane='0'] .card[data-drawn='heat'] >> nth=3")
+    pg.screenshot(path=str(SHOTS / "04-heat.png"))
+    pg.click("#overlay-mode [data-mode='region']")
+
+    # switch layer: a finer grid, a new search
+    n = searches(pg)
+    pg.select_option("#choice", "small::blocks.10")
+    wait_search(pg, n + 1)
+    assert pg.evaluate("window.vfs.brush.grid.rows") == 14
+    assert "blocks.10" in pg.locator(".pane[data-pane='0'] .pane-head").inner_text()
+    # compare with the other layer side by side
+    n = searches(pg)
+    pg.select_option("#compare", "small::blocks.15")
+    wait_search(pg, n + 1)
+    pg.wait_for_selector(".pane[data-pane='1'] .card >> nth=3")
+    assert "blocks.15" in pg.locator(".pane[data-pane='1'] .pane-head").inner_text()
+    assert pg.locator("#legend .item").count() >= 2
+    pg.wait_for_timeout(150)
+    pg.screenshot(path=str(SHOTS / "05-compare.png"))
+
+    # the shared URL restores the same query
+    url = pg.url
+    assert "#" in url and "m=" in url and "l=blocks.10" in url and "cmp=" in url
+    ids_before = pg.evaluate("window.vfs.S.panes[0].matches.map(m => m.id)")
+    bbox_before = pg.evaluate("window.vfs.brush.bbox()")
+    pg2 = pg.context.new_page()
+    pg2.on("pageerror", lambda e: pg.problems.append(f"page error (2): {e}"))
+    pg2.goto(url)
+    wait_search(pg2, 1)
+    pg2.wait_for_selector(".pane[data-pane='1'] .card >> nth=3")
+    st = pg2.evaluate("({q: window.vfs.S.query.id, c: window.vfs.S.choice, cmp: window.vfs.S.compare,"
+                      " ids: window.vfs.S.panes[0].matches.map(m => m.id), bbox: window.vfs.brush.bbox()})")
+    assert st["q"] == q_id and st["c"]["layer"] == "blocks.10" and st["cmp"]["layer"] == "blocks.15"
+    assert st["ids"][:5] == ids_before[:5]
+    assert np.allclose(st["bbox"], bbox_before, atol=512 / 64 * 1.5)
+    pg2.screenshot(path=str(SHOTS / "06-restored.png"))
+    pg2.close()
+
+    # open a result large, then search from the matched region
+    pg.select_option("#compare", "")
+    wait_search(pg, searches(pg) + 1)
+    pg.locator(".pane[data-pane='0'] .card").first.click()
+    pg.wait_for_selector("#modal:not([hidden])")
+    pg.wait_for_timeout(200)
+    pg.screenshot(path=str(SHOTS / "07-modal.png"))
+    first_id = int(pg.locator(".pane[data-pane='0'] .card").first.get_attribute("data-id"))
+    n = searches(pg)
+    pg.click("#modal-carry")
+    wait_search(pg, n + 1)
+    assert pg.evaluate("window.vfs.S.query.id") == first_id
+    assert pg.evaluate("window.vfs.brush.isEmpty()") is False
+    labels = pg.eval_on_selector_all(".pane[data-pane='0'] .card .label", "els => els.slice(0, 2).map(e => e.textContent)")
+    assert labels == ["astronaut", "astronaut"]
+
+    # history holds the earlier queries; clicking one restores it
+    assert pg.locator("#history .hist").count() >= 3
+
+    # errors from the server are shown on the page
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"this is not a jpeg")
+    pg.set_input_files("#upload", str(bad))
+    pg.wait_for_selector("#toast:not([hidden])")
+    assert "not a recognised image format" in pg.locator("#toast").inner_text()
+
+    # upload a picture and brush it
+    cat = next(i for i, p in enumerate(small_cache.paths) if str(p).startswith("cat/"))
+    pg.set_input_files("#upload", str(sample_dir / str(small_cache.paths[cat])))
+    pg.wait_for_function("window.vfs.S.query && window.vfs.S.query.kind === 'upload'")
+    w, h = pg.evaluate("window.vfs.S.query.size")
+    n = searches(pg)
+    stroke(pg, [(w * 0.35, h * 0.4), (w * 0.6, h * 0.45), (w * 0.5, h * 0.6)])
+    wait_search(pg, n + 1)
+    assert pg.evaluate("window.vfs.S.panes[0].matches[0].label") == "cat"
+    assert pg.evaluate("window.vfs.S.panes[0].matches[0].id") == cat
+    pg.screenshot(path=str(SHOTS / "08-upload.png"))
+    print(f"\nbrowser end-to-end: {time.time() - t_start:.1f} s; first search {timing['total']:.0f} ms")
+
+
+def test_brush_module_standalone(browser, server):
+    """brush.js works on its own (as the Jupyter widget uses it): paint, erase, undo, encode."""
+    pg = browser.new_page()
+    pg.goto(server + "static/index.html")  # same origin, any page: the module is imported alone
+    res = pg.evaluate("""async () => {
+      const { Brush, encodeMask, decodeMask } = await import('/static/brush.js');
+      const cv = document.createElement('canvas');
+      cv.style.cssText = 'position:fixed;left:0;top:0;width:300px;height:200px';
+      document.body.append(cv);
+      const b = new Brush(cv, { size: 30 });
+      b.setImageSize(600, 400);
+      const commits = [];
+      b.addEventListener('commit', e => commits.push(e.detail.reason));
+      const ev = (type, x, y) => cv.dispatchEvent(new PointerEvent(type, { clientX: x, clientY: y,
+          pointerId: 1, pointerType: 'mouse', button: 0, buttons: 1, bubbles: true }));
+      ev('pointerdown', 50, 100); ev('pointermove', 150, 100); ev('pointerup', 150, 100);
+      const m = b.getMask();
+      const painted = m.data.reduce((a, v) => a + (v > 0), 0);
+      const bb = b.bbox();
+      const soft = m.data.some(v => v > 0 && v < 255);
+      b.setTool('erase');
+      ev('pointerdown', 100, 100); ev('pointerup', 100, 100);
+      const afterErase = b.getMask().data.reduce((a, v) => a + (v > 0), 0);
+      b.undo();
+      const afterUndo = b.getMask().data.reduce((a, v) => a + (v > 0), 0);
+      b.redo(); b.undo();
+      const enc = encodeMask(b.getMask().data, b.w, b.h, 64);
+      const dec = decodeMask(enc);
+      b.invert();
+      const inverted = b.getMask().data.reduce((a, v) => a + (v > 0), 0);
+      b.clear();
+      return { painted, bb, soft, afterErase, afterUndo, enc, decW: dec.width, decH: dec.height,
+               inverted, empty: b.isEmpty(), commits, total: m.width * m.height, w: m.width, h: m.height };
+    }""")
+    pg.close()
+    assert res["w"] / res["h"] == pytest.approx(1.5, rel=0.01)
+    assert 0 < res["painted"] < res["total"] and res["soft"]
+    x0, y0, x1, y1 = res["bb"]  # the stroke went from (100, 200) to (300, 200) in image pixels
+    assert 60 < x0 < 100 and 300 < x1 < 340 and 150 < y0 < 200 and 200 < y1 < 250
+    assert res["afterErase"] < res["painted"] and res["afterUndo"] == res["painted"]
+    assert res["decW"] == 64 and res["decH"] in (42, 43)
+    assert res["inverted"] >= res["total"] - res["painted"]
+    assert res["empty"] and res["commits"][:2] == ["stroke", "stroke"]
+    assert {"undo", "redo", "invert", "clear"} <= set(res["commits"])
