@@ -21,11 +21,11 @@ if [[ ! -x "$venv/bin/python" ]]; then
 fi
 if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
   echo "setup: installing vfsearch and its dependencies into $venv" >&2
-  "$venv/bin/python" -m pip install --quiet --upgrade pip
+  "$venv/bin/python" -m pip install --quiet --upgrade pip 2> >(grep -v "is ignored" >&2)
   # torch is pinned to the local CPU build (torch==2.13.0); installing it first keeps pip from
   # resolving a multi-GB CUDA build for it.
-  "$venv/bin/python" -m pip install --quiet "torch==2.13.0"
-  "$venv/bin/python" -m pip install --quiet -e "$root[dev]"
+  "$venv/bin/python" -m pip install --quiet "torch==2.13.0" 2> >(grep -v "is ignored" >&2)
+  "$venv/bin/python" -m pip install --quiet -e "$root[dev]" 2> >(grep -v "is ignored" >&2)
   echo "$want" > "$stamp"
 else
   # the package is installed editable; make sure the compiled kernel matches the sources

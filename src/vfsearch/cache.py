@@ -137,6 +137,7 @@ class FeatureCache:
         self.image_root = Path(image_root).expanduser().resolve() if image_root else Path(attrs["image_root"])
         self._cols: dict[str, np.ndarray] = {}
         self._loaded: dict[str, LayerData] = {}
+        self._n: int | None = None
 
     # -- metadata ------------------------------------------------------------------------------
     @property
@@ -173,7 +174,9 @@ class FeatureCache:
         return tuple(self.layer_info(layer)["grid"])
 
     def __len__(self) -> int:
-        return int(self.root["images/status"].shape[0])
+        if self._n is None:
+            self._n = int(self.root["images/status"].shape[0])
+        return self._n
 
     def _col(self, name: str) -> np.ndarray:
         if name not in self._cols:
@@ -181,6 +184,7 @@ class FeatureCache:
         return self._cols[name]
 
     def refresh(self) -> None:
+        self._n = None
         self._cols.clear()
         self._loaded.clear()
 

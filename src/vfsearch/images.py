@@ -61,6 +61,11 @@ def _label_from(rel: str, label_from: str | None, pattern: re.Pattern | None) ->
     return ""
 
 
+def _abs(p) -> Path:
+    """Absolute, normalised path; symlinks are kept (a folder of links to images is fine)."""
+    return Path(os.path.normpath(os.path.abspath(Path(p).expanduser())))
+
+
 def discover(
     source: str | os.PathLike,
     *,
@@ -85,15 +90,15 @@ def discover(
     rows: list[tuple[str, str | None, dict]] = []  # (path as given, label or None, meta)
 
     if src.is_dir():
-        root = Path(image_root).expanduser().resolve() if image_root else src.resolve()
+        root = _abs(image_root) if image_root else _abs(src)
         for dirpath, dirnames, filenames in os.walk(src, followlinks=False):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             for name in sorted(filenames):
                 if name.startswith(".") or Path(name).suffix.lower() not in IMAGE_EXTENSIONS:
                     continue
-                rows.append((str(Path(dirpath, name).resolve()), None, {}))
+                rows.append((str(_abs(Path(dirpath, name))), None, {}))
     elif src.suffix.lower() == ".csv":
-        root = Path(image_root).expanduser().resolve() if image_root else src.resolve().parent
+        root = _abs(image_root) if image_root else _abs(src).parent
         with open(src, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             if not reader.fieldnames or "path" not in reader.fieldnames:
@@ -105,7 +110,7 @@ def discover(
                 label = r.get("label")
                 rows.append((r["path"].strip(), label, {c: (r.get(c) or "") for c in meta_columns}))
     else:
-        root = Path(image_root).expanduser().resolve() if image_root else src.resolve().parent
+        root = _abs(image_root) if image_root else _abs(src).parent
         with open(src, encoding="utf-8") as f:
             for line in f:
                 line = line.strip()
@@ -116,7 +121,7 @@ def discover(
     seen: set[str] = set()
     for given, label, meta in rows:
         p = Path(given).expanduser()
-        absolute = (p if p.is_absolute() else root / p).resolve()
+        absolute = _abs(p if p.is_absolute() else root / p)
         try:
             rel = absolute.relative_to(root).as_posix()
         except ValueError:

@@ -246,6 +246,10 @@ def create_app(caches, token: str | None = None, *, max_concurrent: int | None =
                          *m["image_size"]])
         return Response(buf.getvalue(), media_type="text/csv", headers=disp)
 
+    from .views import add_routes
+
+    add_routes(app, state)
+
     # -- the page ----------------------------------------------------------------------------
     @app.get("/")
     async def index():
