@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vfsearch import BadMask, BadQuery, index, make_query, open_cache, search, search_many
+from vfsearch import BadMask, BadQuery, index, make_query, search, search_many
 from vfsearch.engine import exact_scores
 
 

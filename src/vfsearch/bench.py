@@ -17,6 +17,7 @@ a few planted near-copies of the query region so the top-10 is meaningful.
 from __future__ import annotations
 
 import gc
+from functools import partial
 import json
 import os
 import resource
@@ -157,14 +158,14 @@ def _float_rows(d, n, pq, truth, truth_top, row, repeat, threads):
         t = f16[s:s + 10000].astype(np.float32)
         sq16[s:s + 10000] = np.einsum("nhwc,nhwc->nhw", t, t)
     r16 = kernel.scan(f16, sq16, pq, threads=threads)
-    row["f16_s"] = _time(lambda: kernel.scan(f16, sq16, pq, threads=threads), repeat)
+    row["f16_s"] = _time(partial(kernel.scan, f16, sq16, pq, threads=threads), repeat)
     row["f16_top10_identical"] = bool(np.array_equal(_topk(r16.score, 10), truth_top))
     row["f16_max_err"] = float(np.abs(r16.score - truth).max())
     del f16, sq16, r16
     gc.collect()
     sq32 = np.einsum("nhwc,nhwc->nhw", d.f32[:n], d.f32[:n])
     r32 = kernel.scan(d.f32[:n], sq32, pq, threads=threads)
-    row["f32_s"] = _time(lambda: kernel.scan(d.f32[:n], sq32, pq, threads=threads), repeat)
+    row["f32_s"] = _time(partial(kernel.scan, d.f32[:n], sq32, pq, threads=threads), repeat)
     row["f32_top10_identical"] = bool(np.array_equal(_topk(r32.score, 10), truth_top))
     row["f32_max_err"] = float(np.abs(r32.score - truth).max())
 
@@ -227,10 +228,10 @@ def run_bench(sizes=(25_000, 50_000, 75_000, 100_000), repeat: int = 3, referenc
     rows = []
     for n in sizes:
         row: dict = {"n": n, "backend": backend}
-        row["floor_s"] = _time(lambda: kernel.read_floor(d.u8[:n], threads=threads), repeat)
+        row["floor_s"] = _time(partial(kernel.read_floor, d.u8[:n], threads=threads), repeat)
         truth_top, truth = _float64_truth(d, n)
         top, ncand, r8 = _ours_u8(d, n, pq, threads=threads)
-        row["u8_s"] = _time(lambda: _ours_u8(d, n, pq, threads=threads), repeat)
+        row["u8_s"] = _time(partial(_ours_u8, d, n, pq, threads=threads), repeat)
         row["u8_candidates"] = ncand
         row["u8_top10_identical"] = bool(np.array_equal(top, truth_top))
         row["u8_scan_max_err"] = float(np.abs(r8.score - truth).max())

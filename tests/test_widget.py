@@ -1,0 +1,185 @@
+"""The Jupyter widgets' Python side (mask decoding, search on mask change, static gallery) and the
+example notebooks, executed headless."""
+
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("anywidget", reason="the widgets need anywidget (pip install anywidget)")
+pytest.importorskip("ipywidgets", reason="the widgets need ipywidgets")
+
+from vfsearch import search  # noqa: E402
+from vfsearch.widget import (  # noqa: E402
+    BRUSH_JS_PATH,
+    HighlightWidget,
+    MultiHighlightWidget,
+    SearchWidget,
+    decode_mask,
+    results_html,
+    show,
+)
+
+from conftest import photo  # noqa: E402
+
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+
+
+def _png(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr, "L").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+# -- mask decoding ----------------------------------------------------------------------------------
+
+
+def test_decode_raw_mask_resizes_to_image_resolution():
+    small = np.zeros((30, 40), np.uint8)
+    small[10:20, 0:20] = 255
+    m = decode_mask(small.tobytes(), 40, 30, size=(320, 240))
+    assert m.shape == (240, 320) and m.dtype == np.float32
+    assert m[120, 50] == pytest.approx(1.0) and m[10, 300] == 0.0
+    assert 0.0 <= m.min() and m.max() <= 1.0
+    assert decode_mask(b"", 0, 0) is None
+    with pytest.raises(ValueError):
+        decode_mask(b"\x00" * 10, 4, 4)
+
+
+def test_decode_png_mask():
+    small = np.zeros((24, 32), np.uint8)
+    small[:, 16:] = 128
+    m = decode_mask(_png(small), size=(64, 48))
+    assert m.shape == (48, 64)
+    assert m[24, 60] == pytest.approx(128 / 255, abs=1e-3) and m[24, 2] == 0.0
+
+
+def test_highlight_widget_mask_from_browser_bytes():
+    img = photo(320, 240)
+    w = HighlightWidget(img)
+    assert w.image_size == (320, 240)
+    assert w.mask.shape == (240, 320) and not w.mask.any() and w.is_empty()
+    # the browser sends the brush's mask (display resolution) as raw uint8
+    small = np.zeros((120, 160), np.uint8)
+    small[30:90, 40:120] = 200
+    w.mask_width, w.mask_height = 160, 120
+    w.mask_data = small.tobytes()
+    m = w.mask
+    assert m.shape == (240, 320) and m.dtype == np.float32
+    assert m[120, 160] == pytest.approx(200 / 255, abs=1e-3) and m[5, 5] == 0.0
+    assert not w.is_empty()
+    # the image goes to the browser as JPEG bytes, and the shared brush module as text
+    assert bytes(w.image_data[:2]) == b"\xff\xd8"
+    assert w._brush_js == BRUSH_JS_PATH.read_text(encoding="utf-8")
+    assert "export class Brush" in w._brush_js
+
+
+def test_highlight_widget_inputs_and_python_side_edits(tmp_path):
+    arr = np.asarray(photo(200, 100))
+    p = tmp_path / "a.png"
+    Image.fromarray(arr).save(p)
+    for src in (arr, p, str(p), Image.fromarray(arr)):
+        assert HighlightWidget(src).image_size == (200, 100)
+    w = HighlightWidget(arr)
+    w.set_box((50, 20, 150, 80))
+    m = w.mask
+    assert m[50, 100] == pytest.approx(1.0) and m[5, 5] == 0.0
+    w.clear()
+    assert not w.mask.any() and w.is_empty()
+    # the esm is widget.js, which imports the shared brush.js sent in a traitlet (no copy)
+    text = (Path(__file__).resolve().parent.parent / "src/vfsearch/widget/widget.js").read_text()
+    assert "_brush_js" in text and "import(" in text and "class Brush" not in text
+
+
+def test_multi_highlight_widget():
+    mw = MultiHighlightWidget([photo(120, 80, seed=1), photo(64, 64, seed=2)])
+    assert len(mw) == 2
+    mw[1].set_box((0, 0, 32, 32))
+    masks = mw.masks
+    assert [m.shape for m in masks] == [(80, 120), (64, 64)]
+    assert not masks[0].any() and masks[1][10, 10] == pytest.approx(1.0)
+
+
+# -- search widget / gallery ------------------------------------------------------------------------
+
+
+def test_search_widget_searches_when_mask_changes(small_cache):
+    sw = SearchWidget(small_cache, k=4, query=0)
+    assert sw.results is None
+    W, H = small_cache.image_size(0)
+    assert sw.brush.image_size == (W, H)
+    # what the browser does at the end of a stroke: set the mask traitlet (raw uint8)
+    mw, mh = 64, max(1, round(64 * H / W))
+    small = np.zeros((mh, mw), np.uint8)
+    small[mh // 4: 3 * mh // 4, mw // 4: 3 * mw // 4] = 255
+    with sw.brush.hold_sync():
+        sw.brush.mask_width, sw.brush.mask_height = mw, mh
+        sw.brush.mask_data = small.tobytes()
+    res = sw.results
+    assert res is not None and len(res) == 4, sw.error
+    assert res.scores is not None and 0 not in res.ids
+    ref = search(small_cache, 0, mask=sw.brush.mask, k=4)
+    assert res.ids.tolist() == ref.ids.tolist()
+    assert all(f"data-id='{i}'" in sw.gallery.value for i in res.ids)
+    assert "<svg" in sw.gallery.value  # the sorted-score curve
+    # changing k re-runs; picking another query resets the mask and results
+    sw.k_box.value = 2
+    assert len(sw.results) == 2
+    sw.picker.value = 3
+    assert sw.results is None and sw.brush.is_empty()
+    assert sw.brush.image_size == tuple(small_cache.image_size(3))
+    # an empty mask runs no search
+    with sw.brush.hold_sync():
+        sw.brush.mask_width, sw.brush.mask_height = mw, mh
+        sw.brush.mask_data = bytes(mw * mh)
+    assert sw.results is None
+
+
+def test_search_widget_layer(small_cache):
+    sw = SearchWidget(small_cache, layer="blocks.10", k=3, query=1)
+    W, H = small_cache.image_size(1)
+    sw.brush.set_box((0, 0, W / 2, H / 2))
+    assert sw.results is not None and sw.results.query.layer == "blocks.10"
+
+
+def test_show_html_contains_results(small_cache):
+    W, H = small_cache.image_size(0)
+    res = search(small_cache, 0, box=(0, 0, W * 0.6, H * 0.6), k=5, return_scores=True)
+    h = show(res)
+    from IPython.display import HTML
+
+    assert isinstance(h, HTML)
+    text = h.data
+    assert text == results_html(res)
+    ids = [int(v) for v in re.findall(r"data-id='(\d+)'", text)]
+    assert ids == res.ids.tolist()
+    for m in res:
+        assert f"#{m.id}" in text and f"{m.score:.3f}" in text and m.label in text
+    assert text.count("data:image/jpeg;base64,") == len(res) + 1  # + the query
+    assert text.count("border:2px solid") == len(res) + 1  # a box per match and the query
+    assert "<svg" in text
+    # without all scores: no curve, still renders
+    assert "<svg" not in results_html(search(small_cache, 0, box=(0, 0, W / 2, H / 2), k=2))
+
+
+# -- notebooks --------------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("name", ["quickstart", "compare_layers", "experiments"])
+def test_notebook_runs(name):
+    nbformat = pytest.importorskip("nbformat", reason="pip install nbclient ipykernel")
+    nbclient = pytest.importorskip("nbclient", reason="pip install nbclient ipykernel")
+    pytest.importorskip("ipykernel", reason="pip install nbclient ipykernel")
+    nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+    client = nbclient.NotebookClient(nb, timeout=120, kernel_name="python3",
+                                     resources={"metadata": {"path": str(NOTEBOOKS)}})
+    client.execute()  # raises CellExecutionError on any failing cell / assertion
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+              if o.get("output_type") == "error"]
+    assert not errors
