@@ -347,3 +347,63 @@ def test_brush_module_standalone(browser, server):
     assert res["inverted"] >= res["total"] - res["painted"]
     assert res["empty"] and res["commits"][:2] == ["stroke", "stroke"]
     assert {"undo", "redo", "invert", "clear"} <= set(res["commits"])
+
+
+def test_map_explain_overlap(server, page, small_cache):
+    """Map tab: click a tile → a whole-image query runs and the map shows its scores; explain a
+    result; compare two layers and see the shared top-k images."""
+    from vfsearch.embed import build_atlas, compute_map, load_atlas, load_map
+
+    if load_atlas(small_cache, "blocks.10") is None:
+        m = load_map(small_cache, "blocks.10") or compute_map(small_cache, "blocks.10", method="tsne", progress=False)
+        build_atlas(small_cache, m, progress=False)
+    pg = page
+    pg.goto(server)
+    pg.wait_for_function("document.body.dataset.ready === '1'")
+    pg.select_option("#choice", "small::blocks.10")
+    pg.click("#view-tabs [data-view=map]")
+    pg.wait_for_function("document.body.dataset.mapReady === '1'", timeout=20000)
+    target = 3
+    x, y = pg.evaluate("""(id) => {
+      const M = window.vfs.MAP, ci = M.cellOf.get(id), T = M.info.tile, side = M.info.side;
+      const r = document.querySelector('#map-canvas').getBoundingClientRect();
+      return [r.left + M.view.tx + ((ci % side) + 0.5) * T * M.view.s, r.top + M.view.ty + (Math.floor(ci / side) + 0.5) * T * M.view.s];
+    }""", target)
+    pg.mouse.move(x, y)
+    pg.wait_for_function("!document.querySelector('#map-tip').hidden && document.querySelector('#map-tip b')")
+    assert small_cache.labels[target] in pg.inner_text("#map-tip")
+    pg.screenshot(path=str(SHOTS / "map_hover.png"))
+    n = searches(pg)
+    pg.mouse.click(x, y)
+    wait_search(pg, n + 1)
+    assert pg.evaluate("window.vfs.S.query.id") == target and pg.evaluate("window.vfs.S.whole")
+    pg.wait_for_function("window.vfs.MAP.scores !== null && window.vfs.MAP.top.size > 0")
+    pg.wait_for_timeout(200)
+    pg.screenshot(path=str(SHOTS / "map_scores.png"))
+
+    # explain the top result (exact: instant)
+    pg.click("#view-tabs [data-view=results]")
+    pg.click('.pane[data-pane="0"] .card >> nth=0')
+    pg.click("#modal-explain")
+    pg.wait_for_function("document.body.dataset.explained === 'exact'", timeout=20000)
+    assert pg.locator(".explain-channels .chan").count() > 0
+    pg.wait_for_timeout(300)
+    pg.screenshot(path=str(SHOTS / "explain_exact.png"))
+    pg.keyboard.press("Escape")
+    assert pg.locator("#explain").is_hidden() and pg.locator("#modal").is_visible()
+    pg.keyboard.press("Escape")
+
+    # compare two layers: the shared top-k images are counted and outlined
+    n = searches(pg)
+    pg.select_option("#k", "12")
+    wait_search(pg, n + 1)
+    pg.select_option("#compare", "small::blocks.15")
+    wait_search(pg, n + 2)
+    pg.wait_for_function("document.body.dataset.overlap !== undefined")
+    shared = int(pg.evaluate("document.body.dataset.overlap"))
+    ids = [{m["id"] for m in pg.evaluate(f"window.vfs.S.panes[{i}].matches.map(m => ({{id: m.id}}))")} for i in (0, 1)]
+    assert shared == len(ids[0] & ids[1])
+    assert 0 < shared < 12
+    assert pg.locator('.pane[data-pane="0"] .card.shared').count() == shared
+    assert pg.locator('.pane[data-pane="1"] .card.shared').count() == shared
+    pg.screenshot(path=str(SHOTS / "compare_overlap.png"))

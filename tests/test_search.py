@@ -211,3 +211,22 @@ def test_cli_search_prints_table_and_json(small_cache):
     assert len(d["matches"]) == 3 and {"id", "path", "label", "score", "box"} <= set(d["matches"][0])
     bad = subprocess.run(cmd[:-4] + ["--box", "1,2"], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.startswith("error: ") and "Traceback" not in bad.stderr
+
+
+@pytest.mark.parametrize("layer", ["blocks.15", "blocks.10"])
+def test_torch_backend_gives_the_same_results(small_cache, layer):
+    """The torch path (the one used on a GPU with backend="torch:cuda") checked on the CPU."""
+    from vfsearch.engine import kernel, torch_backend
+
+    c = small_cache
+    q = make_query(c, 6, box=_central_box(c, 6, 0.45), layer=layer)
+    a = search(c, q, k=8, return_scores=True)
+    b = search(c, q, k=8, return_scores=True, backend="torch")
+    assert list(a.ids) == list(b.ids) and np.allclose(a.top_scores, b.top_scores, atol=1e-6)
+    d = c.load(layer)
+    pq = kernel.PreparedQuery.from_grid(q.features, q.weights)
+    rk = kernel.scan(d.features, d.sqnorm, pq, scale=d.scale, qerr2=d.qerr2)
+    rt = torch_backend.scan(d.features, d.sqnorm, pq, scale=d.scale, qerr2=d.qerr2, block=5)
+    assert np.allclose(rk.score, rt.score, atol=2e-3)
+    exact, _, _ = exact_scores(np.stack([c.features(i, layer) for i in range(len(c))]), q.weights, q.features)
+    assert np.all(rt.lower <= exact + 1e-6) and np.all(exact <= rt.upper + 1e-6)

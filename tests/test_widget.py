@@ -14,8 +14,10 @@ from PIL import Image
 pytest.importorskip("anywidget", reason="the widgets need anywidget (pip install anywidget)")
 pytest.importorskip("ipywidgets", reason="the widgets need ipywidgets")
 
-from vfsearch import search  # noqa: E402
-from vfsearch.widget import (  # noqa: E402
+from conftest import photo
+
+from vfsearch import search
+from vfsearch.widget import (
     BRUSH_JS_PATH,
     HighlightWidget,
     MultiHighlightWidget,
@@ -24,8 +26,6 @@ from vfsearch.widget import (  # noqa: E402
     results_html,
     show,
 )
-
-from conftest import photo  # noqa: E402
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 

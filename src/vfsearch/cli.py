@@ -186,9 +186,11 @@ def _parse_box(text: str | None):
 @click.option("--memory", default=None, help="Stream the cache within this RAM budget (e.g. 2G).")
 @click.option("--image-root", type=click.Path(path_type=Path), default=None)
 @click.option("--scheduler", default=None, help="Dask: local:N or a scheduler address.")
+@click.option("--backend", default="auto", show_default=True,
+              help="auto | avx512 | avx2 | generic | numpy | torch | torch:cuda")
 @click.option("--json", "as_json", is_flag=True)
 def search_cmd(cache, image, mask, box, whole, layer, k, include_self, dedup, memory, image_root,
-               scheduler, as_json):
+               scheduler, backend, as_json):
     """Find the K most similar regions to a query region."""
     import time
 
@@ -200,7 +202,8 @@ def search_cmd(cache, image, mask, box, whole, layer, k, include_self, dedup, me
     t0 = time.perf_counter()
     res = search(c, query, mask=str(mask) if mask else None, box=_parse_box(box), whole=whole,
                  layer=layer, k=k, exclude_self=not include_self, dedup=dedup,
-                 memory=_parse_bytes(memory) if memory else "auto", scheduler=scheduler)
+                 memory=_parse_bytes(memory) if memory else "auto", scheduler=scheduler,
+                 backend=backend)
     dt = time.perf_counter() - t0
     if as_json:
         d = res.to_dict()

@@ -131,6 +131,12 @@ def exact_scores(feats: np.ndarray, weights: np.ndarray, qfeat: np.ndarray, bloc
 
 
 def _scan_block(data: LayerData, pq, backend: str, threads: int | None):
+    if backend.startswith("torch"):
+        from . import torch_backend
+
+        device = backend.split(":", 1)[1] if ":" in backend else "cpu"
+        return torch_backend.scan(data.features, data.sqnorm, pq, scale=data.scale,
+                                  qerr2=data.qerr2, device=device)
     return kernel.scan(data.features, data.sqnorm, pq, scale=data.scale, qerr2=data.qerr2,
                        threads=threads, backend=backend)
 
@@ -300,7 +306,8 @@ def search(
     the top k (given its quantisation error bound) is re-scored exactly, so the result equals an
     exact search. ``return_scores`` adds every image's score (for the distribution curve).
     ``memory`` bounds RAM by streaming the cache in blocks (bytes; "auto" streams only when the
-    cache does not fit). ``dedup`` drops results whose pooled features have cosine ≥ ``dedup``
+    cache does not fit). ``backend``: "auto" (compiled kernel), "avx2", "generic", "numpy",
+    or "torch[:DEVICE]" (e.g. "torch:cuda" on a GPU). ``dedup`` drops results whose pooled features have cosine ≥ ``dedup``
     with a better result. ``scheduler`` (``"local:N"`` or a Dask address) maps the scan over the
     cache's chunks on Dask workers; the results are identical.
     """

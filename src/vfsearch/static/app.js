@@ -687,6 +687,7 @@ async function renderPanes() {
   const p0 = S.panes[0];
   $("#r-info").textContent = "";
   await Promise.all(draws);
+  updateOverlap().catch(reportError);
   if (S.overlay === "heat") await loadHeat();
 }
 
@@ -1482,3 +1483,484 @@ async function main() {
 }
 
 main();
+
+// == views: dataset map · explain · compare overlap ===============================================
+const MAP = { key: "", info: null, grid: null, pages: [], scores: null, scoresSid: null, top: new Map(), queryId: null,
+  view: null, loading: false, poll: null, hover: -1 };
+window.vfs.MAP = MAP;
+
+function mapChoice() { return S.choice; }
+function mapKey() { const c = mapChoice(); return c ? choiceKey(c) : ""; }
+const mapQS = (c) => `layer=${enc(c.layer)}&method=tsne`;
+
+function setView(view) {
+  for (const b of $$("#view-tabs button")) b.classList.toggle("on", b.dataset.view === view);
+  $("#panes").hidden = view !== "results";
+  $("#map-view").hidden = view !== "map";
+  document.body.dataset.view = view;
+  if (view === "map") refreshMap().catch(reportError);
+}
+
+function mapEmpty(text, button = false) {
+  const box = $("#map-empty");
+  box.hidden = !text;
+  if (!text) return;
+  const kids = [el("div", { text })];
+  if (button) kids.push(el("button", { class: "btn primary", id: "map-compute-empty", text: "Compute map", onclick: () => computeMap().catch(reportError) }));
+  box.replaceChildren(...kids);
+}
+
+async function refreshMap() {
+  const c = mapChoice();
+  if (!c || $("#map-view").hidden) return;
+  const key = mapKey();
+  if (key !== MAP.key || !MAP.info || MAP.info.status !== "ready") await loadMap(c, key);
+  await loadMapScores();
+  drawMap();
+}
+
+async function loadMap(c, key) {
+  MAP.key = key;
+  MAP.info = null;
+  MAP.grid = null;
+  MAP.pages = [];
+  MAP.scores = null;
+  MAP.scoresSid = null;
+  $("#map-info").textContent = "loading map…";
+  const info = await api(`/api/caches/${enc(c.cache)}/map?${mapQS(c)}`);
+  if (MAP.key !== key) return;
+  MAP.info = info;
+  $("#map-compute").hidden = info.status === "computing";
+  $("#map-compute").textContent = info.status === "ready" ? "Recompute" : "Compute map";
+  if (info.status !== "ready") {
+    drawMap();
+    if (info.status === "computing") { mapEmpty("Computing the map…"); pollMapJob(info.job.job, c, key); }
+    else if (info.status === "no_atlas") mapEmpty("The map is computed but has no thumbnail atlas yet.", true);
+    else mapEmpty(`No similarity map for ${choiceLabel(c)} yet.${info.job && info.job.error ? ` Last attempt failed: ${info.job.error}` : ""}`, true);
+    $("#map-info").textContent = choiceLabel(c);
+    return;
+  }
+  mapEmpty("");
+  MAP.grid = Int32Array.from(info.grid);
+  MAP.cellOf = new Map();
+  for (let i = 0; i < MAP.grid.length; i++) if (MAP.grid[i] >= 0) MAP.cellOf.set(MAP.grid[i], i);
+  const n = info.pages;
+  MAP.pages = new Array(n).fill(null);
+  $("#map-info").textContent = `${choiceLabel(c)} · ${info.n.toLocaleString()} images · ${info.side}×${info.side} t-SNE grid${info.stale ? " · stale (cache changed since)" : ""}`;
+  fitMap();
+  for (let p = 0; p < n; p++) {
+    loadImage(`/api/caches/${enc(c.cache)}/map/atlas/${p}?${mapQS(c)}&v=${enc(info.version || "")}`).then((img) => {
+      if (MAP.key !== key) return;
+      MAP.pages[p] = img;
+      drawMap();
+      if (MAP.pages.every(Boolean)) document.body.dataset.mapReady = "1";
+    }).catch(reportError);
+  }
+}
+
+async function computeMap() {
+  const c = mapChoice();
+  if (!c) return;
+  const key = mapKey();
+  const r = await api(`/api/caches/${enc(c.cache)}/map?${mapQS(c)}`, { method: "POST" });
+  mapEmpty("Computing the map… (t-SNE, then the thumbnail atlas)");
+  MAP.info = { status: "computing" };
+  MAP.grid = null;
+  drawMap();
+  $("#map-compute").hidden = true;
+  pollMapJob(r.job, c, key);
+}
+
+function pollMapJob(job, c, key) {
+  clearTimeout(MAP.poll);
+  const tick = async () => {
+    let j;
+    try { j = await api(`/api/jobs/${job}`); } catch (e) { reportError(e); return; }
+    if (MAP.key !== key) return;
+    if (j.status === "running") {
+      $("#map-info").textContent = `computing map… ${(100 * j.progress).toFixed(0)} % · ${j.seconds.toFixed(0)} s`;
+      MAP.poll = setTimeout(tick, 700);
+      return;
+    }
+    if (j.status === "error") toast(`computing the map failed: ${j.error}`);
+    MAP.key = "";
+    $("#map-compute").hidden = false;
+    refreshMap().catch(reportError);
+  };
+  MAP.poll = setTimeout(tick, 400);
+}
+
+/** The scores of the latest search on the map's cache (the pane with the same layer first). */
+async function loadMapScores() {
+  const c = mapChoice();
+  const panes = (S.panes || []).filter((p) => p.ctx && p.choice.cache === c.cache);
+  panes.sort((a, b) => (b.choice.layer === c.layer) - (a.choice.layer === c.layer));
+  const p = panes[0];
+  if (!p) { MAP.scores = null; MAP.scoresSid = null; MAP.top = new Map(); MAP.queryId = null; return; }
+  MAP.top = new Map(p.matches.map((m) => [m.id, m.rank]));
+  MAP.queryId = S.query && S.query.kind === "dataset" && S.query.cache === c.cache ? S.query.id : null;
+  if (MAP.scoresSid === p.ctx.sid) return;
+  const r = await fetch(`/api/searches/${p.ctx.sid}/scores`);
+  if (!r.ok) return;
+  MAP.scores = new Float32Array(await r.arrayBuffer());
+  MAP.scoresSid = p.ctx.sid;
+  MAP.scoreCanvas = null;
+}
+
+function mapWorld() { const i = MAP.info; return i && i.status === "ready" ? i.side * i.tile : 1; }
+
+function fitMap() {
+  const cv = $("#map-canvas");
+  const W = cv.clientWidth || 600, H = cv.clientHeight || 600;
+  const w = mapWorld();
+  const s = Math.min(W, H) / w * 0.96;
+  MAP.view = { s, tx: (W - w * s) / 2, ty: (H - w * s) / 2 };
+}
+
+function scoreCanvas() {
+  if (MAP.scoreCanvas) return MAP.scoreCanvas;
+  const side = MAP.info.side, g = MAP.grid, sc = MAP.scores;
+  let lo = Infinity, hi = -Infinity;
+  for (let i = 0; i < g.length; i++) {
+    const v = g[i] >= 0 ? sc[g[i]] : NaN;
+    if (isFinite(v)) { if (v < lo) lo = v; if (v > hi) hi = v; }
+  }
+  const c = document.createElement("canvas");
+  c.width = c.height = side;
+  const o = c.getContext("2d");
+  const d = o.createImageData(side, side);
+  const span = hi > lo ? hi - lo : 1;
+  for (let i = 0; i < g.length; i++) {
+    const v = g[i] >= 0 ? sc[g[i]] : NaN;
+    const j = 4 * i;
+    if (!isFinite(v)) { d.data[j + 3] = g[i] >= 0 ? 170 : 0; continue; }
+    const t = clamp((v - lo) / span, 0, 1);
+    const [r, gg, b] = cmap(0.1 + 0.9 * t);
+    d.data[j] = r; d.data[j + 1] = gg; d.data[j + 2] = b;
+    d.data[j + 3] = 235 - 180 * Math.pow(t, 0.8); // low scores: mostly colour; high: the photo shows through
+  }
+  o.putImageData(d, 0, 0);
+  MAP.scoreCanvas = c;
+  MAP.scoreRange = [lo, hi];
+  return c;
+}
+
+function drawMap() {
+  const cv = $("#map-canvas");
+  if (!cv || $("#map-view").hidden) return;
+  const W = Math.max(1, Math.round(cv.clientWidth * dpr())), H = Math.max(1, Math.round(cv.clientHeight * dpr()));
+  if (cv.width !== W) cv.width = W;
+  if (cv.height !== H) cv.height = H;
+  const g = cv.getContext("2d");
+  g.setTransform(1, 0, 0, 1, 0, 0);
+  g.fillStyle = "#181818";
+  g.fillRect(0, 0, W, H);
+  const info = MAP.info;
+  if (!info || info.status !== "ready" || !MAP.grid) return;
+  if (!MAP.view) fitMap();
+  const { s, tx, ty } = MAP.view;
+  const k = dpr();
+  g.setTransform(s * k, 0, 0, s * k, tx * k, ty * k);
+  const span = info.page_tiles * info.tile;
+  g.imageSmoothingEnabled = s < 1;
+  g.imageSmoothingQuality = "medium";
+  for (let p = 0; p < MAP.pages.length; p++) {
+    const img = MAP.pages[p];
+    if (!img) continue;
+    const px = p % info.pages_x, py = Math.floor(p / info.pages_x);
+    g.drawImage(img, px * span, py * span, img.naturalWidth, img.naturalHeight);
+  }
+  const T = info.tile;
+  if (MAP.scores && $("#map-scores").checked) {
+    g.imageSmoothingEnabled = false;
+    g.drawImage(scoreCanvas(), 0, 0, info.side * T, info.side * T);
+  }
+  // top-k and the query image
+  g.lineWidth = Math.max(1.5 / s, T * 0.06);
+  for (const [id, rank] of MAP.top) {
+    const ci = MAP.cellOf.get(id);
+    if (ci === undefined) continue;
+    const x = (ci % info.side) * T, y = Math.floor(ci / info.side) * T;
+    g.strokeStyle = "#ffb020";
+    g.strokeRect(x + g.lineWidth / 2, y + g.lineWidth / 2, T - g.lineWidth, T - g.lineWidth);
+    if (s * T >= 22) {
+      g.fillStyle = "rgba(0,0,0,.7)";
+      g.fillRect(x, y, T * 0.5, T * 0.3);
+      g.fillStyle = "#ffd27a";
+      g.font = `${T * 0.24}px sans-serif`;
+      g.fillText(`${rank + 1}`, x + T * 0.04, y + T * 0.24);
+    }
+  }
+  if (MAP.queryId !== null && MAP.cellOf.has(MAP.queryId)) {
+    const ci = MAP.cellOf.get(MAP.queryId);
+    const x = (ci % info.side) * T, y = Math.floor(ci / info.side) * T;
+    g.strokeStyle = "#2fe0ff";
+    g.lineWidth *= 1.6;
+    g.strokeRect(x, y, T, T);
+  }
+  if (MAP.hover >= 0) {
+    const x = (MAP.hover % info.side) * T, y = Math.floor(MAP.hover / info.side) * T;
+    g.strokeStyle = "#fff";
+    g.lineWidth = 1.5 / s;
+    g.strokeRect(x, y, T, T);
+  }
+}
+
+function mapCellAt(ev) {
+  const info = MAP.info;
+  if (!info || info.status !== "ready" || !MAP.view) return -1;
+  const r = $("#map-canvas").getBoundingClientRect();
+  const wx = (ev.clientX - r.left - MAP.view.tx) / MAP.view.s, wy = (ev.clientY - r.top - MAP.view.ty) / MAP.view.s;
+  const col = Math.floor(wx / info.tile), row = Math.floor(wy / info.tile);
+  if (col < 0 || row < 0 || col >= info.side || row >= info.side) return -1;
+  return row * info.side + col;
+}
+
+const tipCache = new Map();
+async function mapHover(ev) {
+  const ci = mapCellAt(ev);
+  const tip = $("#map-tip");
+  if (ci !== MAP.hover) { MAP.hover = ci; drawMap(); }
+  const id = ci >= 0 ? MAP.grid[ci] : -1;
+  if (id < 0) { tip.hidden = true; return; }
+  const c = mapChoice();
+  const r = $("#map-stage").getBoundingClientRect();
+  tip.style.left = `${Math.min(ev.clientX - r.left + 14, r.width - 200)}px`;
+  tip.style.top = `${ev.clientY - r.top + 14}px`;
+  tip.hidden = false;
+  const key = `${c.cache}:${id}`;
+  let rec = tipCache.get(key);
+  if (!rec) {
+    tip.textContent = `#${id}`;
+    rec = api(`/api/caches/${enc(c.cache)}/images/${id}`).catch(() => null);
+    tipCache.set(key, rec);
+    if (tipCache.size > 2000) tipCache.delete(tipCache.keys().next().value);
+  }
+  const info = await rec;
+  if (MAP.hover !== ci || !info) return;
+  const sc = MAP.scores && isFinite(MAP.scores[id]) ? ` · score ${fmt(MAP.scores[id], 3)}` : "";
+  const rank = MAP.top.has(id) ? ` · #${MAP.top.get(id) + 1}` : "";
+  tip.replaceChildren(el("b", { text: info.label || "—" }), document.createTextNode(` ${basename(info.path)}${sc}${rank}`));
+}
+
+function wireMap() {
+  for (const b of $$("#view-tabs button")) b.addEventListener("click", () => setView(b.dataset.view));
+  $("#map-compute").addEventListener("click", () => computeMap().catch(reportError));
+  $("#map-fit").addEventListener("click", () => { fitMap(); drawMap(); });
+  $("#map-scores").addEventListener("change", drawMap);
+  const stage = $("#map-stage");
+  let drag = null;
+  stage.addEventListener("pointerdown", (e) => {
+    if (!MAP.view || e.button !== 0) return;
+    drag = { x: e.clientX, y: e.clientY, tx: MAP.view.tx, ty: MAP.view.ty, moved: false };
+    stage.setPointerCapture(e.pointerId);
+  });
+  stage.addEventListener("pointermove", (e) => {
+    if (drag) {
+      const dx = e.clientX - drag.x, dy = e.clientY - drag.y;
+      if (Math.abs(dx) + Math.abs(dy) > 4) drag.moved = true;
+      if (drag.moved) {
+        stage.classList.add("dragging");
+        MAP.view.tx = drag.tx + dx;
+        MAP.view.ty = drag.ty + dy;
+        $("#map-tip").hidden = true;
+        drawMap();
+        return;
+      }
+    }
+    mapHover(e).catch(() => {});
+  });
+  stage.addEventListener("pointerup", (e) => {
+    const d = drag;
+    drag = null;
+    stage.classList.remove("dragging");
+    if (!d || d.moved) return;
+    const ci = mapCellAt(e);
+    const id = ci >= 0 ? MAP.grid[ci] : -1;
+    if (id < 0) return;
+    const c = mapChoice();
+    setQuery({ kind: "dataset", cache: c.cache, id }, e.shiftKey ? {} : { whole: true }).catch(reportError);
+  });
+  stage.addEventListener("pointerleave", () => { $("#map-tip").hidden = true; if (MAP.hover >= 0) { MAP.hover = -1; drawMap(); } });
+  stage.addEventListener("wheel", (e) => {
+    if (!MAP.view) return;
+    e.preventDefault();
+    const r = stage.getBoundingClientRect();
+    const mx = e.clientX - r.left, my = e.clientY - r.top;
+    const f = Math.exp(-e.deltaY * (e.deltaMode === 1 ? 0.05 : 0.0015));
+    const w = mapWorld();
+    const s = clamp(MAP.view.s * f, Math.min(r.width, r.height) / w * 0.25, 8);
+    const k = s / MAP.view.s;
+    MAP.view.tx = mx - (mx - MAP.view.tx) * k;
+    MAP.view.ty = my - (my - MAP.view.ty) * k;
+    MAP.view.s = s;
+    drawMap();
+  }, { passive: false });
+  new ResizeObserver(() => drawMap()).observe(stage);
+  window.addEventListener("vfs:results", () => { if (!$("#map-view").hidden) refreshMap().catch(reportError); });
+  $("#choice").addEventListener("change", () => setTimeout(() => refreshMap().catch(reportError), 0));
+}
+
+// -- explain -------------------------------------------------------------------------------------
+const EXPLAIN = { seq: 0 };
+
+function drawSaliency(canvas, img, size, geom, sal, maxCss) {
+  const s = Math.min(maxCss[0] / size[0], maxCss[1] / size[1]);
+  const css = [Math.max(1, Math.round(size[0] * s)), Math.max(1, Math.round(size[1] * s))];
+  canvas.style.width = `${css[0]}px`;
+  canvas.style.height = `${css[1]}px`;
+  const W = Math.round(css[0] * dpr()), H = Math.round(css[1] * dpr());
+  canvas.width = W;
+  canvas.height = H;
+  const g = canvas.getContext("2d");
+  if (img) g.drawImage(img, 0, 0, W, H);
+  if (!sal || !sal.length) return;
+  const h = sal.length, w = sal[0].length;
+  let top = 0;
+  for (const row of sal) for (const v of row) if (v != null && Math.abs(v) > top) top = Math.abs(v);
+  top = top || 1;
+  const off = document.createElement("canvas");
+  off.width = w;
+  off.height = h;
+  const o = off.getContext("2d");
+  const d = o.createImageData(w, h);
+  for (let y = 0; y < h; y++)
+    for (let x = 0; x < w; x++) {
+      const v = (sal[y][x] || 0) / top, j = 4 * (y * w + x);
+      if (v >= 0) { const [r, gg, b] = cmap(0.15 + 0.85 * v); d.data[j] = r; d.data[j + 1] = gg; d.data[j + 2] = b; }
+      else { d.data[j] = 40; d.data[j + 1] = 110; d.data[j + 2] = 255; }
+      d.data[j + 3] = 255 * (0.05 + 0.7 * Math.pow(Math.abs(v), 0.8));
+    }
+  o.putImageData(d, 0, 0);
+  // same geometry as the heat overlay: the map covers the model's input square, clipped to the crop
+  const kx = W / size[0], ky = H / size[1], crop = geom.crop;
+  const X0 = (kx * geom.left) / geom.sx, Y0 = (ky * geom.top) / geom.sy;
+  const X1 = (kx * (geom.size + geom.left)) / geom.sx, Y1 = (ky * (geom.size + geom.top)) / geom.sy;
+  g.save();
+  g.fillStyle = "rgba(8,10,18,0.35)";
+  g.fillRect(0, 0, W, H);
+  g.beginPath();
+  g.rect(crop[0] * kx, crop[1] * ky, (crop[2] - crop[0]) * kx, (crop[3] - crop[1]) * ky);
+  g.clip();
+  g.imageSmoothingEnabled = w >= 32;
+  g.drawImage(off, X0, Y0, X1 - X0, Y1 - Y0);
+  g.restore();
+}
+
+function queryImageURL(ex, ctx) {
+  const im = ex.query.image || {};
+  if (im.upload) return `/api/uploads/${enc(im.upload)}/image`;
+  return thumbURL(im.cache || ctx.choice.cache, im.id);
+}
+
+async function renderExplanation(ex, ctx) {
+  const maxCss = [Math.min(500, window.innerWidth * 0.44), Math.min(420, window.innerHeight * 0.5)];
+  const [qimg, rimg] = await Promise.all([loadImage(queryImageURL(ex, ctx)).catch(() => null),
+    loadImage(thumbURL(ctx.choice.cache, ex.result.id)).catch(() => null)]);
+  drawSaliency($("#explain-q"), qimg, ex.query.image_size, ex.query.geometry, ex.query_saliency, maxCss);
+  drawSaliency($("#explain-r"), rimg, ex.result.image_size, ex.result.geometry, ex.saliency, maxCss);
+  const stat = (k, v, t = "") => el("span", { title: t }, `${k} `, el("b", { text: v }));
+  const kids = [stat("method", ex.method), stat("score", fmt(ex.score, 4)), stat("space", ex.space === "grid" ? "feature cells" : "model-input px"),
+    stat("time", `${(ex.seconds * 1000).toFixed(0)} ms`)];
+  if (ex.insertion_auc != null) kids.push(stat("insertion AUC", fmt(ex.insertion_auc, 3), "score while restoring the most salient parts first (higher = better map)"));
+  if (ex.deletion_auc != null) kids.push(stat("deletion AUC", fmt(ex.deletion_auc, 3), "score while removing the most salient parts first (lower = better map)"));
+  if (ex.channel_share_sum != null) kids.push(stat("channel shares sum", fmt(ex.channel_share_sum, 4)));
+  if (!ex.query_saliency) kids.push(el("span", { class: "muted", text: "(this method explains the result image only)" }));
+  $("#explain-stats").replaceChildren(...kids);
+  const chans = ex.top_channels || [];
+  const rows = chans.map((c) => {
+    const row = el("div", { class: "chan" }, el("span", { text: `channel ${c.channel} · ${fmt(c.share, 4)}` }));
+    for (const p of c.patches) {
+      const cv = el("canvas", { title: `#${p.id} ${p.label} · activation ${fmt(p.activation, 2)}` });
+      row.append(cv);
+      loadImage(thumbURL(ctx.choice.cache, p.id)).then((img) => drawPatch(cv, img, p)).catch(() => {});
+    }
+    return row;
+  });
+  if (rows.length) rows.unshift(el("div", { class: "muted", text: "Top channels (share of the score) and the dataset patches where each is most active:" }));
+  $("#explain-channels").replaceChildren(...rows);
+  document.body.dataset.explained = ex.method;
+}
+
+function drawPatch(cv, img, p) {
+  const S0 = 64 * dpr();
+  cv.width = cv.height = S0;
+  const g = cv.getContext("2d");
+  const [w, h] = p.image_size;
+  // zoom on the patch: a square 3× the box around it (clipped to the image)
+  const [x0, y0, x1, y1] = p.box;
+  const cx = (x0 + x1) / 2, cy = (y0 + y1) / 2;
+  const side = Math.min(Math.max(w, h), Math.max(x1 - x0, y1 - y0) * 3);
+  const sx = clamp(cx - side / 2, 0, Math.max(0, w - side)), sy = clamp(cy - side / 2, 0, Math.max(0, h - side));
+  const fx = img.naturalWidth / w, fy = img.naturalHeight / h;
+  g.drawImage(img, sx * fx, sy * fy, side * fx, side * fy, 0, 0, S0, S0);
+  const k = S0 / side;
+  g.lineWidth = 2 * dpr();
+  g.strokeStyle = "#ffb020";
+  g.strokeRect((x0 - sx) * k, (y0 - sy) * k, (x1 - x0) * k, (y1 - y0) * k);
+}
+
+async function explainCurrent() {
+  const { items, ix, ctx } = MODAL;
+  const m = items[ix];
+  const method = $("#explain-method").value;
+  const seq = ++EXPLAIN.seq;
+  $("#explain").hidden = false;
+  $("#explain-title").textContent = `Why does ${basename(m.path)} match?`;
+  $("#explain-info").textContent = `${choiceLabel(ctx.choice)} · ${method}`;
+  for (const id of ["#explain-q", "#explain-r"]) { const c = $(id); c.width = c.height = 1; }
+  $("#explain-stats").replaceChildren(el("span", { class: "muted", text: "explaining…" }));
+  $("#explain-channels").replaceChildren();
+  delete document.body.dataset.explained;
+  const bar = $("#explain-progress");
+  const r = await api(`/api/searches/${ctx.sid}/explain`, { json: { id: m.id, method } });
+  let j = r;
+  while (j.status === "running") {
+    bar.hidden = false;
+    $("i", bar).style.width = `${(100 * j.progress).toFixed(0)}%`;
+    $("span", bar).textContent = `${method}: ${(100 * j.progress).toFixed(0)} % · ${j.seconds.toFixed(1)} s (runs the model on perturbed images)`;
+    await new Promise((res) => setTimeout(res, 500));
+    if (seq !== EXPLAIN.seq || $("#explain").hidden) return;
+    j = await api(`/api/jobs/${j.job}`);
+  }
+  bar.hidden = true;
+  if (seq !== EXPLAIN.seq) return;
+  if (j.status === "error") throw new Error(`explain failed: ${j.error}`);
+  await renderExplanation(j.result, ctx);
+}
+
+function wireExplain() {
+  $("#modal-explain").addEventListener("click", () => explainCurrent().catch(reportError));
+  $("#explain-close").addEventListener("click", () => { $("#explain").hidden = true; EXPLAIN.seq++; });
+  $("#explain").addEventListener("click", (e) => { if (e.target.id === "explain") { $("#explain").hidden = true; EXPLAIN.seq++; } });
+  window.addEventListener("keydown", (e) => {
+    if (!$("#explain").hidden && e.key === "Escape") {
+      $("#explain").hidden = true;
+      EXPLAIN.seq++;
+      e.stopImmediatePropagation();
+      e.preventDefault();
+    }
+  }, { capture: true });
+}
+
+// -- compare overlap ---------------------------------------------------------------------------------
+async function updateOverlap() {
+  if (S.panes.length !== 2 || !S.panes[0].ctx || !S.panes[1].ctx) return;
+  const [a, b] = S.panes;
+  const seq = S.seq;
+  const o = await api(`/api/overlap?a=${a.ctx.sid}&b=${b.ctx.sid}`);
+  if (seq !== S.seq) return;
+  const sets = [new Set(o.shared.map((p) => p[0])), new Set(o.shared.map((p) => p[1]))];
+  [a, b].forEach((p, pi) => {
+    const pane = $(`#panes [data-pane="${pi}"]`);
+    if (!pane) return;
+    for (const card of $$(".card", pane)) if (sets[pi].has(+card.dataset.id) && +card.dataset.rank < o.k[pi]) card.classList.add("shared");
+    const head = $(".pane-head", pane);
+    const note = el("span", { class: "overlap-note", title: `images in both top-${o.k[0]} / top-${o.k[1]} sets (outlined ∩); Jaccard ${o.jaccard}`, text: `∩ ${o.count} shared` });
+    head.append(note);
+  });
+  document.body.dataset.overlap = String(o.count);
+}
+
+wireMap();
+wireExplain();

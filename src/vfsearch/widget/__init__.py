@@ -32,8 +32,14 @@ except ImportError as e:  # pragma: no cover - depends on the optional extra
     raise ImportError("vfsearch.widget needs anywidget and ipywidgets: "
                       "pip install anywidget ipywidgets") from e
 
-__all__ = ["HighlightWidget", "MultiHighlightWidget", "SearchWidget", "decode_mask", "show",
-           "results_html"]
+__all__ = [
+    "HighlightWidget",
+    "MultiHighlightWidget",
+    "SearchWidget",
+    "decode_mask",
+    "results_html",
+    "show",
+]
 
 _HERE = Path(__file__).resolve().parent
 BRUSH_JS_PATH = _HERE.parent / "static" / "brush.js"
@@ -186,7 +192,7 @@ class HighlightWidget(anywidget.AnyWidget):
         """Fill the box (x0, y0, x1, y1) in image pixels (replaces the mask)."""
         w, h = self.image_size
         m = np.zeros((h, w), np.float32)
-        x0, y0, x1, y1 = (int(round(v)) for v in box)
+        x0, y0, x1, y1 = (round(float(v)) for v in box)
         m[max(0, y0):max(0, y1), max(0, x0):max(0, x1)] = 1.0
         self.set_mask(m)
 
@@ -278,7 +284,7 @@ class SearchWidget(ipywidgets.VBox):
 
     def run(self):
         """Search with the current mask (no-op when the mask is empty); returns the result."""
-        from .. import search
+        from .. import VfsError, search
 
         if self.brush.is_empty():
             self.results = None
@@ -288,7 +294,7 @@ class SearchWidget(ipywidgets.VBox):
         try:
             res = search(self.cache, self.query_id, mask=self.brush.mask, layer=self.layer,
                          k=self.k, return_scores=True)
-        except Exception as e:  # shown in the widget; the traceback would be lost in a callback
+        except (VfsError, ValueError) as e:  # shown in the widget (a callback's traceback is lost)
             self.error = f"{type(e).__name__}: {e}"
             self.status.value = f"<span style='color:#b00'>{html.escape(self.error)}</span>"
             return None
