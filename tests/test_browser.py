@@ -32,6 +32,31 @@ SHOTS = Path(__file__).resolve().parents[1] / "artifacts" / "screenshots"
 
 @pytest.fixture(scope="module")
 def server(small_cache):
+    yield from _serve(small_cache)
+
+
+@pytest.fixture(scope="module")
+def map_cache(small_cache, tmp_path_factory):
+    """A copy of the shared cache with a stored map (other tests expect the shared one to have
+    none)."""
+    import shutil
+
+    from vfsearch import open_cache
+    from vfsearch.embed import build_atlas, compute_map
+
+    dst = tmp_path_factory.mktemp("mapcache") / "c"
+    shutil.copytree(small_cache.path, dst)
+    c = open_cache(dst)
+    build_atlas(c, compute_map(c, "blocks.10", method="tsne", progress=False), progress=False)
+    return c
+
+
+@pytest.fixture(scope="module")
+def map_server(map_cache):
+    yield from _serve(map_cache)
+
+
+def _serve(small_cache):
     import uvicorn
 
     from vfsearch.engine import make_query, search
@@ -349,16 +374,12 @@ def test_brush_module_standalone(browser, server):
     assert {"undo", "redo", "invert", "clear"} <= set(res["commits"])
 
 
-def test_map_explain_overlap(server, page, small_cache):
+def test_map_explain_overlap(map_server, page, map_cache):
     """Map tab: click a tile → a whole-image query runs and the map shows its scores; explain a
     result; compare two layers and see the shared top-k images."""
-    from vfsearch.embed import build_atlas, compute_map, load_atlas, load_map
-
-    if load_atlas(small_cache, "blocks.10") is None:
-        m = load_map(small_cache, "blocks.10") or compute_map(small_cache, "blocks.10", method="tsne", progress=False)
-        build_atlas(small_cache, m, progress=False)
+    small_cache = map_cache
     pg = page
-    pg.goto(server)
+    pg.goto(map_server)
     pg.wait_for_function("document.body.dataset.ready === '1'")
     pg.select_option("#choice", "small::blocks.10")
     pg.click("#view-tabs [data-view=map]")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 import warnings
 
@@ -16,8 +17,19 @@ from vfsearch.server import create_app
 
 
 @pytest.fixture(scope="module")
-def client(small_cache):
-    with TestClient(create_app({"small": small_cache})) as c:
+def map_cache(small_cache, tmp_path_factory):
+    """A copy of the shared cache: maps are written into the cache, and other tests expect the
+    shared one to have none."""
+    from vfsearch import open_cache
+
+    dst = tmp_path_factory.mktemp("views") / "c"
+    shutil.copytree(small_cache.path, dst)
+    return open_cache(dst)
+
+
+@pytest.fixture(scope="module")
+def client(map_cache):
+    with TestClient(create_app({"small": map_cache})) as c:
         yield c
 
 
@@ -40,7 +52,8 @@ def search(client, image=0, layer="blocks.10", k=5):
     return r.json()
 
 
-def test_map_missing_compute_and_atlas(client, small_cache):
+def test_map_missing_compute_and_atlas(client, map_cache):
+    small_cache = map_cache
     from vfsearch.embed import compute_map
 
     r = client.get("/api/caches/small/map", params={"layer": "blocks.15", "method": "umap"})

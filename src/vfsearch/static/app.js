@@ -1816,9 +1816,13 @@ function drawSaliency(canvas, img, size, geom, sal, maxCss) {
   if (img) g.drawImage(img, 0, 0, W, H);
   if (!sal || !sal.length) return;
   const h = sal.length, w = sal[0].length;
-  let top = 0;
-  for (const row of sal) for (const v of row) if (v != null && Math.abs(v) > top) top = Math.abs(v);
-  top = top || 1;
+  // signed maps (exact shares): 0 stays 0, blue = lowers the score; one-signed maps (RISE has a
+  // large constant offset): stretched min..max
+  let top = 0, lo = Infinity, hi = -Infinity;
+  for (const row of sal) for (const v of row) if (v != null) { if (Math.abs(v) > top) top = Math.abs(v); if (v < lo) lo = v; if (v > hi) hi = v; }
+  const signed = lo < 0 && hi > 0;
+  const base = signed ? 0 : lo;
+  top = (signed ? top : hi - lo) || 1;
   const off = document.createElement("canvas");
   off.width = w;
   off.height = h;
@@ -1826,7 +1830,7 @@ function drawSaliency(canvas, img, size, geom, sal, maxCss) {
   const d = o.createImageData(w, h);
   for (let y = 0; y < h; y++)
     for (let x = 0; x < w; x++) {
-      const v = (sal[y][x] || 0) / top, j = 4 * (y * w + x);
+      const v = ((sal[y][x] ?? base) - base) / top, j = 4 * (y * w + x);
       if (v >= 0) { const [r, gg, b] = cmap(0.15 + 0.85 * v); d.data[j] = r; d.data[j + 1] = gg; d.data[j + 2] = b; }
       else { d.data[j] = 40; d.data[j + 1] = 110; d.data[j + 2] = 255; }
       d.data[j + 3] = 255 * (0.05 + 0.7 * Math.pow(Math.abs(v), 0.8));
@@ -1913,7 +1917,9 @@ async function explainCurrent() {
   $("#explain-channels").replaceChildren();
   delete document.body.dataset.explained;
   const bar = $("#explain-progress");
-  const r = await api(`/api/searches/${ctx.sid}/explain`, { json: { id: m.id, method } });
+  // the model-running methods also perturb the query image ("both"), so both images get a map
+  const params = method === "occlusion" || method === "rise" ? { mode: "both" } : undefined;
+  const r = await api(`/api/searches/${ctx.sid}/explain`, { json: { id: m.id, method, params } });
   let j = r;
   while (j.status === "running") {
     bar.hidden = false;

@@ -45,6 +45,8 @@ _HERE = Path(__file__).resolve().parent
 BRUSH_JS_PATH = _HERE.parent / "static" / "brush.js"
 DISPLAY_SIDE = 512  # longest side of the image sent to the browser
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+# binary buffers arrive from the frontend as memoryview: make them bytes
+_BYTES = dict(ipywidgets.widgets.trait_types.bytes_serialization)
 
 
 def _brush_source() -> str:
@@ -122,12 +124,12 @@ class HighlightWidget(anywidget.AnyWidget):
 
     _esm = _HERE / "widget.js"
     _brush_js = traitlets.Unicode("").tag(sync=True)
-    image_data = traitlets.Bytes(b"").tag(sync=True)  # JPEG shown under the brush
+    image_data = traitlets.Bytes(b"").tag(sync=True, **_BYTES)  # JPEG shown under the brush
     image_width = traitlets.Int(0).tag(sync=True)  # original resolution (the mask's target)
     image_height = traitlets.Int(0).tag(sync=True)
     display_width = traitlets.Int(384).tag(sync=True)  # CSS px
     # the mask, synced from the browser as binary: raw uint8 (mask_width × mask_height) or a PNG
-    mask_data = traitlets.Bytes(b"").tag(sync=True)
+    mask_data = traitlets.Bytes(b"").tag(sync=True, **_BYTES)
     mask_width = traitlets.Int(0).tag(sync=True)
     mask_height = traitlets.Int(0).tag(sync=True)
     tool = traitlets.Unicode("paint").tag(sync=True)
