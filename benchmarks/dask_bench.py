@@ -21,11 +21,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-import zarr
 from distributed import Client, LocalCluster
 
 from vfsearch.bench import _evict
-from vfsearch.cache import FORMAT_VERSION, ensure_arrays, open_cache
+from vfsearch.cache import open_cache, synthetic_cache
 from vfsearch.distributed import scan_distributed
 from vfsearch.engine import kernel
 
@@ -36,17 +35,7 @@ C = 512
 def make_cache(path: Path, n: int) -> None:
     if (path / "zarr.json").exists() and open_cache(path).root["images/status"].shape[0] == n:
         return
-    shutil.rmtree(path, ignore_errors=True)
-    root = zarr.open_group(str(path), mode="w")
-    meta = {"format_version": FORMAT_VERSION, "model": "synthetic", "weights_hash": "0",
-            "transform": {"size": 224, "resize": 256, "mode": "crop", "interpolation": "bicubic",
-                          "mean": [0.5] * 3, "std": [0.5] * 3},
-            "image_root": "/", "layers": ["conv5"],
-            "layer_info": {"conv5": {"channels": C, "grid": [H, W], "stride": 32.0,
-                                     "nonnegative": True, "kind": "synthetic"}},
-            "dtype": "int8", "refine": "none", "chunk": 1024, "compression": "none", "meta_columns": []}
-    root.attrs["vfsearch"] = meta
-    ensure_arrays(root, n, meta)
+    root = synthetic_cache(path, n, channels=C, grid=(H, W))
     g = root["layers/conv5"]
     rng = np.random.default_rng(0)
     block = 16384

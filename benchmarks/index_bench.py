@@ -22,7 +22,7 @@ import torch
 import zarr
 
 from vfsearch import index, load_model, open_cache
-from vfsearch.cache import compressor, disk_usage, ensure_arrays, quantize, FORMAT_VERSION
+from vfsearch.cache import compressor, disk_usage, quantize, synthetic_cache
 from vfsearch.extract import FeatureExtractor, prepare_image
 
 
@@ -103,17 +103,8 @@ def bench_sizes(cache_path: Path, layer: str, tmp: Path) -> list[dict]:
 def bench_open(n: int, tmp: Path) -> dict:
     """A synthetic n-image cache (7×7×320 int8 + f32 refine) and the time to open/load it."""
     p = tmp / "open50k"
-    shutil.rmtree(p, ignore_errors=True)
-    root = zarr.open_group(str(p), mode="w")
-    meta = {"format_version": FORMAT_VERSION, "model": "efficientnet-lite0", "weights_hash": "x",
-            "transform": {"size": 224, "resize": 256, "mode": "crop", "interpolation": "bicubic",
-                          "mean": [0.5] * 3, "std": [0.5] * 3},
-            "image_root": "/", "layers": ["blocks.15"],
-            "layer_info": {"blocks.15": {"channels": 320, "grid": [7, 7], "stride": 32.0,
-                                         "nonnegative": False, "kind": "MBConvBlock"}},
-            "dtype": "int8", "refine": "none", "chunk": 256, "compression": "zstd", "meta_columns": []}
-    root.attrs["vfsearch"] = meta
-    ensure_arrays(root, n, meta)
+    root = synthetic_cache(p, n, layer="blocks.15", channels=320, grid=(7, 7), nonnegative=False,
+                           refine="none", chunk=256, compression="zstd", model="efficientnet-lite0")
     rng = np.random.default_rng(0)
     g = root["layers/blocks.15"]
     block = 8192

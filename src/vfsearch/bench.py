@@ -182,22 +182,9 @@ def _evict(path: Path) -> None:
 
 def _disk_cache(d: _Data, n: int, path: Path):
     """Write the 8-bit data as a real (uncompressed) vfsearch cache layer for streaming."""
-    from .cache import FORMAT_VERSION, ensure_arrays
-    import zarr
+    from .cache import synthetic_cache
 
-    if path.exists():
-        shutil.rmtree(path)
-    root = zarr.open_group(str(path), mode="w")
-    meta = {"format_version": FORMAT_VERSION, "model": "synthetic", "weights_hash": "0",
-            "transform": {"size": 224, "resize": 256, "mode": "crop", "interpolation": "bicubic",
-                          "mean": [0.5] * 3, "std": [0.5] * 3},
-            "image_root": "/", "layers": ["conv5"],
-            "layer_info": {"conv5": {"channels": C, "grid": [H, W], "stride": 32.0,
-                                     "nonnegative": True, "kind": "synthetic"}},
-            "dtype": "int8", "refine": "none", "chunk": 1024, "compression": "none",
-            "meta_columns": []}
-    root.attrs["vfsearch"] = meta
-    ensure_arrays(root, n, meta)
+    root = synthetic_cache(path, n, channels=C, grid=(H, W))
     g = root["layers/conv5"]
     for s in range(0, n, 16384):
         e = min(n, s + 16384)

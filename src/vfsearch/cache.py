@@ -472,6 +472,23 @@ def update_attrs(root: zarr.Group, **changes) -> None:
     root.attrs["vfsearch"] = json.loads(json.dumps(attrs))
 
 
+def synthetic_cache(path: str | os.PathLike, n: int, *, layer: str = "conv5", channels: int = 512,
+                    grid: tuple[int, int] = (7, 7), nonnegative: bool = True, dtype: str = "int8",
+                    refine: str = "none", chunk: int = 1024, compression: str = "none",
+                    model: str = "synthetic") -> zarr.Group:
+    """An empty cache with the standard layout and ``n`` rows, for benchmarks that write the
+    arrays directly (replaces whatever is at ``path``)."""
+    path = Path(path)
+    shutil.rmtree(path, ignore_errors=True)
+    info = {layer: {"channels": channels, "grid": list(grid), "stride": 224 / grid[1],
+                    "nonnegative": nonnegative, "kind": "synthetic"}}
+    root = create_cache(path, model=model, weights_hash="0", weights_path=None, transform=Transform(),
+                        image_root=Path("/"), layer_info=info, dtype=dtype, refine=refine,
+                        chunk=chunk, compression=compression, meta_columns=[])
+    ensure_arrays(root, n, dict(root.attrs["vfsearch"]))
+    return root
+
+
 def remove_cache(path: Path) -> None:
     if (path / "zarr.json").exists():
         shutil.rmtree(path)
