@@ -22,6 +22,16 @@ JSON API (errors are always ``{"error": code, "message": ...}`` with a 4xx/5xx s
     GET  /api/searches/{sid}/window?start&stop&limit&column&value&thumbs   images at ranks
     GET  /api/searches/{sid}/heat?ids=1,2,3        score maps (every offset) for heat overlays
     GET  /api/searches/{sid}/export?format=csv|json&k
+    GET  /api/searches/{sid}/scores                every image's score, float32 little-endian
+    POST /api/searches/{sid}/explain {id, method: exact|feature|occlusion|rise, params?}
+                       → 200 {status: "done", result} | 202 {job} (occlusion / RISE, memoised)
+    GET  /api/caches/{cache}/map?layer&method      dataset map: side, atlas pages, grid (or status
+                                                   "missing" | "no_atlas" | "computing")
+    POST /api/caches/{cache}/map?layer&method      compute the map + atlas in the background → 202 {job}
+    GET  /api/caches/{cache}/map/grid.bin          the grid as int32 (X-Side header)
+    GET  /api/caches/{cache}/map/atlas/{page}      atlas page JPEG (ETag, 304)
+    GET  /api/jobs/{job}                           background job: status, progress, result
+    GET  /api/overlap?a=sid&b=sid                  shared images of two searches' top-k sets
 """
 
 from __future__ import annotations

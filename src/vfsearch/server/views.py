@@ -87,6 +87,7 @@ class Views:
         self.lock = threading.Lock()
         self.maps: dict = {}  # (cache, layer, method) -> (MapResult, atlas attrs) | None
         self.pages: dict = {}  # (cache, layer, method, page) -> (bytes, etag)
+        self.slow = threading.Semaphore(1)
 
     # -- jobs -----------------------------------------------------------------------------
     def start_job(self, kind: str, key, fn) -> Job:
@@ -299,7 +300,7 @@ class Views:
 
             def prog(f):
                 job.progress = float(min(1.0, max(0.0, f)))
-            with self.state.sem:
+            with self.slow:  # one model-running explanation at a time; searches stay free
                 ex = explain(e.cache, st.query, rid, method, progress=prog, **kw)
             return self._explain_record(e, st, rid, ex)
 

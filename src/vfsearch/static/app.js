@@ -1671,6 +1671,7 @@ function drawMap() {
     g.drawImage(img, px * span, py * span, img.naturalWidth, img.naturalHeight);
   }
   const T = info.tile;
+  if (s * T >= 56) drawMapThumbs(g, info, s, W / k, H / k);
   if (MAP.scores && $("#map-scores").checked) {
     g.imageSmoothingEnabled = false;
     g.drawImage(scoreCanvas(), 0, 0, info.side * T, info.side * T);
@@ -1704,6 +1705,36 @@ function drawMap() {
     g.lineWidth = 1.5 / s;
     g.strokeRect(x, y, T, T);
   }
+}
+
+/** Zoomed in past the atlas' resolution: the visible cells get their full thumbnails. */
+const mapThumbs = new Map();
+function drawMapThumbs(g, info, s, Wc, Hc) {
+  const T = info.tile, { tx, ty } = MAP.view, c = mapChoice();
+  const c0 = clamp(Math.floor(-tx / s / T), 0, info.side), c1 = clamp(Math.ceil((Wc - tx) / s / T), 0, info.side);
+  const r0 = clamp(Math.floor(-ty / s / T), 0, info.side), r1 = clamp(Math.ceil((Hc - ty) / s / T), 0, info.side);
+  if ((c1 - c0) * (r1 - r0) > 400) return;
+  g.imageSmoothingEnabled = true;
+  g.imageSmoothingQuality = "high";
+  for (let r = r0; r < r1; r++)
+    for (let cc = c0; cc < c1; cc++) {
+      const id = MAP.grid[r * info.side + cc];
+      if (id < 0) continue;
+      const key = `${c.cache}:${id}`;
+      const img = mapThumbs.get(key);
+      if (img === undefined) {
+        mapThumbs.set(key, null);
+        loadImage(thumbURL(c.cache, id)).then((im) => {
+          mapThumbs.set(key, im);
+          if (mapThumbs.size > 1500) mapThumbs.delete(mapThumbs.keys().next().value);
+          requestAnimationFrame(drawMap);
+        }).catch(() => {});
+        continue;
+      }
+      if (!img) continue;
+      const q = Math.min(img.naturalWidth, img.naturalHeight);  // centre square, as the atlas tiles
+      g.drawImage(img, (img.naturalWidth - q) / 2, (img.naturalHeight - q) / 2, q, q, cc * T, r * T, T, T);
+    }
 }
 
 function mapCellAt(ev) {
