@@ -88,6 +88,17 @@ class TokenMiddleware:
         return await self.app(scope, receive, send_with_cookie)
 
 
+async def json_body(request: Request) -> dict:
+    """The request's JSON object, or a clear 400."""
+    try:
+        body = await request.json()
+    except Exception:  # noqa: BLE001
+        raise BadQuery("request body must be JSON") from None
+    if not isinstance(body, dict):
+        raise BadQuery("request body must be a JSON object")
+    return body
+
+
 def create_app(caches, token: str | None = None, *, max_concurrent: int | None = None) -> FastAPI:
     """The web app for ``caches`` (a dict name → cache, or a list of caches / cache paths).
     With ``token``, every request must carry it."""
@@ -128,15 +139,6 @@ def create_app(caches, token: str | None = None, *, max_concurrent: int | None =
     async def _internal(_req: Request, exc: Exception):  # pragma: no cover - last resort
         log.exception("internal error")
         return _error(500, "internal", f"internal error: {type(exc).__name__}: {exc}")
-
-    async def _json_body(request: Request) -> dict:
-        try:
-            body = await request.json()
-        except Exception:  # noqa: BLE001
-            raise BadQuery("request body must be JSON") from None
-        if not isinstance(body, dict):
-            raise BadQuery("request body must be a JSON object")
-        return body
 
     # -- API ----------------------------------------------------------------------------------
     @app.get("/api/health")
@@ -208,7 +210,7 @@ def create_app(caches, token: str | None = None, *, max_concurrent: int | None =
 
     @app.post("/api/search")
     async def run_search(request: Request):
-        body = await _json_body(request)
+        body = await json_body(request)
         return _fast_json(await run_in_threadpool(state.run_search, body))
 
     @app.get("/api/searches/{sid}/window")

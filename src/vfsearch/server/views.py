@@ -369,12 +369,9 @@ def add_routes(app, state) -> Views:
 
     @app.post("/api/searches/{sid}/explain")
     async def explain(sid: str, request: Request):
-        try:
-            body = await request.json()
-        except Exception:  # noqa: BLE001
-            raise BadQuery("request body must be JSON") from None
-        if not isinstance(body, dict):
-            raise BadQuery("request body must be a JSON object")
+        from .app import json_body
+
+        body = await json_body(request)
         code, out = await run_in_threadpool(views.explain, sid, body)
         return JSONResponse(out, status_code=code)
 
