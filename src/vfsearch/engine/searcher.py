@@ -307,8 +307,8 @@ def search(
     exact search. ``return_scores`` adds every image's score (for the distribution curve).
     ``memory`` bounds RAM by streaming the cache in blocks (bytes; "auto" streams only when the
     cache does not fit). ``backend``: "auto" (compiled kernel), "avx2", "generic", "numpy",
-    or "torch[:DEVICE]" (e.g. "torch:cuda" on a GPU). ``dedup`` drops results whose pooled features have cosine ≥ ``dedup``
-    with a better result. ``scheduler`` (``"local:N"`` or a Dask address) maps the scan over the
+    or "torch[:DEVICE]" (e.g. "torch:cuda" on a GPU). ``dedup`` drops results whose pooled
+    features have cosine ≥ ``dedup`` with a better result. ``scheduler`` (``"local:N"`` or a Dask address) maps the scan over the
     cache's chunks on Dask workers; the results are identical.
     """
     return search_many(cache, [_as_query(cache, query, image, mask, box, whole, layer)], k=k,
