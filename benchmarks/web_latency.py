@@ -69,7 +69,7 @@ def build_cache(path: Path, n: int, chunk: int = 1024, seed: int = 0) -> None:
         raise SystemExit(f"need about {need / 1e9:.1f} GB free for the cache, have {free / 1e9:.1f} GB")
     print(f"building a synthetic {n:,}-image cache at {path} (~{need / 1e9:.2f} GB)…", file=sys.stderr)
     t0 = time.time()
-    info = {LAYER: {"channels": C, "grid": [H, W], "stride": 32.0, "nonnegative": False,
+    info = {LAYER: {"channels": C, "grid": [H, W], "stride": 224 / W, "nonnegative": False,
                     "kind": "MBConvBlock"}}
     kw = {"model": "efficientnet-lite0", "weights_hash": "synthetic", "transform": Transform(),
               "image_root": path.parent / "no-images", "layer_info": info, "dtype": "int8", "refine": "none",
@@ -140,13 +140,19 @@ def _post(url: str, body: dict) -> dict:
 
 
 def main(argv=None) -> int:
+    global H, W, C, LAYER
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("cache", nargs="?", default=None, help="cache directory (built when missing)")
     ap.add_argument("--n", type=int, default=50_000)
     ap.add_argument("--strokes", type=int, default=30)
     ap.add_argument("--k", type=int, default=24)
     ap.add_argument("--chromium", default="/usr/bin/chromium")
+    ap.add_argument("--shape", default=f"{H}x{W}x{C}",
+                    help="layer grid and channels, e.g. 14x14x112 for the default layer blocks.10")
+    ap.add_argument("--layer", default=LAYER, help="layer name stored in the synthetic cache")
     a = ap.parse_args(argv)
+    H, W, C = (int(v) for v in a.shape.lower().split("x"))
+    LAYER = a.layer
 
     tmp = None
     if a.cache is None:
