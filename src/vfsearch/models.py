@@ -298,7 +298,11 @@ def load_model(name: str = DEFAULT_MODEL, weights: str | None = None) -> LoadedM
             "torchvision:ARCH, timm:ARCH (with local weights)"
         )
     path = weights or spec.weights_file()
-    module = spec.build(weights)
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):  # the wheel's loader prints a banner
+        module = spec.build(weights)
     whash = file_hash(path) if path else module_hash(module)
     return LoadedModel(spec.name, module, spec.transform, spec.default_layer, whash, spec.layer_filter,
                        weights_path=str(Path(weights).resolve()) if weights else None)
