@@ -14,7 +14,23 @@ from .errors import VfsError
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
+_LAZY = {"eval": ("vfsearch.evaluate", "eval_cmd"), "map": ("vfsearch.embed", "map_cmd")}
+
+
 class _Group(click.Group):
+    """Maps errors once; ``eval`` and ``map`` are imported only when used (fast start-up)."""
+
+    def list_commands(self, ctx):
+        return sorted(set(super().list_commands(ctx)) | set(_LAZY))
+
+    def get_command(self, ctx, name):
+        if name in _LAZY and name not in self.commands:
+            import importlib
+
+            mod, attr = _LAZY[name]
+            self.add_command(getattr(importlib.import_module(mod), attr), name)
+        return super().get_command(ctx, name)
+
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
@@ -351,16 +367,6 @@ def _parse_bytes(text: str) -> int:
 
         raise VfsError(f"cannot read a size from {text!r} (use e.g. 512M or 2G)") from None
 
-
-def _register_plugins() -> None:
-    from .embed import map_cmd
-    from .evaluate import eval_cmd
-
-    main.add_command(eval_cmd, "eval")
-    main.add_command(map_cmd, "map")
-
-
-_register_plugins()
 
 if __name__ == "__main__":  # pragma: no cover
     main()
