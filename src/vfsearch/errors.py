@@ -16,8 +16,11 @@ __all__ = [
     "CacheNotFound",
     "DatasetError",
     "DiskSpaceError",
+    "Forbidden",
     "NotFound",
     "OutputError",
+    "PayloadTooLarge",
+    "Unauthorized",
     "UnknownLayer",
     "UnknownModel",
 ]
@@ -106,6 +109,27 @@ class OutputError(VfsError):
 
 class DiskSpaceError(OutputError):
     code = "disk_space"
+
+
+class Forbidden(VfsError):
+    """A file outside the image root was requested (e.g. through a symlink)."""
+
+    http_status = 403
+    code = "forbidden"
+
+
+class PayloadTooLarge(VfsError):
+    """An upload exceeds the size or pixel cap."""
+
+    http_status = 413
+    code = "too_large"
+
+
+class Unauthorized(VfsError):
+    """The server requires a token and none (or a wrong one) was given."""
+
+    http_status = 401
+    code = "unauthorized"
 
 
 class NotFound(VfsError):

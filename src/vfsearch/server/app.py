@@ -22,8 +22,8 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..errors import BadQuery, VfsError
-from .state import MAX_UPLOAD_BYTES, AppState, PayloadTooLarge, Unauthorized
+from ..errors import BadQuery, PayloadTooLarge, Unauthorized, VfsError
+from .state import MAX_UPLOAD_BYTES, AppState
 
 __all__ = ["TOKEN_COOKIE", "create_app"]
 

@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image
 
 from ..cache import FeatureCache, open_cache
-from ..errors import BadImage, BadMask, BadQuery, NotFound, VfsError
+from ..errors import BadImage, BadMask, BadQuery, Forbidden, NotFound, PayloadTooLarge, VfsError
 from ..images import load_image
 from ..engine import Query, exact_scores, make_query, search
 from ..engine.query import box_mask, load_mask
@@ -35,7 +35,7 @@ from ..transforms import Geometry, cell_box_to_image, mask_to_grid
 
 log = logging.getLogger("vfsearch.server")
 
-__all__ = ["LRU", "AppState", "CacheEntry", "Forbidden", "PayloadTooLarge", "decode_rle", "encode_rle"]
+__all__ = ["LRU", "AppState", "CacheEntry", "decode_rle", "encode_rle"]
 
 MAX_UPLOAD_BYTES = 20 << 20  # 20 MB per uploaded file
 MAX_UPLOAD_PIXELS = 40_000_000  # refuse larger uploads (decompression bombs)
@@ -45,19 +45,6 @@ MAX_K = 500
 ASPECT_TOLERANCE = 0.02
 
 
-class Forbidden(VfsError):
-    http_status = 403
-    code = "forbidden"
-
-
-class PayloadTooLarge(VfsError):
-    http_status = 413
-    code = "too_large"
-
-
-class Unauthorized(VfsError):
-    http_status = 401
-    code = "unauthorized"
 
 
 # -- a small thread-safe LRU ---------------------------------------------------------------------
