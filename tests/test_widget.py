@@ -217,7 +217,9 @@ w = HighlightWidget(img, display_width=320)
 
 def _saved(change):
     m = w.mask
-    OUT.write_text(f"{{m.max()}} {{m.shape[0]}} {{m.shape[1]}}")
+    tmp = OUT.with_suffix(".tmp")  # written whole, then renamed: the test never reads it half-done
+    tmp.write_text(f"{{m.max()}} {{m.shape[0]}} {{m.shape[1]}}")
+    tmp.replace(OUT)
 
 w.observe(_saved, names="mask_data")
 w'''
