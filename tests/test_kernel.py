@@ -83,7 +83,9 @@ def unique_best(maps, margin=1e-3):
 
 def check(res, feats_deq, orig, weights, qfeat, dtype):
     ref_s, ref_o, maps = reference_scores(feats_deq, weights, qfeat)
-    tol = TOL[dtype]
+    # 8-bit: the score moves from the exact one on the dequantised features by at most the
+    # query-rounding bound (int8 query on VNNI, int16 elsewhere), plus float rounding
+    tol = res.eps_q + 2e-5 if dtype in ("uint8", "int8") else TOL[dtype]
     assert res.score.dtype == np.float32 and res.offset.dtype == np.int32
     assert res.upper.dtype == np.float32 and res.lower.dtype == np.float32
     assert np.all(np.isfinite(res.score))
@@ -264,8 +266,8 @@ def test_8bit_is_exact_integer_arithmetic(backend, dtype):
     if dtype == "int8":
         qfeat[..., 1::2] *= -1
     q = K.PreparedQuery.from_grid(qfeat, wts)
-    qz = K._quantised(q)
-    assert np.abs(qz.qi).max() <= min(16383, (2**31 - 1) // (C * 255))
+    qz = K._quantised(q, K._qfmt(backend))
+    assert np.abs(qz.qi).max() <= (127 if qz.qfmt else min(16383, (2**31 - 1) // (C * 255)))
     res = K.scan(feats, sqn, q, scale=scale, backend=backend)
     # float64 model of the kernel with the rounded query
     OH, OW = H - q.h + 1, W - q.w + 1
@@ -274,7 +276,7 @@ def test_8bit_is_exact_integer_arithmetic(backend, dtype):
     for k in range(q.K):
         y, x = q.dy[k], q.dx[k]
         cells = feats[:, y : y + OH, x : x + OW].astype(np.int64)
-        idot = (cells * qz.qi[k].astype(np.int64)).sum(-1)
+        idot = (cells * qz.qi[k, :C].astype(np.int64)).sum(-1)
         s += scale[:, y : y + OH, x : x + OW] * float(qz.sq[k]) * idot
         den += float(q.m2[k]) * sqn[:, y : y + OH, x : x + OW]
     s = (s / (q.qnorm * np.sqrt(den))).reshape(n, -1)
@@ -294,8 +296,8 @@ def test_query_rounding_bound_is_tight(backend):
     wts = np.array([[0.1, 0.3], [1.0, 0.05]])
     qfeat = rng.standard_normal((H, W, C)).astype(np.float32)
     q = K.PreparedQuery.from_grid(qfeat, wts)
-    qz = K._quantised(q)
-    R = qz.sq[:, None].astype(np.float64) * qz.qi - q.qf.astype(np.float64)
+    qz = K._quantised(q, K._qfmt(backend))
+    R = qz.sq[:, None].astype(np.float64) * qz.qi[:, :C] - q.qf.astype(np.float64)
     x = (R / q.m2[:, None].astype(np.float64)).reshape(1, H, W, C)  # worst case for the rounding
     for sign in (1.0, -1.0):
         feats, sqn, scale, _qerr2, deq, _orig = requantise(sign * x, "int8")
@@ -346,11 +348,46 @@ def test_backends_agree():
         q = K.PreparedQuery.from_grid(
             query_feats(rng, 7, 7, 72, dtype), soft_mask(rng, 7, 7, box=(2, 1, 3, 3))
         )
-        res = [K.scan(feats, sqn, q, scale=scale, qerr2=qerr2, backend=b) for b in BACKENDS]
+        res = [K.scan(feats, sqn, q, scale=scale, qerr2=qerr2, backend=b, precision="fine")
+               for b in BACKENDS]
         for r in res[1:]:
             np.testing.assert_allclose(r.score, res[0].score, rtol=0, atol=2e-6)
             np.testing.assert_allclose(r.upper, res[0].upper, rtol=0, atol=2e-6)
             np.testing.assert_allclose(r.lower, res[0].lower, rtol=0, atol=2e-6)
+        for b in BACKENDS:  # the fast (int8-query) path moves scores by at most its bound
+            fast = K.scan(feats, sqn, q, scale=scale, qerr2=qerr2, backend=b, precision="fast")
+            assert np.all(np.abs(fast.score - res[0].score) <= fast.eps_q + res[0].eps_q + 1e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", ["uint8", "int8"])
+def test_tighten_rescans_the_images_that_can_reach_the_top(backend, dtype):
+    """tighten_k: images whose fast-path upper bound reaches the k-th best lower bound get the
+    int16 query's (tight) bounds; the rest keep the fast path's; every bound still holds."""
+    rng = np.random.default_rng(21)
+    feats, sqn, scale, qerr2, _deq, orig = make_feats(rng, 400, 6, 6, 96, dtype)
+    wts = soft_mask(rng, 6, 6, box=(1, 1, 3, 3), density=1.0)
+    qfeat = query_feats(rng, 6, 6, 96, dtype)
+    q = K.PreparedQuery.from_grid(qfeat, wts)
+    kw = dict(scale=scale, qerr2=qerr2, backend=backend)
+    fast = K.scan(feats, sqn, q, precision="fast", **kw)
+    fine = K.scan(feats, sqn, q, precision="fine", **kw)
+    tight = K.scan(feats, sqn, q, precision="fast", tighten_k=5, **kw)
+    exact = reference_scores(orig, wts, qfeat)[0]
+    assert np.all(tight.lower <= exact + 1e-6) and np.all(exact <= tight.upper + 1e-6)
+    if K._qfmt(backend) == 0:  # no fast path: nothing to tighten
+        assert tight.rescanned == 0
+        np.testing.assert_array_equal(tight.upper, fine.upper)
+        return
+    thr = np.sort(fast.lower)[-5]
+    cand = fast.upper >= thr
+    assert tight.rescanned == cand.sum() > 0
+    np.testing.assert_array_equal(tight.upper[cand], fine.upper[cand])
+    np.testing.assert_array_equal(tight.lower[cand], fine.lower[cand])
+    np.testing.assert_array_equal(tight.upper[~cand], fast.upper[~cand])
+    # the fast path's bounds are wider, and the top 5 by exact score are all among the candidates
+    assert np.median(fast.upper - fast.lower) > np.median(fine.upper - fine.lower)
+    assert cand[np.argsort(-exact)[:5]].all()
 
 
 def test_env_forces_backend(monkeypatch):

@@ -160,6 +160,43 @@ def test_search_widget_layer(small_cache):
     assert sw.results is not None and sw.results.query.layer == "blocks.10"
 
 
+def test_search_widget_explains_a_result(small_cache):
+    sw = SearchWidget(small_cache, k=3, query=0)
+    assert sw.explain_button.disabled and sw.explain_pick.options == ()
+    W, H = small_cache.image_size(0)
+    sw.brush.set_box((W * 0.2, H * 0.2, W * 0.6, H * 0.6))
+    assert sw.results is not None, sw.error
+    assert [v for _, v in sw.explain_pick.options] == [0, 1, 2]
+    assert not sw.explain_button.disabled
+    ex = sw.explain(1, "exact", wait=True).result()
+    assert sw.explanation is ex and ex.result_id == sw.results[1].id
+    assert sum(c["share"] for c in ex.extra["cell_shares"]) == pytest.approx(ex.score, abs=1e-5)
+    assert ex.score == pytest.approx(sw.results[1].score, abs=1e-4)
+    view = sw.explain_view.value
+    assert view.count("data:image/png;base64,") == 2  # heat over the query and over the result
+    assert f"result #{ex.result_id}" in view and "channel" in view
+    # a model-running method runs in the background thread, with progress, then shows its AUCs
+    fut = sw.explain(0, "rise", n_masks=16, batch_size=8, auc_steps=4)
+    rise = fut.result(timeout=300)
+    assert rise.method == "rise" and rise.result_id == sw.results[0].id
+    assert sw.explanation is rise and rise.insertion_auc is not None
+    assert "insertion AUC" in sw.explain_view.value
+    assert sw.explain_progress.value == pytest.approx(1.0)
+    assert sw.explain_progress.layout.visibility == "hidden" and not sw.explain_button.disabled
+    # an error is shown in the view (and raised to Python)
+    with pytest.raises(Exception, match="mode"):
+        sw.explain(0, "occlusion", mode="sideways", wait=True)
+    assert "mode" in sw.explain_view.value and "color:#b00" in sw.explain_view.value
+    # new results drop the old explanation
+    sw.k_box.value = 2
+    assert sw.explanation is None and sw.explain_view.value == ""
+    assert len(sw.explain_pick.options) == 2
+    with pytest.raises(ValueError):
+        sw.explain(5, "exact")
+    with pytest.raises(ValueError):
+        sw.explain(0, "no-such-method")
+
+
 def test_show_html_contains_results(small_cache):
     W, H = small_cache.image_size(0)
     res = search(small_cache, 0, box=(0, 0, W * 0.6, H * 0.6), k=5, return_scores=True)

@@ -138,7 +138,8 @@ def _time(fn, repeat: int) -> float:
 
 def _ours_u8(d: _Data, n: int, pq, k: int = 10, threads=None):
     """8-bit scan + exact refine from the f32 copy (what search() does on an 8-bit cache)."""
-    r = kernel.scan(d.u8[:n], d.sqnorm8[:n], pq, scale=d.scale[:n], qerr2=d.qerr2[:n], threads=threads)
+    r = kernel.scan(d.u8[:n], d.sqnorm8[:n], pq, scale=d.scale[:n], qerr2=d.qerr2[:n], threads=threads,
+                    tighten_k=k)
     L = r.lower[_topk(r.lower, k)[-1]]
     cand = np.flatnonzero(r.upper >= L)
     best, off, _ = exact_scores(d.f32[cand], d.mask, d.qfeat)

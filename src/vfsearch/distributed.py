@@ -65,8 +65,10 @@ def _open(path: str, image_root: str | None):
     return open_cache(path, image_root=image_root)
 
 
-def _scan_task(path: str, layer: str, start: int, stop: int, pqs, backend: str, delay: float = 0.0):
-    """Worker side: scan rows [start, stop) of one layer for every prepared query."""
+def _scan_task(path: str, layer: str, start: int, stop: int, pqs, backend: str, delay: float = 0.0,
+               tighten_k: int | None = None):
+    """Worker side: scan rows [start, stop) of one layer for every prepared query (tightening the
+    bounds of this block's own top ``tighten_k`` candidates)."""
     from .engine import kernel
 
     if delay:
@@ -76,13 +78,13 @@ def _scan_task(path: str, layer: str, start: int, stop: int, pqs, backend: str, 
     out = []
     for pq in pqs:
         r = kernel.scan(data.features, data.sqnorm, pq, scale=data.scale, qerr2=data.qerr2,
-                        threads=1, backend=backend)
+                        threads=1, backend=backend, tighten_k=tighten_k)
         out.append((r.score, r.offset, r.upper, r.lower))
     return start, out
 
 
 def scan_distributed(cache, layer: str, pqs, client, rows: int | None = None, backend: str = "auto",
-                     delay: float = 0.0) -> list[dict]:
+                     delay: float = 0.0, tighten_k: int | None = None) -> list[dict]:
     """Map the scan over blocks of ``rows`` (a multiple of the chunk length) on the workers."""
     from distributed import as_completed
 
@@ -91,7 +93,7 @@ def scan_distributed(cache, layer: str, pqs, client, rows: int | None = None, ba
     rows = max(c, (rows or max(c, 8192)) // c * c)
     path = str(Path(cache.path).resolve())
     futures = [client.submit(_scan_task, path, layer, s, min(n, s + rows), pqs, backend, delay,
-                             pure=False, retries=3) for s in range(0, n, rows)]
+                             tighten_k, pure=False, retries=3) for s in range(0, n, rows)]
     outs = [{k: np.empty(n, dt) for k, dt in (("score", np.float32), ("offset", np.int32),
                                                 ("upper", np.float32), ("lower", np.float32))}
             for _ in pqs]

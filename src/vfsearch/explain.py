@@ -45,6 +45,8 @@ __all__ = [
     "METHODS",
     "explain",
     "insertion_deletion",
+    "render_on_thumbnail",
+    "render_overlay",
 ]
 
 
@@ -419,6 +421,18 @@ def render_overlay(img: Image.Image, saliency: np.ndarray, geometry, alpha: floa
     layer = Image.new("RGBA", out.size, (0, 0, 0, 0))
     layer.paste(Image.fromarray(rgba, "RGBA"), box[:2])
     return Image.alpha_composite(out, layer).convert("RGB")
+
+
+def render_on_thumbnail(cache: FeatureCache, i: int, saliency: np.ndarray, geometry=None,
+                        alpha: float = 0.6) -> Image.Image:
+    """:func:`render_overlay` on image ``i``'s cached thumbnail (no image file needed)."""
+    import dataclasses
+
+    th = load_image(cache.thumbnail(int(i)))
+    W, H = cache.image_size(int(i))
+    g = geometry or cache.transform.geometry(W, H)
+    g = dataclasses.replace(g, sx=g.sx * W / th.width, sy=g.sy * H / th.height)
+    return render_overlay(th, saliency, g, alpha)
 
 
 METHODS: dict[str, type[Explainer]] = {

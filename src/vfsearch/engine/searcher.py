@@ -130,7 +130,8 @@ def exact_scores(feats: np.ndarray, weights: np.ndarray, qfeat: np.ndarray, bloc
 # -- scanning ----------------------------------------------------------------------------------------
 
 
-def _scan_block(data: LayerData, pq, backend: str, threads: int | None):
+def _scan_block(data: LayerData, pq, backend: str, threads: int | None, tighten_k: int | None = None,
+                floor: float = -np.inf):
     if backend.startswith("torch"):
         from . import torch_backend
 
@@ -138,7 +139,7 @@ def _scan_block(data: LayerData, pq, backend: str, threads: int | None):
         return torch_backend.scan(data.features, data.sqnorm, pq, scale=data.scale,
                                   qerr2=data.qerr2, device=device)
     return kernel.scan(data.features, data.sqnorm, pq, scale=data.scale, qerr2=data.qerr2,
-                       threads=threads, backend=backend)
+                       threads=threads, backend=backend, tighten_k=tighten_k, tighten_floor=floor)
 
 
 def _blocks(cache: FeatureCache, layer: str, memory: int | None) -> Iterable[LayerData]:
@@ -174,17 +175,27 @@ def _default_memory(cache: FeatureCache, layer: str) -> int | None:
     return None if need < avail // 2 else 1 << 30
 
 
-def _scan_all(cache, layer, pqs, *, memory, backend, threads):
+def _scan_all(cache, layer, pqs, *, memory, backend, threads, tighten_k: int | None = None):
+    """Scan every block for every query. With ``tighten_k``, the images of each block that could
+    still reach the top ``tighten_k`` (given the best lower bounds seen so far) are re-scanned
+    with the int16 query where the fast path rounded it to int8, so few need the exact refine."""
     n = len(cache)
     outs = [{k: np.empty(n, dt) for k, dt in (("score", np.float32), ("offset", np.int32),
                                                 ("upper", np.float32), ("lower", np.float32))}
             for _ in pqs]
+    best_lower = [np.full(0, -np.inf, np.float32) for _ in pqs]  # the top tighten_k lowers so far
     for data in _blocks(cache, layer, memory):
         sl = slice(data.start, data.start + data.n)
-        for pq, out in zip(pqs, outs):
-            r = _scan_block(data, pq, backend, threads)
+        for j, (pq, out) in enumerate(zip(pqs, outs)):
+            floor = -np.inf
+            if tighten_k and len(best_lower[j]) >= tighten_k:
+                floor = float(best_lower[j].min())
+            r = _scan_block(data, pq, backend, threads, tighten_k, floor)
             out["score"][sl], out["offset"][sl] = r.score, r.offset
             out["upper"][sl], out["lower"][sl] = r.upper, r.lower
+            if tighten_k:
+                b = np.concatenate([best_lower[j], r.lower])
+                best_lower[j] = b if len(b) <= tighten_k else np.partition(b, -tighten_k)[-tighten_k:]
     return outs
 
 
@@ -213,7 +224,7 @@ def _finish(cache: FeatureCache, q: Query, out: dict, *, k: int, exclude_self: b
     r0, c0, h, w = q.cell_box
     B = W - w + 1
     stats = {"refined": 0, "candidates": 0}
-    want = k if not dedup else max(4 * k, k + 20)
+    want = _want(k, dedup)
     refine = exact and cache.dtype == "int8" and cache.meta.get("refine", "none") != "none"
     if refine and valid.any():
         lower = np.where(valid, out["lower"], -np.inf)
@@ -253,6 +264,11 @@ def _finish(cache: FeatureCache, q: Query, out: dict, *, k: int, exclude_self: b
         matches.append(Match(int(i), float(score[i]), rank, str(paths[i]), str(labels[i]), (a, b),
                              box, size))
     return SearchResult(q, cache, matches, score if return_scores else None, stats)
+
+
+def _want(k: int, dedup: float | None) -> int:
+    """How many best images to rank exactly (more when near-duplicates will be dropped)."""
+    return k if not dedup else max(4 * k, k + 20)
 
 
 def _dedup(cache: FeatureCache, layer: str, top: np.ndarray, threshold: float) -> np.ndarray:
@@ -340,6 +356,9 @@ def search_many(
     for j, q in enumerate(queries):
         check_query(cache, q)
         by_layer.setdefault(q.layer, []).append(j)
+    # images that can still reach the top `want` get tight bounds during the scan (+1: the query's
+    # own image may be among them and is excluded afterwards)
+    tighten = _want(k, dedup) + 1 if exact else None
     for layer, js in by_layer.items():
         mem = _default_memory(cache, layer) if memory == "auto" else memory
         pqs = [kernel.PreparedQuery.from_grid(queries[j].features, queries[j].weights) for j in js]
@@ -347,9 +366,11 @@ def search_many(
             from ..distributed import get_client, scan_distributed
 
             rows = None if mem is None else max(cache.chunk_len(), int(mem) // 4)
-            outs = scan_distributed(cache, layer, pqs, get_client(scheduler), rows=rows, backend=backend)
+            outs = scan_distributed(cache, layer, pqs, get_client(scheduler), rows=rows, backend=backend,
+                                    tighten_k=tighten)
         else:
-            outs = _scan_all(cache, layer, pqs, memory=mem, backend=backend, threads=threads)
+            outs = _scan_all(cache, layer, pqs, memory=mem, backend=backend, threads=threads,
+                             tighten_k=tighten)
         for j, out in zip(js, outs):
             results[j] = _finish(cache, queries[j], out, k=k, exclude_self=exclude_self,
                                  return_scores=return_scores, dedup=dedup, exact=exact)

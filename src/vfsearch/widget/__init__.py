@@ -4,7 +4,9 @@
   float32 array (0–1) at the image's resolution.
 * :class:`MultiHighlightWidget` — several of those in a gallery; ``.masks``.
 * :class:`SearchWidget` — pick a query image, brush, see the results (match boxes drawn) and the
-  sorted-score curve; ``.results`` is the latest :class:`~vfsearch.SearchResult`.
+  sorted-score curve; ``.results`` is the latest :class:`~vfsearch.SearchResult`. Its explain
+  view shows why any result matches (exact shares at once; occlusion / RISE in a background thread
+  with a progress bar); ``.explanation`` is the latest :class:`~vfsearch.explain.Explanation`.
 * :func:`show` — a static HTML gallery of a :class:`~vfsearch.SearchResult` (renders anywhere).
 
 The brush is the web app's own ES module (``vfsearch/static/brush.js``): its text is sent to the
@@ -19,6 +21,8 @@ import base64
 import html
 import io
 import os
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +41,7 @@ __all__ = [
     "MultiHighlightWidget",
     "SearchWidget",
     "decode_mask",
+    "explanation_html",
     "results_html",
     "show",
 ]
@@ -256,12 +261,32 @@ class SearchWidget(ipywidgets.VBox):
         self.status = ipywidgets.HTML("<i>Brush a region of the query image to search.</i>")
         self.brush = HighlightWidget(display_width=display_width)
         self.gallery = ipywidgets.HTML("")
+        # explain view: which result, which method, a progress bar for the model-running ones
+        from ..explain import METHODS
+
+        self.explanation = None
+        self.explain_pick = ipywidgets.Dropdown(options=[], description="explain",
+                                                layout=ipywidgets.Layout(width="300px"))
+        self.explain_method = ipywidgets.Dropdown(options=list(METHODS), value="exact",
+                                                  description="method",
+                                                  layout=ipywidgets.Layout(width="200px"))
+        self.explain_button = ipywidgets.Button(description="Explain", disabled=True,
+                                                tooltip="why does this result match the region?")
+        self.explain_progress = ipywidgets.FloatProgress(
+            value=0.0, min=0.0, max=1.0, layout=ipywidgets.Layout(width="160px", visibility="hidden"))
+        self.explain_view = ipywidgets.HTML("")
+        self._explain_pool = ThreadPoolExecutor(1, thread_name_prefix="vfsearch-explain")
+        self._explain_lock = threading.Lock()
+        self._explain_seq = 0
+        self.explain_button.on_click(lambda _b: self.explain())
         self._load_query(first)
         self.picker.observe(self._on_pick, names="value")
         self.k_box.observe(self._on_k, names="value")
         self.brush.observe(self._on_mask, names="mask_data")
         top = ipywidgets.HBox([self.picker, self.k_box, self.status])
-        super().__init__(children=[top, self.brush, self.gallery], **kw)
+        bar = ipywidgets.HBox([self.explain_pick, self.explain_method, self.explain_button,
+                               self.explain_progress])
+        super().__init__(children=[top, self.brush, self.gallery, bar, self.explain_view], **kw)
 
     @property
     def query_id(self) -> int:
@@ -272,7 +297,7 @@ class SearchWidget(ipywidgets.VBox):
         self.brush.label = f"#{i} {self.cache.labels[i]}"
 
     def _on_pick(self, change) -> None:
-        self.results = None
+        self._set_results(None)
         self.gallery.value = ""
         self.status.value = "<i>Brush a region of the query image to search.</i>"
         self._load_query(int(change["new"]))
@@ -289,7 +314,7 @@ class SearchWidget(ipywidgets.VBox):
         from .. import VfsError, search
 
         if self.brush.is_empty():
-            self.results = None
+            self._set_results(None)
             self.gallery.value = ""
             self.status.value = "<i>The mask is empty: brush a region.</i>"
             return None
@@ -301,10 +326,81 @@ class SearchWidget(ipywidgets.VBox):
             self.status.value = f"<span style='color:#b00'>{html.escape(self.error)}</span>"
             return None
         self.error = None
-        self.results = res
+        self._set_results(res)
         self.status.value = f"{len(res)} results · layer {html.escape(res.query.layer)}"
         self.gallery.value = results_html(res, curve=True, thumb_px=150)
         return res
+
+    def _set_results(self, res) -> None:
+        """New results (or none): the explain picker lists them; an old explanation goes."""
+        self.results = res
+        with self._explain_lock:
+            self._explain_seq += 1  # a running explanation of the old results is not shown
+        self.explanation = None
+        self.explain_view.value = ""
+        self.explain_progress.layout.visibility = "hidden"
+        opts = [] if res is None else [(f"{m.rank + 1}. #{m.id} {m.label} ({m.score:.3f})", m.rank)
+                                       for m in res.matches]
+        self.explain_pick.options = opts
+        self.explain_button.disabled = not opts
+
+    # -- explain -------------------------------------------------------------------------------
+
+    def explain(self, rank: int | None = None, method: str | None = None, *, wait: bool = False,
+                **params) -> Future:
+        """Explain why result ``rank`` (default: the one picked) matches the query region with
+        ``method`` (default: the one picked): "exact", "feature", "occlusion" or "rise"; ``params``
+        go to the explainer (e.g. ``n_masks=``, ``mode="both"``). Runs in a background thread and
+        shows the heat maps when done; returns a Future of the
+        :class:`~vfsearch.explain.Explanation` (``wait=True`` blocks until it is done)."""
+        from ..explain import METHODS, explain
+
+        if self.results is None or not len(self.results):
+            raise ValueError("no results to explain: brush a region first")
+        rank = int(self.explain_pick.value if rank is None else rank)
+        if not 0 <= rank < len(self.results):
+            raise ValueError(f"rank must be in 0..{len(self.results) - 1}")
+        method = method or self.explain_method.value
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {', '.join(METHODS)}")
+        res, match = self.results, self.results[rank]
+        with self._explain_lock:
+            self._explain_seq += 1
+            seq = self._explain_seq
+        self.explain_progress.value = 0.0
+        self.explain_progress.layout.visibility = "visible"
+        self.explain_button.disabled = True
+        self.explain_view.value = (f"<i>explaining #{match.id} with {html.escape(method)}…</i>")
+
+        def progress(f: float) -> None:
+            if seq == self._explain_seq:
+                self.explain_progress.value = float(min(1.0, max(0.0, f)))
+
+        def show(body: str) -> bool:
+            with self._explain_lock:
+                if seq != self._explain_seq:  # superseded by a newer search or explanation
+                    return False
+                self.explain_button.disabled = not self.explain_pick.options
+                self.explain_progress.layout.visibility = "hidden"
+                self.explain_view.value = body
+                return True
+
+        def work():
+            # runs in the background thread; the Future is done once the view shows the result
+            try:
+                ex = explain(self.cache, res.query, match.id, method, progress=progress, **params)
+            except Exception as e:
+                show(f"<span style='color:#b00'>{html.escape(type(e).__name__)}: "
+                     f"{html.escape(str(e))}</span>")
+                raise
+            if show(explanation_html(self.cache, res, match, ex)):
+                self.explanation = ex
+            return ex
+
+        fut = self._explain_pool.submit(work)
+        if wait:
+            fut.result()
+        return fut
 
 
 # -- static gallery -------------------------------------------------------------------------------------
@@ -375,6 +471,53 @@ def results_html(results, *, thumb_px: int = 160, curve: bool = True, show_query
         parts.append("<div><i>no results</i></div>")
     if curve and results.scores is not None:
         parts.append(f"<div style='margin:4px'>{_curve_svg(results.sorted_scores(), len(results))}</div>")
+    parts.append("</div>")
+    return "".join(parts)
+
+
+def _png_uri(img: Image.Image) -> str:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _heat_card(img: Image.Image, title: str, px: int) -> str:
+    scale = px / max(img.size)
+    w, h = max(1, round(img.width * scale)), max(1, round(img.height * scale))
+    return (f"<div class='vfs-heat' style='display:inline-block;margin:4px;vertical-align:top;"
+            f"font:12px sans-serif'><img src='{_png_uri(img)}' style='width:{w}px;height:{h}px;"
+            f"display:block'><div>{html.escape(title)}</div></div>")
+
+
+def explanation_html(cache, results, match, ex, *, px: int = 220) -> str:
+    """HTML for an :class:`~vfsearch.explain.Explanation` of ``match``: the saliency over the
+    result (and over the query, where the method gives one: red raises the score, blue lowers it),
+    the numbers, and for "exact" the top channels with their most-activating dataset patches."""
+    from ..explain import render_on_thumbnail
+
+    q = results.query
+    parts = ["<div class='vfs-explain'><div style='display:flex;flex-wrap:wrap;align-items:flex-start'>"]
+    if ex.query_saliency is not None and q.source_id is not None:
+        parts.append(_heat_card(render_on_thumbnail(cache, q.source_id, ex.query_saliency, q.geometry),
+                                f"query #{q.source_id}", px))
+    elif q.source_id is not None:
+        parts.append(_card(cache, int(q.source_id), q.box, f"query #{int(q.source_id)}", q.layer,
+                           int(px * 0.7), "#36c", data_id=False))
+    parts.append(_heat_card(render_on_thumbnail(cache, match.id, ex.saliency),
+                            f"result #{match.id} · {ex.method}", px))
+    facts = [f"score {ex.score:.4f} at offset {tuple(ex.offset)}", f"{ex.seconds:.2f} s"]
+    if ex.insertion_auc is not None:
+        facts.append(f"insertion AUC {ex.insertion_auc:.3f} · deletion AUC {ex.deletion_auc:.3f}")
+    if ex.method == "exact":
+        total = sum(c["share"] for c in ex.extra["cell_shares"])
+        facts.append(f"cell shares sum to {total:.4f}")
+    parts.append("<div style='font:12px sans-serif;margin:4px 8px'>"
+                 + "<br>".join(html.escape(f) for f in facts) + "</div></div>")
+    for ch in ex.extra.get("top_channels", [])[:4]:
+        cards = "".join(_card(cache, p["id"], p["box"], f"#{p['id']}", p["label"], 64, "#2a2")
+                        for p in ch["patches"][:6])
+        parts.append(f"<div class='vfs-channel' style='font:12px sans-serif'>channel {ch['channel']}: "
+                     f"share {ch['share']:+.4f}<br>{cards}</div>")
     parts.append("</div>")
     return "".join(parts)
 
