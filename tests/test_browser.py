@@ -428,3 +428,124 @@ def test_map_explain_overlap(map_server, page, map_cache):
     assert pg.locator('.pane[data-pane="0"] .card.shared').count() == shared
     assert pg.locator('.pane[data-pane="1"] .card.shared').count() == shared
     pg.screenshot(path=str(SHOTS / "compare_overlap.png"))
+
+
+# -- a 50,000-image map: load time and pan/zoom steps ----------------------------------------------
+
+BIG_N = 50_000
+
+
+@pytest.fixture(scope="module")
+def big_map_cache(tmp_path_factory):
+    """50,000 rows (tiny feature maps; one of eight small JPEG thumbnails each) with a stored map
+    (images of a label in one block of the grid) and its real thumbnail atlas."""
+    import io
+
+    from vfsearch import open_cache
+    from vfsearch.cache import INDEXED, synthetic_cache
+    from vfsearch.embed import MapResult, _fingerprint, _store, build_atlas
+
+    path = tmp_path_factory.mktemp("bigmap") / "c"
+    root = synthetic_cache(path, BIG_N, layer="conv5", channels=8, grid=(2, 2), dtype="f16")
+    rng = np.random.default_rng(0)
+    jpegs = []
+    for k in range(8):
+        small = rng.integers(0, 255, (4, 5, 3), dtype=np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(small).resize((64, 48), Image.Resampling.BICUBIC).save(buf, "JPEG", quality=70)
+        jpegs.append(buf.getvalue())
+    lab = np.arange(BIG_N) % 8
+    feats = rng.standard_normal((8, 2, 2, 8)).astype(np.float16)
+    root["layers/conv5/features"][:] = feats[lab]
+    root["layers/conv5/sqnorm"][:] = (feats[lab].astype(np.float32) ** 2).sum(-1)
+    root["images/thumb"][:] = np.array([jpegs[v] for v in lab], dtype=object)
+    root["images/label"][:] = np.array([f"class{v}" for v in lab], dtype=object)
+    root["images/path"][:] = np.array([f"img_{i:05d}.jpg" for i in range(BIG_N)], dtype=object)
+    root["images/size"][:] = np.tile(np.array([[64, 48]], np.int32), (BIG_N, 1))
+    root["images/status"][:] = INDEXED
+    c = open_cache(path)
+    side = int(np.ceil(np.sqrt(BIG_N)))
+    order = np.argsort(lab, kind="stable")  # grid cells in label order: one block per label
+    cell = np.empty((BIG_N, 2), np.int32)
+    cell[order, 0], cell[order, 1] = np.arange(BIG_N) % side, np.arange(BIG_N) // side
+    m = MapResult(layer="conv5", method="tsne", seed=0, side=side, xy=cell.astype(np.float32),
+                  cell=cell, attrs={"side": side, "n": BIG_N, "rows": BIG_N, "method": "tsne",
+                                    "layer": "conv5", "fingerprint": _fingerprint(c)})
+    _store(c, m)
+    build_atlas(c, m, progress=False)
+    return open_cache(path)
+
+
+@pytest.mark.timeout(300)
+def test_map_of_50k_images_loads_and_pans(big_map_cache, page):
+    """The map of 50,000 images loads every atlas page, zooms and pans, and a click on a tile runs
+    a query. Prints the load time and the time of a pan / zoom step next to an empty frame (headless
+    chromium renders in software: the figures are relative)."""
+    import json
+
+    gen = _serve(big_map_cache)
+    url = next(gen)
+    try:
+        pg = page
+        pg.goto(url)
+        pg.wait_for_function("document.body.dataset.ready === '1'")
+        t0 = time.perf_counter()
+        pg.click("#view-tabs [data-view=map]")
+        pg.wait_for_function("document.body.dataset.mapReady === '1'", timeout=60000)
+        wall_ms = (time.perf_counter() - t0) * 1000
+        timing = pg.evaluate("window.vfs.MAP.timing")
+        assert timing["images"] == BIG_N and timing["pages"] == pg.evaluate("window.vfs.MAP.info.pages")
+        assert pg.evaluate("window.vfs.MAP.pages.every(p => p && p.naturalWidth > 0)")
+        # one frame with nothing changed, then zoom and pan steps, each timed to the frame after it
+        steps = pg.evaluate("""async () => {
+          const stage = document.querySelector('#map-stage'), r = stage.getBoundingClientRect();
+          const frame = () => new Promise((ok) => requestAnimationFrame(() => requestAnimationFrame(ok)));
+          const cx = r.left + r.width / 2, cy = r.top + r.height / 2, out = {idle: [], zoom: [], pan: []};
+          const M = window.vfs.MAP, s0 = M.view.s;
+          for (let i = 0; i < 10; i++) { const t = performance.now(); await frame(); out.idle.push(performance.now() - t); }
+          for (let i = 0; i < 12; i++) {
+            const t = performance.now();
+            stage.dispatchEvent(new WheelEvent('wheel', {clientX: cx, clientY: cy, deltaY: i < 8 ? -120 : 60, bubbles: true, cancelable: true}));
+            await frame(); out.zoom.push(performance.now() - t);
+          }
+          out.zoomed = M.view.s / s0;
+          const o = {pointerId: 1, bubbles: true, clientX: cx, clientY: cy, button: 0, buttons: 1};
+          stage.dispatchEvent(new PointerEvent('pointerdown', o));
+          const tx0 = M.view.tx;
+          for (let i = 1; i <= 12; i++) {
+            const t = performance.now();
+            stage.dispatchEvent(new PointerEvent('pointermove', {...o, clientX: cx + 15 * i, clientY: cy + 6 * i}));
+            await frame(); out.pan.push(performance.now() - t);
+          }
+          stage.dispatchEvent(new PointerEvent('pointerup', {...o, clientX: cx + 180, clientY: cy + 72, buttons: 0}));
+          out.panned = M.view.tx - tx0;
+          out.draw = M.draws.slice(-24);
+          return out;
+        }""")
+        assert steps["zoomed"] > 2 and abs(steps["panned"] - 180) < 1
+        med = lambda v: float(np.median(v))  # noqa: E731
+        report = {"images": BIG_N, "pages": timing["pages"], "load_ms": round(timing["ready_ms"]),
+                  "map_info_ms": round(timing["info_ms"]), "tab_click_to_ready_ms": round(wall_ms),
+                  "idle_frame_ms": round(med(steps["idle"]), 1),
+                  "zoom_step_ms": round(med(steps["zoom"]), 1), "pan_step_ms": round(med(steps["pan"]), 1),
+                  "drawMap_ms": round(med(steps["draw"]), 1)}
+        report["zoom_step_vs_idle_frame"] = round(report["zoom_step_ms"] / max(report["idle_frame_ms"], 1e-3), 2)
+        report["pan_step_vs_idle_frame"] = round(report["pan_step_ms"] / max(report["idle_frame_ms"], 1e-3), 2)
+        print("\n50k map in headless chromium: " + json.dumps(report))
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        (SHOTS.parent / "map_50k_timing.json").write_text(json.dumps(report, indent=1))
+        pg.screenshot(path=str(SHOTS / "map_50k_zoomed.png"))
+        # a click on a tile starts a whole-image query of that image
+        n = searches(pg)
+        x, y = pg.evaluate("""() => {
+          const M = window.vfs.MAP, r = document.querySelector('#map-canvas').getBoundingClientRect();
+          return [r.left + r.width / 2, r.top + r.height / 2];
+        }""")
+        pg.mouse.click(x, y)
+        wait_search(pg, n + 1)
+        assert pg.evaluate("window.vfs.S.whole")
+        qid = pg.evaluate("window.vfs.S.query.id")
+        ci = pg.evaluate(f"window.vfs.MAP.cellOf.get({qid})")
+        assert ci is not None and 0 <= ci < pg.evaluate("window.vfs.MAP.grid.length")
+    finally:
+        next(gen, None)

@@ -1486,7 +1486,10 @@ main();
 
 // == views: dataset map · explain · compare overlap ===============================================
 const MAP = { key: "", info: null, grid: null, pages: [], scores: null, scoresSid: null, top: new Map(), queryId: null,
-  view: null, loading: false, poll: null, hover: -1 };
+  view: null, loading: false, poll: null, hover: -1,
+  // measured in the page (benchmarks and tests read them): load of the current map, and the
+  // duration of each drawMap call (the canvas commands; rasterising happens at the next frame)
+  timing: null, draws: [] };
 window.vfs.MAP = MAP;
 
 function mapChoice() { return S.choice; }
@@ -1520,7 +1523,9 @@ async function refreshMap() {
 }
 
 async function loadMap(c, key) {
+  const t0 = performance.now();
   MAP.key = key;
+  MAP.timing = null;
   MAP.info = null;
   MAP.grid = null;
   MAP.pages = [];
@@ -1529,6 +1534,7 @@ async function loadMap(c, key) {
   $("#map-info").textContent = "loading map…";
   const info = await api(`/api/caches/${enc(c.cache)}/map?${mapQS(c)}`);
   if (MAP.key !== key) return;
+  const tInfo = performance.now();
   MAP.info = info;
   $("#map-compute").hidden = info.status === "computing";
   $("#map-compute").textContent = info.status === "ready" ? "Recompute" : "Compute map";
@@ -1553,7 +1559,10 @@ async function loadMap(c, key) {
       if (MAP.key !== key) return;
       MAP.pages[p] = img;
       drawMap();
-      if (MAP.pages.every(Boolean)) document.body.dataset.mapReady = "1";
+      if (MAP.pages.every(Boolean)) {
+        MAP.timing = { info_ms: tInfo - t0, ready_ms: performance.now() - t0, pages: n, images: info.n };
+        document.body.dataset.mapReady = "1";
+      }
     }).catch(reportError);
   }
 }
@@ -1646,6 +1655,13 @@ function scoreCanvas() {
 }
 
 function drawMap() {
+  const t0 = performance.now();
+  drawMapNow();
+  MAP.draws.push(performance.now() - t0);
+  if (MAP.draws.length > 200) MAP.draws.shift();
+}
+
+function drawMapNow() {
   const cv = $("#map-canvas");
   if (!cv || $("#map-view").hidden) return;
   const W = Math.max(1, Math.round(cv.clientWidth * dpr())), H = Math.max(1, Math.round(cv.clientHeight * dpr()));
