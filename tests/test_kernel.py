@@ -390,6 +390,47 @@ def test_tighten_rescans_the_images_that_can_reach_the_top(backend, dtype):
     assert cand[np.argsort(-exact)[:5]].all()
 
 
+@pytest.mark.skipif(not hasattr(__import__("mmap"), "PROT_READ"), reason="needs mmap protections")
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "numpy"])
+@pytest.mark.parametrize("precision", ["fast", "fine"])
+def test_no_read_past_the_features(backend, precision):
+    """Features that end right before an unreadable page: no kernel reads past them (the fast
+    paths read whole 32/64-byte blocks of a cell; the last image must not overrun)."""
+    import ctypes
+    import mmap
+
+    rng = np.random.default_rng(5)
+    n, H, W, C = 3, 3, 4, 40
+    feats, sqn, scale, qerr2, deq, orig = make_feats(rng, n, H, W, C, "int8")
+    page = mmap.PAGESIZE
+    nbytes = feats.nbytes
+    total = (nbytes + page - 1) // page * page + page
+    buf = mmap.mmap(-1, total, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    try:
+        base = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+        guard = base + total - page
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        start = guard - nbytes
+        arr = np.frombuffer(buf, dtype=np.int8, count=nbytes, offset=start - base).reshape(feats.shape)
+        arr[:] = feats
+        assert libc.mprotect(guard, page, 0) == 0  # PROT_NONE: any read there is a crash
+        wts = soft_mask(rng, H, W, box=(0, 1, 2, 3), density=1.0)
+        qfeat = query_feats(rng, H, W, C, "int8")
+        q = K.PreparedQuery.from_grid(qfeat, wts)
+        for threads in (1, 2):
+            res = K.scan(arr, sqn, q, scale=scale, qerr2=qerr2, backend=backend, precision=precision,
+                         threads=threads)
+            check(res, deq, orig, wts, qfeat, "int8")
+        assert libc.mprotect(guard, page, mmap.PROT_READ | mmap.PROT_WRITE) == 0
+        del arr
+    finally:
+        try:
+            buf.close()
+        except BufferError:  # an exported view is still alive; the mapping goes with the process
+            pass
+
+
 def test_env_forces_backend(monkeypatch):
     rng = np.random.default_rng(12)
     feats, sqn, _scale, _qerr2, _deq, _orig = make_feats(rng, 2, 3, 3, 8, "float32")

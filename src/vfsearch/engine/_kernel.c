@@ -56,7 +56,9 @@
 
 enum { DT_U8 = 0, DT_I8 = 1, DT_F16 = 2, DT_F32 = 3 };
 enum { LV_GENERIC = 0, LV_AVX2 = 1, LV_AVX512 = 2 };
-enum { QF_I16 = 0, QF_I8 = 1 }; /* 8-bit query formats: int16 rows (C), int8 rows (C padded to 64) */
+/* 8-bit query formats: int16 rows (C); int8 rows (C padded to 64 with zeros) for the AVX-512
+ * VNNI kernel; int8 rows with |q| <= 31 (padded the same way) for the AVX2 vpmaddubsw kernel */
+enum { QF_I16 = 0, QF_I8 = 1, QF_I6 = 2 };
 
 /* ------------------------------------------------------------------------ */
 /* CPU detection                                                             */
@@ -137,6 +139,8 @@ typedef struct {
     float *out_score, *out_upper, *out_lower;
     int32_t *out_offset;
     double *dots;           /* scratch (2, K, H*W): scale_cell * dot for two images */
+    uint8_t *ovr;           /* NULL, or room for one image + 64 bytes: kernels that read past a
+                             * cell's end scan the array's last image from a copy there */
     double *num, *den, *qe; /* scratch, O each */
 } scan_t;
 
@@ -291,6 +295,10 @@ VFS_INLINE void scan_driver(const scan_t *s, dot_fn dot, dot2_fn dot2) {
             offsets_image(s, DB, i + 1);
             i += 2;
         } else {
+            if (s->ovr && i == s->n - 1) {
+                memcpy(s->ovr, ia, (size_t)img_bytes);
+                ia = s->ovr;
+            }
             for (int gi = 0; gi < s->ngroups; ++gi) {
                 const group_t *g = &s->groups[gi];
                 const int G = g->G, c = g->cell;
@@ -403,7 +411,7 @@ static inline void dot_i8q8_generic(const void *x_, const group_t *grp, int G, i
 }
 
 static void scan_generic(const scan_t *s, int dtype, int qfmt) {
-    if (qfmt == QF_I8) {
+    if (qfmt == QF_I8 || qfmt == QF_I6) { /* the same integers as the SIMD paths */
         if (dtype == DT_U8) scan_driver(s, dot_u8q8_generic, NULL);
         else scan_driver(s, dot_i8q8_generic, NULL);
         return;
@@ -604,6 +612,68 @@ static VFS_AVX2 void scan_u8_avx2(const scan_t *s) { scan_driver(s, dot_u8_avx2,
 static VFS_AVX2 void scan_i8_avx2(const scan_t *s) { scan_driver(s, dot_i8_avx2, NULL); }
 static VFS_AVX2 void scan_f16_avx2(const scan_t *s) { scan_driver(s, dot_f16_avx2, NULL); }
 static VFS_AVX2 void scan_f32_avx2(const scan_t *s) { scan_driver(s, dot_f32_avx2, NULL); }
+
+/* 8-bit x . 6-bit query (int8 rows, |q| <= 31, zero-padded to a multiple of 64), exact:
+ * vpmaddubsw multiplies u8 x s8 and adds pairs into int16 (|pair| <= 2*255*31 = 15810, so
+ * two chunks' sums, <= 31620, fit without saturating), vpmaddwd with ones widens them to
+ * int32: 5 instructions per 64 channels where the int16 query needs 8. Signed x is flipped
+ * to unsigned as in the VNNI kernel (x ^ 0x80 = x + 128, minus 128 * sum(q) afterwards).
+ * The last partial block of 64 reads up to 63 bytes past the cell (the query is zero there);
+ * the driver copies the array's last image into a padded buffer (ovr) so that no read leaves
+ * the features. */
+VFS_INLINE VFS_AVX2 void dotq6_avx2_G(const void *x_, const group_t *grp, int C, double f,
+                                      double *out, const int G, const int sgn) {
+    const uint8_t *x = (const uint8_t *)x_;
+    __m256i acc[GMAX];
+    const int8_t *qq[GMAX];
+    const __m256i ones = _mm256_set1_epi16(1);
+#pragma GCC unroll 12
+    for (int g = 0; g < G; ++g) {
+        acc[g] = _mm256_setzero_si256();
+        qq[g] = (const int8_t *)grp->q[g];
+    }
+    for (int j = 0; j < C; j += 64) {
+        const uint8_t *xb = x + j;
+        __m256i x0 = _mm256_loadu_si256((const __m256i *)xb);
+        __m256i x1 = _mm256_loadu_si256((const __m256i *)(xb + 32));
+        if (sgn) {
+            const __m256i flip = _mm256_set1_epi8((char)0x80);
+            x0 = _mm256_xor_si256(x0, flip);
+            x1 = _mm256_xor_si256(x1, flip);
+        }
+#pragma GCC unroll 12
+        for (int g = 0; g < G; ++g) {
+            const __m256i t = _mm256_add_epi16(
+                _mm256_maddubs_epi16(x0, _mm256_loadu_si256((const __m256i *)(qq[g] + j))),
+                _mm256_maddubs_epi16(x1, _mm256_loadu_si256((const __m256i *)(qq[g] + j + 32))));
+            acc[g] = acc_add_epi32(acc[g], _mm256_madd_epi16(t, ones));
+        }
+    }
+    int32_t t[GMAX + 4];
+    const __m256i z = _mm256_setzero_si256();
+#pragma GCC unroll 3
+    for (int g = 0; g < G; g += 4)
+        _mm_storeu_si128((__m128i *)(t + g),
+                         hsum4_epi32(acc[g], g + 1 < G ? acc[g + 1] : z,
+                                     g + 2 < G ? acc[g + 2] : z, g + 3 < G ? acc[g + 3] : z));
+#pragma GCC unroll 12
+    for (int g = 0; g < G; ++g) out[g] = f * (double)(sgn ? t[g] - grp->corr[g] : t[g]);
+}
+
+VFS_INLINE VFS_AVX2 void dot_u8q6_avx2(const void *x, const group_t *grp, int G, int C,
+                                       double f, double *out) {
+#define CALL(g) dotq6_avx2_G(x, grp, C, f, out, g, 0)
+    VFS_SWITCH_G(CALL)
+#undef CALL
+}
+VFS_INLINE VFS_AVX2 void dot_i8q6_avx2(const void *x, const group_t *grp, int G, int C,
+                                       double f, double *out) {
+#define CALL(g) dotq6_avx2_G(x, grp, C, f, out, g, 1)
+    VFS_SWITCH_G(CALL)
+#undef CALL
+}
+static VFS_AVX2 void scan_u8q6_avx2(const scan_t *s) { scan_driver(s, dot_u8q6_avx2, NULL); }
+static VFS_AVX2 void scan_i8q6_avx2(const scan_t *s) { scan_driver(s, dot_i8q6_avx2, NULL); }
 
 /* ------------------------------------------------------------------------ */
 /* AVX-512 (VNNI)                                                            */
@@ -863,8 +933,10 @@ int vfs_scan(int level, int dtype, const void *feats, int64_t n, int H, int W, i
     if (dtype < DT_U8 || dtype > DT_F32) return -1;
     const int is8 = dtype == DT_U8 || dtype == DT_I8;
     if (is8 && (scale == NULL || qscale == NULL)) return -1;
-    if (qfmt != QF_I16 && qfmt != QF_I8) return -1;
-    if (qfmt == QF_I8 && (!is8 || level == LV_AVX2)) return -2; /* int8 query: VNNI or generic */
+    if (qfmt != QF_I16 && qfmt != QF_I8 && qfmt != QF_I6) return -1;
+    if (qfmt != QF_I16 && !is8) return -1;
+    if (qfmt == QF_I8 && level == LV_AVX2) return -2; /* int8 query: VNNI or generic */
+    if (qfmt == QF_I6 && level == LV_AVX512) return -2; /* 6-bit query: AVX2 or generic */
     if (level == LV_AVX2 && vfs_cpu_level() < LV_AVX2) return -2;
     if (level == LV_AVX512 && vfs_cpu_level() < LV_AVX512) return -2;
     if (level < LV_GENERIC || level > LV_AVX512) return -2;
@@ -874,12 +946,18 @@ int vfs_scan(int level, int dtype, const void *feats, int64_t n, int H, int W, i
     if (n == 0) return 0;
 
     const int OH = H - h + 1, OW = W - w + 1, O = OH * OW, HW = H * W;
-    const int gmax = level == LV_GENERIC ? 4 : GMAX;
+    /* AVX2 with a 6-bit query keeps G accumulators and 6 more vectors in 16 registers */
+    const int gmax = level == LV_GENERIC ? 4 : (qfmt == QF_I6 ? 10 : GMAX);
     for (int k = 0; k < K; ++k)
         if (dy[k] < 0 || dy[k] >= h || dx[k] < 0 || dx[k] >= w) return -1;
 
     if ((int64_t)K * HW > 0x3fffffffLL) return -1;
-    const int64_t qstride = qfmt == QF_I8 ? (int64_t)(C + 63) / 64 * 64 : (int64_t)C * (is8 ? 2 : 4);
+    const int64_t qstride = qfmt != QF_I16 ? (int64_t)(C + 63) / 64 * 64 : (int64_t)C * (is8 ? 2 : 4);
+    if (qfmt == QF_I6) /* larger values would saturate vpmaddubsw's int16 sums */
+        for (int64_t t = 0; t < (int64_t)K * qstride; ++t) {
+            const int v = ((const int8_t *)qdata)[t];
+            if (v > 31 || v < -31) return -1;
+        }
 
     /* count groups */
     int64_t ngroups = 0;
@@ -897,10 +975,14 @@ int vfs_scan(int level, int dtype, const void *feats, int64_t n, int H, int W, i
      * written (cells no offset uses) read as 0 */
     double *scratch = (double *)calloc((size_t)(3 * HW + 2 * K + 2 * K * HW + 16), sizeof(double));
     int32_t *kbuf = (int32_t *)malloc(sizeof(int32_t) * (size_t)(2 * K));
-    if (!groups || !scratch || !kbuf) {
+    uint8_t *ovr = NULL;
+    if (qfmt == QF_I6 && level == LV_AVX2)
+        ovr = (uint8_t *)calloc((size_t)HW * (size_t)C + 64, 1);
+    if (!groups || !scratch || !kbuf || (qfmt == QF_I6 && level == LV_AVX2 && !ovr)) {
         free(groups);
         free(scratch);
         free(kbuf);
+        free(ovr);
         return -3;
     }
     int gi = 0;
@@ -928,7 +1010,7 @@ int vfs_scan(int level, int dtype, const void *feats, int64_t n, int H, int W, i
                 const int k = kbuf[2 * (t0 + t)];
                 g->q[t] = (const uint8_t *)qdata + (int64_t)k * qstride;
                 g->dst[t] = k * HW + c;
-                g->corr[t] = qfmt == QF_I8 && dtype == DT_I8 ? 128 * qsum8((const int8_t *)g->q[t], C) : 0;
+                g->corr[t] = qfmt != QF_I16 && dtype == DT_I8 ? 128 * qsum8((const int8_t *)g->q[t], C) : 0;
             }
             t0 += G;
         }
@@ -972,6 +1054,7 @@ int vfs_scan(int level, int dtype, const void *feats, int64_t n, int H, int W, i
     s.den = scratch + HW;
     s.qe = scratch + 2 * HW;
     s.dots = wm + K;
+    s.ovr = ovr;
 
     switch (level) {
 #ifdef VFS_X86
@@ -989,6 +1072,11 @@ int vfs_scan(int level, int dtype, const void *feats, int64_t n, int H, int W, i
         }
         break;
     case LV_AVX2:
+        if (qfmt == QF_I6) {
+            if (dtype == DT_U8) scan_u8q6_avx2(&s);
+            else scan_i8q6_avx2(&s);
+            break;
+        }
         switch (dtype) {
         case DT_U8: scan_u8_avx2(&s); break;
         case DT_I8: scan_i8_avx2(&s); break;
@@ -1002,6 +1090,7 @@ int vfs_scan(int level, int dtype, const void *feats, int64_t n, int H, int W, i
     free(groups);
     free(scratch);
     free(kbuf);
+    free(ovr);
     return 0;
 }
 

@@ -151,23 +151,25 @@ class ScanResult:
 
 @dataclass(frozen=True)
 class _Quant:
-    qi: np.ndarray  # int16 (K, C), or int8 (K, C rounded up to 64) for the VNNI kernel
+    qi: np.ndarray  # int16 (K, C), or int8 (K, C rounded up to 64) for the fast kernels
     sq: np.ndarray  # float32 (K,)
     eps_q: float
-    qfmt: int  # 0: int16 rows, 1: int8 rows (zero-padded)
+    qfmt: int  # 0: int16 rows, 1: int8 rows (VNNI), 2: int8 rows with |q| <= 31 (AVX2)
 
 
 _quant_cache: weakref.WeakKeyDictionary[PreparedQuery, dict[int, _Quant]] = (
     weakref.WeakKeyDictionary()
 )
 _quant_lock = threading.Lock()
-_QFMT = {"fine": 0, "fast": 1}
+_QMAX = {1: 127, 2: 31}  # int8 query formats; 0 is int16
 
 
 def _qfmt(backend: str, precision: str = "fast") -> int:
-    """The query format a backend uses on 8-bit features: 1 (int8) for the VNNI kernel's fast
-    path, else 0 (int16)."""
-    return _QFMT[precision] if backend == "avx512" else 0
+    """The query format a backend uses on 8-bit features: int8 for the AVX-512 VNNI kernel (1),
+    6-bit for the AVX2 one (2) on the fast path; int16 (0) otherwise."""
+    if precision == "fine":
+        return 0
+    return {"avx512": 1, "avx2": 2}.get(backend, 0)
 
 
 def _quantised(query: PreparedQuery, qfmt: int = 0) -> _Quant:
@@ -178,7 +180,7 @@ def _quantised(query: PreparedQuery, qfmt: int = 0) -> _Quant:
     if hit is not None:
         return hit
     K, C = query.qf.shape
-    qmax = 127 if qfmt == 1 else min(16383, (2**31 - 1) // (C * 255))
+    qmax = _QMAX[qfmt] if qfmt else min(16383, (2**31 - 1) // (C * 255))
     Q = query.qf.astype(np.float64)
     sq = (np.abs(Q).max(axis=1) / qmax).astype(np.float32)
     sqd = sq.astype(np.float64)
@@ -189,7 +191,7 @@ def _quantised(query: PreparedQuery, qfmt: int = 0) -> _Quant:
     m2 = query.m2.astype(np.float64)
     err = math.sqrt(float(np.sum(np.einsum("kc,kc->k", R, R) / m2)))
     eps_q = err / query.qnorm if query.qnorm > 0 else 0.0
-    if qfmt == 1:
+    if qfmt:
         rows = np.zeros((K, (C + 63) // 64 * 64), np.int8)
         rows[:, :C] = qi
     else:
@@ -396,7 +398,7 @@ def _self_check(lib: ctypes.CDLL, name: str) -> tuple[bool, str]:
                     if dt == np.uint8:
                         qfeat = np.abs(qfeat)
                     q = PreparedQuery.from_grid(qfeat, wts)
-                    fmts = (0, 1) if (name == "avx512" and scale is not None) else (0,)
+                    fmts = (0, _qfmt(name)) if scale is not None else (0,)
                     for qfmt in fmts:
                         a = _scan_c(lib, "generic", feats, sqn, q, scale, qerr2, qfmt=qfmt)
                         b = _scan_c(lib, name, feats, sqn, q, scale, qerr2, qfmt=qfmt)
@@ -704,7 +706,7 @@ def scan(
     the int16 query, so the images that can reach a top k have tight bounds.
     """
     feats, sqnorm, scale, qerr2, is8 = _check_inputs(feats, sqnorm, query, scale, qerr2)
-    if precision not in _QFMT:
+    if precision not in ("fast", "fine"):
         raise ValueError(f"precision must be 'fast' or 'fine', got {precision!r}")
     nthreads = _default_threads() if threads is None else max(1, int(threads))
     b = _resolve(backend)
