@@ -182,3 +182,35 @@ def test_unknown_model_and_layer_and_unwritable_output(tmp_path, model):
         index(src, afile / "sub", model=model, progress=False)
     with pytest.raises(OutputError, match="cannot write"):
         index(src, "/proc/vfsearch-cache", model=model, progress=False)
+
+
+@pytest.mark.parametrize("compression", ["none", "zstd"])
+def test_read_rows_equals_zarr_for_any_range(tmp_path, compression):
+    """cache.read_rows (raw chunk files for uncompressed local arrays, Zarr otherwise) returns
+    exactly what Zarr returns: any range, edge chunk, never-written chunk (fill value)."""
+    import zarr
+
+    from vfsearch.cache import _raw_chunks, compressor, read_rows
+
+    root = zarr.open_group(str(tmp_path / "z"), mode="w")
+    kw = {"compressors": None if compression == "none" else compressor(compression)}
+    a = root.create_array("f", shape=(45, 3, 4), chunks=(8, 3, 4), dtype=np.float32,
+                          fill_value=-1.5, **kw)
+    b = root.create_array("u", shape=(45, 5), chunks=(8, 5), dtype=np.uint8, fill_value=7, **kw)
+    rng = np.random.default_rng(0)
+    a[:32] = rng.standard_normal((32, 3, 4)).astype(np.float32)  # rows 32.. never written
+    b[:] = rng.integers(0, 255, (45, 5), dtype=np.uint8)
+    a[40:45] = 2.0  # the edge chunk, partly
+    assert (_raw_chunks(a) is not None) == (compression == "none")
+    for lo, hi in [(0, 45), (0, 0), (3, 9), (8, 16), (7, 8), (30, 45), (33, 39), (44, 45), (40, 60)]:
+        for arr in (a, b):
+            got = read_rows(arr, lo, hi)
+            want = np.asarray(arr[lo:hi])
+            assert got.dtype == want.dtype and got.flags.c_contiguous
+            np.testing.assert_array_equal(got, want)
+    # a chunk file cut short is an error, not silent garbage
+    if compression == "none":
+        f = tmp_path / "z" / "f" / "c" / "1" / "0" / "0"
+        f.write_bytes(f.read_bytes()[:100])
+        with pytest.raises(Exception, match="truncated"):
+            read_rows(a, 8, 16)

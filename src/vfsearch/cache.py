@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -286,14 +287,16 @@ class FeatureCache:
         return self._loaded[layer]
 
     def read(self, layer: str, start: int, stop: int) -> LayerData:
-        sl = slice(start, stop)
+        """Rows [start, stop) of a layer's arrays (uncompressed local arrays are read straight
+        from their chunk files, several times faster than through Zarr for big blocks)."""
         scale, qerr2 = self._arr(layer, "scale"), self._arr(layer, "qerr2")
+        rows = lambda a: None if a is None else read_rows(a, start, stop)  # noqa: E731
         return LayerData(
             name=layer,
-            features=np.ascontiguousarray(self._arr(layer, "features")[sl]),
-            sqnorm=np.ascontiguousarray(self._arr(layer, "sqnorm")[sl]),
-            scale=None if scale is None else np.ascontiguousarray(scale[sl]),
-            qerr2=None if qerr2 is None else np.ascontiguousarray(qerr2[sl]),
+            features=rows(self._arr(layer, "features")),
+            sqnorm=rows(self._arr(layer, "sqnorm")),
+            scale=rows(scale),
+            qerr2=rows(qerr2),
             start=start,
         )
 
@@ -355,6 +358,62 @@ class FeatureCache:
     def __repr__(self) -> str:
         return (f"FeatureCache({str(self.path)!r}, model={self.model!r}, layers={self.layers}, "
                 f"images={len(self)}, dtype={self.dtype!r})")
+
+
+def _raw_chunks(arr) -> Path | None:
+    """The directory of an array whose chunk files are its raw C-order bytes in native byte
+    order (local store, no compression, regular grid chunked along the first axis only), or
+    None when the array must be read through Zarr."""
+    try:
+        from zarr.codecs import BytesCodec
+        from zarr.storage import LocalStore
+
+        md = arr.metadata
+        codecs = tuple(md.codecs)
+        if not isinstance(arr.store, LocalStore) or len(codecs) != 1:
+            return None
+        if not isinstance(codecs[0], BytesCodec) or tuple(arr.chunks[1:]) != tuple(arr.shape[1:]):
+            return None
+        endian = getattr(codecs[0], "endian", None)
+        if arr.dtype.itemsize > 1 and endian is not None and endian.value != sys.byteorder:
+            return None
+        if md.encode_chunk_key((0,) * arr.ndim) != "c/" + "/".join(["0"] * arr.ndim):
+            return None
+        return Path(arr.store.root) / arr.path
+    except Exception:  # noqa: BLE001 - anything unexpected: the Zarr path
+        return None
+
+
+def read_rows(arr, start: int, stop: int) -> np.ndarray:
+    """Rows [start, stop) of a Zarr array as a C-contiguous numpy array."""
+    start, stop = max(0, int(start)), min(int(arr.shape[0]), int(stop))
+    base = _raw_chunks(arr)
+    if base is None:
+        return np.ascontiguousarray(arr[start:stop])
+    out = np.empty((max(0, stop - start),) + tuple(arr.shape[1:]), dtype=arr.dtype)
+    ch = int(arr.chunks[0])
+    row = out.itemsize * int(np.prod(arr.shape[1:], dtype=np.int64))
+    flat = out.reshape(-1).view(np.uint8)
+    rest = ("/0" * (arr.ndim - 1))
+    for ci in range(start // ch, (stop + ch - 1) // ch if stop > start else start // ch):
+        a, b = max(start, ci * ch), min(stop, (ci + 1) * ch)
+        dst = memoryview(flat[(a - start) * row:(b - start) * row])
+        try:
+            with open(base / "c" / f"{ci}{rest}", "rb", buffering=0) as f:
+                f.seek((a - ci * ch) * row)
+                got = 0
+                while got < len(dst):
+                    k = f.readinto(dst[got:])
+                    if not k:
+                        break
+                    got += k
+        except FileNotFoundError:  # a chunk never written holds the fill value
+            got = 0
+        if got < len(dst):
+            if got:
+                raise CacheError(f"chunk {ci} of {arr.path} is truncated")
+            out[a - start:b - start] = arr.fill_value
+    return out
 
 
 def open_cache(path: str | os.PathLike, image_root: str | os.PathLike | None = None) -> FeatureCache:

@@ -14,6 +14,13 @@ Backends: "avx512" (AVX-512 VNNI), "avx2" (AVX2+FMA+F16C), "generic" (plain C),
 all in ``_kernel.c`` compiled on first use into a cache directory, and "numpy"
 (always available). ``VFSEARCH_KERNEL`` forces the backend used by
 ``backend="auto"``.
+
+8-bit features are dotted in exact integer arithmetic with a rounded query:
+int16 everywhere (``precision="fine"``), or, on the fast path, int8 (VNNI) /
+6-bit (AVX2), about 1.3-1.6x faster. Each image's [lower, upper] bounds hold the
+exact score whatever the rounding (its effect is eps_q); ``tighten_k`` re-scans
+the images that could reach the top k with the int16 query, so the fast path
+costs the refine step almost nothing.
 """
 
 from __future__ import annotations
