@@ -324,29 +324,23 @@ VFS_INLINE void scan_driver(const scan_t *s, dot_fn dot, dot2_fn dot2) {
 /* generic dot products                                                      */
 /* ------------------------------------------------------------------------ */
 
-static inline void dot_u8_generic(const void *x_, const group_t *grp, int G, int C,
-                                  double f, double *out) {
-    const void *const *q = grp->q;
-    const uint8_t *x = (const uint8_t *)x_;
-    for (int g = 0; g < G; ++g) {
-        const int16_t *qq = (const int16_t *)q[g];
-        int32_t acc = 0;
-        for (int j = 0; j < C; ++j) acc += (int32_t)x[j] * (int32_t)qq[j];
-        out[g] = f * (double)acc;
+/* exact integer dots of 8-bit x (XT) with integer query rows (QT) */
+#define VFS_GENERIC_IDOT(NAME, XT, QT)                                                       \
+    static inline void NAME(const void *x_, const group_t *grp, int G, int C, double f,     \
+                            double *out) {                                                  \
+        const XT *x = (const XT *)x_;                                                        \
+        for (int g = 0; g < G; ++g) {                                                        \
+            const QT *qq = (const QT *)grp->q[g];                                            \
+            int32_t acc = 0;                                                                 \
+            for (int j = 0; j < C; ++j) acc += (int32_t)x[j] * (int32_t)qq[j];               \
+            out[g] = f * (double)acc;                                                        \
+        }                                                                                    \
     }
-}
-
-static inline void dot_i8_generic(const void *x_, const group_t *grp, int G, int C,
-                                  double f, double *out) {
-    const void *const *q = grp->q;
-    const int8_t *x = (const int8_t *)x_;
-    for (int g = 0; g < G; ++g) {
-        const int16_t *qq = (const int16_t *)q[g];
-        int32_t acc = 0;
-        for (int j = 0; j < C; ++j) acc += (int32_t)x[j] * (int32_t)qq[j];
-        out[g] = f * (double)acc;
-    }
-}
+VFS_GENERIC_IDOT(dot_u8_generic, uint8_t, int16_t)
+VFS_GENERIC_IDOT(dot_i8_generic, int8_t, int16_t)
+/* int8 query rows (qfmt 1 and 2): the exact same integers as the VNNI / AVX2 paths */
+VFS_GENERIC_IDOT(dot_u8q8_generic, uint8_t, int8_t)
+VFS_GENERIC_IDOT(dot_i8q8_generic, int8_t, int8_t)
 
 static inline void dot_f32_generic(const void *x_, const group_t *grp, int G, int C,
                                    double f, double *out) {
@@ -391,29 +385,6 @@ static inline void dot_f16_generic(const void *x_, const group_t *grp, int G, in
         const float *L = lane[g];
         const float t = ((L[0] + L[4]) + (L[2] + L[6])) + ((L[1] + L[5]) + (L[3] + L[7]));
         out[g] = f * (double)(t + acc[g]);
-    }
-}
-
-/* int8 query rows (qfmt 1); the exact same integers as the VNNI path */
-static inline void dot_u8q8_generic(const void *x_, const group_t *grp, int G, int C, double f,
-                                    double *out) {
-    const uint8_t *x = (const uint8_t *)x_;
-    for (int g = 0; g < G; ++g) {
-        const int8_t *qq = (const int8_t *)grp->q[g];
-        int32_t acc = 0;
-        for (int j = 0; j < C; ++j) acc += (int32_t)x[j] * (int32_t)qq[j];
-        out[g] = f * (double)acc;
-    }
-}
-
-static inline void dot_i8q8_generic(const void *x_, const group_t *grp, int G, int C, double f,
-                                    double *out) {
-    const int8_t *x = (const int8_t *)x_;
-    for (int g = 0; g < G; ++g) {
-        const int8_t *qq = (const int8_t *)grp->q[g];
-        int32_t acc = 0;
-        for (int j = 0; j < C; ++j) acc += (int32_t)x[j] * (int32_t)qq[j];
-        out[g] = f * (double)acc;
     }
 }
 
@@ -753,23 +724,9 @@ VFS_INLINE VFS_AVX512 void dotq8_vnni256_NG(const uint8_t *const *x, const group
         for (int g = 0; g < G; ++g) acc[u][g] = _mm256_setzero_si256();
 #pragma GCC unroll 12
     for (int g = 0; g < G; ++g) qq[g] = (const int8_t *)grp->q[g];
-    int j = 0;
-    for (; j + 32 <= C; j += 32) {
-        __m256i xv[2];
-#pragma GCC unroll 2
-        for (int u = 0; u < NI; ++u) {
-            xv[u] = _mm256_loadu_si256((const __m256i *)(x[u] + j));
-            if (sgn) xv[u] = _mm256_xor_si256(xv[u], flip);
-        }
-#pragma GCC unroll 12
-        for (int g = 0; g < G; ++g) {
-            const __m256i qv = _mm256_loadu_si256((const __m256i *)(qq[g] + j));
-#pragma GCC unroll 2
-            for (int u = 0; u < NI; ++u) acc[u][g] = dpbusd_acc256(acc[u][g], xv[u], qv);
-        }
-    }
-    if (j < C) {
-        const __mmask32 m = (__mmask32)((1ull << (C - j)) - 1ull);
+    for (int j = 0; j < C; j += 32) {
+        /* the last block is a masked load: no read past the cell (query bytes there are 0) */
+        const __mmask32 m = j + 32 <= C ? (__mmask32)0xffffffffu : (__mmask32)((1ull << (C - j)) - 1ull);
         __m256i xv[2];
 #pragma GCC unroll 2
         for (int u = 0; u < NI; ++u) {
