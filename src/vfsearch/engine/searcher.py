@@ -347,8 +347,9 @@ def search_many(
     threads: int | None = None,
     scheduler: str | None = None,
 ) -> list[SearchResult]:
-    """Several queries in one pass over the data (each block is scanned for every query while it
-    is in memory). Queries may use different layers; each layer is read once."""
+    """Several queries with one read of the data: each block (the whole layer when it fits in
+    RAM) is scanned for every query while it is in memory. Queries may use different layers;
+    each layer is read once."""
     if k < 1:
         raise BadQuery("k must be at least 1")
     results: list[SearchResult | None] = [None] * len(queries)
