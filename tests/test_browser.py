@@ -402,6 +402,25 @@ def test_map_explain_overlap(map_server, page, map_cache):
     pg.wait_for_timeout(200)
     pg.screenshot(path=str(SHOTS / "map_scores.png"))
 
+    # linked views: a rank window dragged on the curve is highlighted on the map, and the strip
+    # shows the same images
+    drag(pg, "#dist-canvas", 0.3, 0.6)
+    pg.wait_for_function("document.body.dataset.mapWindow && window.vfs.MAP.winCells"
+                         " && document.querySelectorAll('#strip .mini').length > 0")
+    lo, hi = (int(v) for v in pg.evaluate("document.body.dataset.mapWindow").split("-"))
+    assert 0 < lo < hi
+    on_map = set(pg.evaluate("Array.from(window.vfs.MAP.winCells, ci => window.vfs.MAP.grid[ci])"))
+    want = pg.evaluate(f"""async () => {{
+      const sid = window.vfs.S.activeCurve;
+      const r = await (await fetch(`/api/searches/${{sid}}/window?start={lo}&stop={hi}&limit=60`)).json();
+      return r.items.map(m => m.id);
+    }}""")
+    assert on_map == set(want) and len(on_map) == hi - lo
+    strip = {int(v) for v in pg.eval_on_selector_all("#strip .mini", "els => els.map(e => e.dataset.id)")}
+    assert strip <= on_map
+    assert pg.locator("#map-win").is_visible() and f"{lo + 1}" in pg.inner_text("#map-win")
+    pg.screenshot(path=str(SHOTS / "map_rank_window.png"))
+
     # explain the top result (exact: instant)
     pg.click("#view-tabs [data-view=results]")
     pg.click('.pane[data-pane="0"] .card >> nth=0')

@@ -101,6 +101,22 @@ def test_scores_vector(client, small_cache):
     assert client.get("/api/searches/nope/scores").status_code == 404
 
 
+def test_rank_order_matches_the_top_k_and_the_windows(client, small_cache):
+    s = search(client)
+    sid = s["search_id"]
+    r = client.get(f"/api/searches/{sid}/order")
+    order = np.frombuffer(r.content, "<i4")
+    assert r.status_code == 200 and len(order) == int(r.headers["x-count"]) == len(small_cache) - 1
+    assert sorted(order.tolist()) == [i for i in range(len(small_cache)) if i != 0]  # all but the query
+    assert order[: len(s["matches"])].tolist() == [m["id"] for m in s["matches"]]
+    w = client.get(f"/api/searches/{sid}/window", params={"start": 3, "stop": 9}).json()
+    assert [m["id"] for m in w["items"]] == order[3:9].tolist()
+    v = np.frombuffer(client.get(f"/api/searches/{sid}/scores").content, "<f4")
+    rest = order[len(s["matches"]):]
+    assert np.all(np.diff(v[rest]) <= 0)  # beyond the exact top-k: by score, best first
+    assert client.get("/api/searches/nope/order").status_code == 404
+
+
 def test_explain_exact_and_feature(client):
     s = search(client, layer="blocks.15")
     rid = s["matches"][0]["id"]

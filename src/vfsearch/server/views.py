@@ -11,6 +11,8 @@ jobs in daemon threads; ``GET /api/jobs/{job}`` polls them. Everything here is p
     POST /api/caches/{cache}/map?layer&method          compute map (+ atlas) in the background → 202
     GET  /api/jobs/{job}                               {status, progress, error?, result?}
     GET  /api/searches/{sid}/scores                    every image's score, float32 LE (-inf = none)
+    GET  /api/searches/{sid}/order                     ids best first (the rank order of the
+                                                       curve and its windows), int32 LE
     POST /api/searches/{sid}/explain  {id, method, params?}  exact/feature → 200 explanation;
                                                        occlusion/rise → 202 {job} (memoised)
     GET  /api/overlap?a=sid&b=sid                      shared images of two searches' top-k
@@ -231,6 +233,9 @@ class Views:
         st = self.state.stored(sid)
         return np.ascontiguousarray(st.scores, dtype="<f4").tobytes()
 
+    def order(self, sid: str) -> bytes:
+        return np.ascontiguousarray(self.state.stored(sid).order, dtype="<i4").tobytes()
+
     # -- explain ----------------------------------------------------------------------------
     def _params(self, method, params) -> dict:
         if params is None:
@@ -364,6 +369,12 @@ def add_routes(app, state) -> Views:
     @app.get("/api/searches/{sid}/scores")
     async def scores(sid: str):
         data = await run_in_threadpool(views.scores, sid)
+        return Response(data, media_type="application/octet-stream",
+                        headers={"X-Count": str(len(data) // 4)})
+
+    @app.get("/api/searches/{sid}/order")
+    async def order(sid: str):
+        data = await run_in_threadpool(views.order, sid)
         return Response(data, media_type="application/octet-stream",
                         headers={"X-Count": str(len(data) // 4)})
 

@@ -957,6 +957,7 @@ async function renderStrip(win) {
   const strip = $("#strip"), head = $("#strip-head");
   const series = curveSeries();
   const ctx = series.find((s) => s.sid === S.activeCurve) || series[0];
+  mapWindow(win && ctx ? ctx : null, win).catch(reportError);
   if (!win || !ctx) {
     strip.replaceChildren();
     head.textContent = ctx ? "" : "";
@@ -1489,7 +1490,9 @@ const MAP = { key: "", info: null, grid: null, pages: [], scores: null, scoresSi
   view: null, loading: false, poll: null, hover: -1,
   // measured in the page (benchmarks and tests read them): load of the current map, and the
   // duration of each drawMap call (the canvas commands; rasterising happens at the next frame)
-  timing: null, draws: [] };
+  timing: null, draws: [],
+  // the curve's rank window, linked to the map: cells of the images at those ranks
+  order: null, orderSid: null, win: null, winCells: null };
 window.vfs.MAP = MAP;
 
 function mapChoice() { return S.choice; }
@@ -1519,6 +1522,9 @@ async function refreshMap() {
   const key = mapKey();
   if (key !== MAP.key || !MAP.info || MAP.info.status !== "ready") await loadMap(c, key);
   await loadMapScores();
+  const series = curveSeries();
+  const ctx = series.find((s) => s.sid === S.activeCurve) || series[0];
+  await mapWindow(S.win && ctx ? ctx : null, S.win);
   drawMap();
 }
 
@@ -1654,6 +1660,34 @@ function scoreCanvas() {
   return c;
 }
 
+/** The curve's rank window on the map: the images at ranks [start, stop) of that search, when it
+ * ran on the map's cache (any layer: the map places images, the window picks them). */
+async function mapWindow(ctx, win) {
+  const c = mapChoice();
+  const on = ctx && win && c && ctx.choice.cache === c.cache;
+  MAP.win = on ? { sid: ctx.sid, start: win.start, stop: win.stop } : null;
+  const label = $("#map-win");
+  if (!on) { MAP.winCells = null; label.hidden = true; drawMap(); return; }
+  if (!MAP.cellOf || $("#map-view").hidden) return;  // applied when the map is shown (refreshMap)
+  if (MAP.orderSid !== ctx.sid) {
+    const r = await fetch(`/api/searches/${ctx.sid}/order`);
+    if (!r.ok) return;
+    MAP.order = new Int32Array(await r.arrayBuffer());
+    MAP.orderSid = ctx.sid;
+  }
+  if (!MAP.win || MAP.win.sid !== ctx.sid || !MAP.cellOf) return;
+  const cells = [];
+  for (let k = MAP.win.start; k < Math.min(MAP.win.stop, MAP.order.length); k++) {
+    const ci = MAP.cellOf.get(MAP.order[k]);
+    if (ci !== undefined) cells.push(ci);
+  }
+  MAP.winCells = Int32Array.from(cells);
+  label.textContent = `■ ranks ${(MAP.win.start + 1).toLocaleString()}–${MAP.win.stop.toLocaleString()} (${cells.length.toLocaleString()} on the map)`;
+  label.hidden = false;
+  document.body.dataset.mapWindow = `${MAP.win.start}-${MAP.win.stop}`;
+  drawMap();
+}
+
 function drawMap() {
   const t0 = performance.now();
   drawMapNow();
@@ -1692,6 +1726,12 @@ function drawMapNow() {
     g.imageSmoothingEnabled = false;
     g.drawImage(scoreCanvas(), 0, 0, info.side * T, info.side * T);
   }
+  // the curve's rank window: a violet veil over its images (outlined after the top-k)
+  const win = MAP.winCells && MAP.winCells.length ? MAP.winCells : null;
+  if (win) {
+    g.fillStyle = "rgba(190, 90, 255, 0.3)";
+    for (const ci of win) g.fillRect((ci % info.side) * T, Math.floor(ci / info.side) * T, T, T);
+  }
   // top-k and the query image
   g.lineWidth = Math.max(1.5 / s, T * 0.06);
   for (const [id, rank] of MAP.top) {
@@ -1706,6 +1746,14 @@ function drawMapNow() {
       g.fillStyle = "#ffd27a";
       g.font = `${T * 0.24}px sans-serif`;
       g.fillText(`${rank + 1}`, x + T * 0.04, y + T * 0.24);
+    }
+  }
+  if (win && s * T >= 6) {
+    g.strokeStyle = "#d59cff";
+    g.lineWidth = Math.max(1.5 / s, T * 0.08);
+    for (const ci of win) {
+      const x = (ci % info.side) * T, y = Math.floor(ci / info.side) * T;
+      g.strokeRect(x + g.lineWidth / 2, y + g.lineWidth / 2, T - g.lineWidth, T - g.lineWidth);
     }
   }
   if (MAP.queryId !== null && MAP.cellOf.has(MAP.queryId)) {
