@@ -431,6 +431,15 @@ def test_no_read_past_the_features(backend, precision):
             pass
 
 
+def test_angle_bound_covers_asin_and_stays_close():
+    d = np.concatenate([np.linspace(0, 0.5, 200001), [0.5, 0.7, 1.0, 3.0, np.inf]])
+    f = K._angle_bound(d)
+    assert np.all(f >= np.arcsin(np.minimum(d, 1.0)))  # rigorous: never below the true bound
+    assert np.all(f[d >= 0.5] == np.pi)
+    small = (d > 0) & (d < 0.05)
+    assert np.all(f[small] / np.arcsin(d[small]) < 1.001)  # and nearly tight where it matters
+
+
 def test_env_forces_backend(monkeypatch):
     rng = np.random.default_rng(12)
     feats, sqn, _scale, _qerr2, _deq, _orig = make_feats(rng, 2, 3, 3, 8, "float32")

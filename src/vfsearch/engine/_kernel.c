@@ -152,11 +152,13 @@ typedef struct {
 } scan_t;
 
 /* angle bound: |cos(a,b) - cos(a,b^)| <= angle(b, b^) <= asin(d) <= f(d) for
- * d = |b - b^| / |b^| < 1, using asin(d) = atan(d / sqrt(1 - d^2)) <= d / sqrt(1 - d^2);
- * pi (the largest possible change of an angle) from d = 0.5 on. Branch-free. */
+ * d = |b - b^| / |b^|: asin(d) = atan(d / sqrt(1 - d^2)) <= d / sqrt(1 - d^2)
+ * = d (1 - d^2)^(-1/2) <= d (1 + ANGLE_C d^2) for d^2 <= 1/4, since (1 - x)^(-1/2) is convex
+ * and ANGLE_C is the slope of its chord over [0, 1/4] (rounded up); pi from d = 0.5 on.
+ * Branch-free; vfsearch.engine.kernel._angle_bound is the same formula. */
+#define ANGLE_C 0.6190
 static inline double angle_bound(double d) {
-    const double t = d < 0.5 ? d : 0.0;
-    const double v = t / sqrt(1.0 - t * t);
+    const double v = d * (1.0 + ANGLE_C * d * d);
     return d < 0.5 ? v : VFS_PI;
 }
 
@@ -164,55 +166,52 @@ static inline double angle_bound(double d) {
  * p < L = (OH-1)*W + OW (positions with b >= OW are computed and ignored), so
  * that every pass-B loop is one contiguous, vectorisable run. */
 
-/* per-image epilogue: scores, argmax (lowest offset on ties), bounds. */
+/* per-image epilogue: scores, argmax (lowest offset on ties), bounds. One
+ * vectorised pass computes the scores and, for 8-bit features, each offset's
+ * f(delta) (delta = |b - b^| / |b^| from the stored quantisation errors),
+ * sharing 1/sqrt(den); the max and argmax run over the valid offsets only. */
 VFS_INLINE void finish_image(const scan_t *s, int64_t i) {
     double *restrict num = s->num, *restrict den = s->den, *restrict qe = s->qe;
     const int W = s->W, OH = s->H - s->h + 1, OW = s->W - s->w + 1;
     const int L = (OH - 1) * W + OW;
-    const double qn = s->qnorm;
-    if (qn > 0.0) {
-        for (int p = 0; p < L; ++p) { /* branch-free so that it vectorises */
-            const double d = den[p];
-            const double dd = d > 0.0 ? d : 1.0;
-            const double v = num[p] / (qn * sqrt(dd));
-            num[p] = d > 0.0 ? v : 0.0;
+    const double qn = s->qnorm, iq = qn > 0.0 ? 1.0 / qn : 0.0;
+    const int bounds = s->is8 && s->qerr2;
+    for (int p = 0; p < L; ++p) { /* branch-free so that it vectorises */
+        const double d = den[p];
+        const int ok = d > 0.0;
+        const double inv = 1.0 / sqrt(ok ? d : 1.0);
+        num[p] = ok ? num[p] * inv * iq : 0.0;
+        if (bounds) {
+            const double e = qe[p];
+            const double f = angle_bound(sqrt(e > 0.0 ? e : 0.0) * inv);
+            qe[p] = e > 0.0 ? (ok ? f : VFS_PI) : 0.0;
         }
-    } else {
-        for (int p = 0; p < L; ++p) num[p] = 0.0;
     }
-    double best = num[0];
-    int bp = 0;
-    for (int a = 0; a < OH; ++a)
+    double best = -INFINITY, U = -INFINITY; /* over the valid offsets */
+    for (int a = 0; a < OH; ++a) {
+        const double *r = num + a * W, *f = qe + a * W;
         for (int b = 0; b < OW; ++b) {
-            const int p = a * W + b;
-            if (num[p] > best) {
-                best = num[p];
-                bp = p;
-            }
+            best = r[b] > best ? r[b] : best;
+            if (bounds) U = r[b] + f[b] > U ? r[b] + f[b] : U;
         }
+    }
+    int bp = 0; /* the first valid offset holding the best score */
+    for (int a = 0, found = 0; a < OH && !found; ++a)
+        for (int b = 0; b < OW; ++b)
+            if (num[a * W + b] == best) {
+                bp = a * W + b;
+                found = 1;
+                break;
+            }
+    if (!(best > -INFINITY)) best = num[0]; /* NaN guard */
     double up, lo;
     if (!s->is8) {
         up = best + VFS_SLACK;
         lo = best - VFS_SLACK;
-    } else if (!s->qerr2) { /* no feature error: delta = 0 everywhere */
+    } else if (!bounds) { /* no feature error: delta = 0 everywhere */
         up = best + s->eps_q + VFS_SLACK;
         lo = best - (s->eps_q + VFS_SLACK);
     } else {
-        /* f(delta) per offset, delta = |b - b^| / |b^|, into qe[] */
-        for (int p = 0; p < L; ++p) {
-            const double d = den[p], e = qe[p];
-            const double dd = d > 0.0 ? d : 1.0;
-            const double ee = e > 0.0 ? e : 0.0;
-            const double r = angle_bound(sqrt(ee / dd));
-            const double r2 = d > 0.0 ? r : VFS_PI;
-            qe[p] = e > 0.0 ? r2 : 0.0;
-        }
-        double U = -INFINITY; /* max over offsets of score + f(delta) */
-        for (int a = 0; a < OH; ++a)
-            for (int b = 0; b < OW; ++b) {
-                const double v = num[a * W + b] + qe[a * W + b];
-                U = v > U ? v : U;
-            }
         if (!(U > -INFINITY)) U = best + VFS_PI; /* NaN guard */
         up = U + s->eps_q + VFS_SLACK;
         lo = best - (s->eps_q + qe[bp] + VFS_SLACK);
