@@ -391,11 +391,13 @@ def read_rows(arr, start: int, stop: int) -> np.ndarray:
     if base is None:
         return np.ascontiguousarray(arr[start:stop])
     out = np.empty((max(0, stop - start),) + tuple(arr.shape[1:]), dtype=arr.dtype)
+    if stop <= start:
+        return out
     ch = int(arr.chunks[0])
     row = out.itemsize * int(np.prod(arr.shape[1:], dtype=np.int64))
     flat = out.reshape(-1).view(np.uint8)
-    rest = ("/0" * (arr.ndim - 1))
-    for ci in range(start // ch, (stop + ch - 1) // ch if stop > start else start // ch):
+    rest = "/0" * (arr.ndim - 1)
+    for ci in range(start // ch, (stop + ch - 1) // ch):
         a, b = max(start, ci * ch), min(stop, (ci + 1) * ch)
         dst = memoryview(flat[(a - start) * row:(b - start) * row])
         try:

@@ -419,6 +419,16 @@ VFS_INLINE VFS_AVX2 __m128i hsum4_epi32(__m256i a, __m256i b, __m256i c, __m256i
     return _mm_add_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256(t, 1));
 }
 
+/* the lane sums of G (<= GMAX) accumulators -> t[0..G-1] (t may get zeros up to a multiple of 4) */
+VFS_INLINE VFS_AVX2 void hsum_G_epi32(const __m256i *acc, const int G, int32_t *t) {
+    const __m256i z = _mm256_setzero_si256();
+#pragma GCC unroll 3
+    for (int g = 0; g < G; g += 4)
+        _mm_storeu_si128((__m128i *)(t + g),
+                         hsum4_epi32(acc[g], g + 1 < G ? acc[g + 1] : z,
+                                     g + 2 < G ? acc[g + 2] : z, g + 3 < G ? acc[g + 3] : z));
+}
+
 VFS_INLINE VFS_AVX2 __m128 hsum4_ps(__m256 a, __m256 b, __m256 c, __m256 d) {
     const __m256 t = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));
     return _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
@@ -461,12 +471,7 @@ VFS_INLINE VFS_AVX2 void dot8_avx2_G(const void *x_, const void *const *q, int C
         j += 16;
     }
     int32_t t[GMAX];
-    const __m256i z = _mm256_setzero_si256();
-#pragma GCC unroll 3
-    for (int g = 0; g < G; g += 4)
-        _mm_storeu_si128((__m128i *)(t + g),
-                         hsum4_epi32(acc[g], g + 1 < G ? acc[g + 1] : z,
-                                     g + 2 < G ? acc[g + 2] : z, g + 3 < G ? acc[g + 3] : z));
+    hsum_G_epi32(acc, G, t);
     if (j < C) {
         for (int g = 0; g < G; ++g)
             for (int jj = j; jj < C; ++jj)
@@ -626,13 +631,8 @@ VFS_INLINE VFS_AVX2 void dotq6_avx2_G(const void *x_, const group_t *grp, int C,
             acc[g] = acc_add_epi32(acc[g], _mm256_madd_epi16(t, ones));
         }
     }
-    int32_t t[GMAX + 4];
-    const __m256i z = _mm256_setzero_si256();
-#pragma GCC unroll 3
-    for (int g = 0; g < G; g += 4)
-        _mm_storeu_si128((__m128i *)(t + g),
-                         hsum4_epi32(acc[g], g + 1 < G ? acc[g + 1] : z,
-                                     g + 2 < G ? acc[g + 2] : z, g + 3 < G ? acc[g + 3] : z));
+    int32_t t[GMAX];
+    hsum_G_epi32(acc, G, t);
 #pragma GCC unroll 12
     for (int g = 0; g < G; ++g) out[g] = f * (double)(sgn ? t[g] - grp->corr[g] : t[g]);
 }
@@ -828,38 +828,26 @@ VFS_INLINE VFS_AVX512 void dotq8_switch(const uint8_t *const *xs, const group_t 
     VFS_SWITCH_G(CALL)
 #undef CALL
 }
-VFS_INLINE VFS_AVX512 void dot_u8q8_avx512(const void *x, const group_t *grp, int G, int C,
-                                           double f, double *out) {
-    const uint8_t *xs[1] = {(const uint8_t *)x};
-    dotq8_switch(xs, grp, G, C, &f, &out, 1, 0);
-}
-VFS_INLINE VFS_AVX512 void dot_i8q8_avx512(const void *x, const group_t *grp, int G, int C,
-                                           double f, double *out) {
-    const uint8_t *xs[1] = {(const uint8_t *)x};
-    dotq8_switch(xs, grp, G, C, &f, &out, 1, 1);
-}
-VFS_INLINE VFS_AVX512 void dot2_u8q8_avx512(const void *xa, const void *xb, const group_t *grp,
-                                            int G, int C, double fa, double fb, double *oa,
-                                            double *ob) {
-    const uint8_t *xs[2] = {(const uint8_t *)xa, (const uint8_t *)xb};
-    const double fs[2] = {fa, fb};
-    double *os[2] = {oa, ob};
-    dotq8_switch(xs, grp, G, C, fs, os, 2, 0);
-}
-VFS_INLINE VFS_AVX512 void dot2_i8q8_avx512(const void *xa, const void *xb, const group_t *grp,
-                                            int G, int C, double fa, double fb, double *oa,
-                                            double *ob) {
-    const uint8_t *xs[2] = {(const uint8_t *)xa, (const uint8_t *)xb};
-    const double fs[2] = {fa, fb};
-    double *os[2] = {oa, ob};
-    dotq8_switch(xs, grp, G, C, fs, os, 2, 1);
-}
-static VFS_AVX512 void scan_u8q8_avx512(const scan_t *s) {
-    scan_driver(s, dot_u8q8_avx512, dot2_u8q8_avx512);
-}
-static VFS_AVX512 void scan_i8q8_avx512(const scan_t *s) {
-    scan_driver(s, dot_i8q8_avx512, dot2_i8q8_avx512);
-}
+/* one- and two-image dots and the scan entry for unsigned (SGN 0) / signed (SGN 1) features */
+#define VFS_Q8_ENTRY(T, SGN)                                                                   \
+    VFS_INLINE VFS_AVX512 void dot_##T##q8_avx512(const void *x, const group_t *grp, int G,    \
+                                                  int C, double f, double *out) {             \
+        const uint8_t *xs[1] = {(const uint8_t *)x};                                           \
+        dotq8_switch(xs, grp, G, C, &f, &out, 1, SGN);                                         \
+    }                                                                                          \
+    VFS_INLINE VFS_AVX512 void dot2_##T##q8_avx512(const void *xa, const void *xb,             \
+                                                   const group_t *grp, int G, int C, double fa, \
+                                                   double fb, double *oa, double *ob) {        \
+        const uint8_t *xs[2] = {(const uint8_t *)xa, (const uint8_t *)xb};                     \
+        const double fs[2] = {fa, fb};                                                         \
+        double *os[2] = {oa, ob};                                                              \
+        dotq8_switch(xs, grp, G, C, fs, os, 2, SGN);                                           \
+    }                                                                                          \
+    static VFS_AVX512 void scan_##T##q8_avx512(const scan_t *s) {                              \
+        scan_driver(s, dot_##T##q8_avx512, dot2_##T##q8_avx512);                               \
+    }
+VFS_Q8_ENTRY(u8, 0)
+VFS_Q8_ENTRY(i8, 1)
 
 #endif /* VFS_X86 */
 
@@ -936,10 +924,9 @@ int vfs_scan(int level, int dtype, const void *feats, int64_t n, int H, int W, i
      * written (cells no offset uses) read as 0 */
     double *scratch = (double *)calloc((size_t)(3 * HW + 2 * K + 2 * K * HW + 16), sizeof(double));
     int32_t *kbuf = (int32_t *)malloc(sizeof(int32_t) * (size_t)(2 * K));
-    uint8_t *ovr = NULL;
-    if (qfmt == QF_I6 && level == LV_AVX2)
-        ovr = (uint8_t *)calloc((size_t)HW * (size_t)C + 64, 1);
-    if (!groups || !scratch || !kbuf || (qfmt == QF_I6 && level == LV_AVX2 && !ovr)) {
+    const int need_ovr = qfmt == QF_I6 && level == LV_AVX2; /* reads whole 64-byte blocks */
+    uint8_t *ovr = need_ovr ? (uint8_t *)calloc((size_t)HW * (size_t)C + 64, 1) : NULL;
+    if (!groups || !scratch || !kbuf || (need_ovr && !ovr)) {
         free(groups);
         free(scratch);
         free(kbuf);

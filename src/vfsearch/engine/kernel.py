@@ -181,8 +181,8 @@ def _qfmt(backend: str, precision: str = "fast") -> int:
 
 
 def _quantised(query: PreparedQuery, qfmt: int = 0) -> _Quant:
-    """Integer rounding of the folded query (int16, or int8 for VNNI), per-cell scale, and the
-    bound it puts on every cosine (eps_q)."""
+    """Integer rounding of the folded query in format ``qfmt`` (see :func:`_qfmt`), per-cell
+    scale, and the bound it puts on every cosine (eps_q)."""
     with _quant_lock:
         hit = _quant_cache.get(query, {}).get(qfmt)
     if hit is not None:
@@ -707,8 +707,8 @@ def scan(
     [lower, upper] on the exact (unquantised) image score.
 
     8-bit features: ``precision="fast"`` lets the AVX-512 VNNI kernel round the
-    query to int8 (about twice as fast; wider bounds), ``"fine"`` always uses an
-    int16 query. With ``tighten_k``, every image whose upper bound reaches the
+    query to int8 and the AVX2 one to 6 bits (faster; wider bounds), ``"fine"``
+    always uses an int16 query. With ``tighten_k``, every image whose upper bound reaches the
     k-th best lower bound (or ``tighten_floor``, if higher) is re-scanned with
     the int16 query, so the images that can reach a top k have tight bounds.
     """

@@ -478,7 +478,7 @@ def results_html(results, *, thumb_px: int = 160, curve: bool = True, show_query
 def _png_uri(img: Image.Image) -> str:
     buf = io.BytesIO()
     img.save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    return _img_uri(buf.getvalue())
 
 
 def _heat_card(img: Image.Image, title: str, px: int) -> str:
