@@ -24,7 +24,7 @@ import itertools
 from vfsearch import open_cache
 from vfsearch.errors import BadMask
 from vfsearch.server import create_app, serve
-from vfsearch.server.state import decode_rle, encode_rle
+from vfsearch.masks import decode_rle, encode_rle
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def assert_json_error(r, status, code=None):
     assert r.status_code == status, r.text
     assert r.headers["content-type"].startswith("application/json")
     body = r.json()
-    assert set(body) == {"error", "message"} and body["message"]
+    assert {"error", "message"} <= set(body) <= {"error", "message", "param"} and body["message"]
     if code:
         assert body["error"] == code, body
 
@@ -143,7 +143,7 @@ def test_search_mask_png_and_array_match_box(client, small_cache):
         for spec in ({"png": png_b64(m)},
                      {"u8": base64.b64encode((m * 255).astype(np.uint8).tobytes()).decode(),
                       "width": mw, "height": mh},
-                     {"rle": encode_rle(m)}):
+                     {"rle": encode_rle(m, max_side=4096)}):
             r = client.post("/api/search", json={"cache": "small", "image": {"id": i}, "mask": spec, "k": 6})
             assert r.status_code == 200, r.text
             got = r.json()
@@ -372,7 +372,7 @@ def test_rle_roundtrip():
 def test_static_page(client):
     r = client.get("/")
     assert r.status_code == 200 and "<title>vfsearch</title>" in r.text
-    for f in ("app.js", "brush.js", "style.css"):
+    for f in ("js/main.js", "brush.js", "style.css"):
         assert client.get(f"/static/{f}").status_code == 200
 
 

@@ -24,6 +24,7 @@ pytest.importorskip("ipywidgets", reason="the widgets need ipywidgets")
 from conftest import photo
 
 from vfsearch import search
+from vfsearch.errors import BadMask
 from vfsearch.widget import (
     BRUSH_JS_PATH,
     HighlightWidget,
@@ -54,7 +55,7 @@ def test_decode_raw_mask_resizes_to_image_resolution():
     assert m[120, 50] == pytest.approx(1.0) and m[10, 300] == 0.0
     assert 0.0 <= m.min() and m.max() <= 1.0
     assert decode_mask(b"", 0, 0) is None
-    with pytest.raises(ValueError):
+    with pytest.raises(BadMask):
         decode_mask(b"\x00" * 10, 4, 4)
 
 

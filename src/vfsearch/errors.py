@@ -1,21 +1,43 @@
 """One exception hierarchy for the whole library.
 
-Every surface maps these once: the CLI prints ``error: <message>`` and exits with ``exit_code``;
-the web app answers ``{"error": <code>, "message": <message>}`` with ``http_status``.
+Every user mistake is a :class:`VfsError` subclass. Each class carries how every surface shows
+it — ``exit_code`` for the CLI, ``http_status`` for the web API, ``code`` for machines — and an
+error may name the parameter it is about in ``param`` (the Python keyword, e.g. ``"layer"``).
+Surfaces render that name in their own terms: the CLI as its flag (``--layer``), the API as the
+JSON field, Python as the keyword. Messages never name CLI flags.
+
+CLI exit codes (the same kind of mistake gives the same code in every command):
+
+====  ==========================================================================
+0     success
+1     any other :class:`VfsError` (e.g. nothing to serve)
+2     bad input: a parameter, image, mask, query, dataset, model or layer
+3     a cache is missing, unreadable, of another version or built differently
+4     an output cannot be written (no permission, no disk space)
+5     a requested compute backend is not available on this machine
+130   interrupted (Ctrl-C); run the same command again to resume
+====  ==========================================================================
+
+Server errors (HTTP 5xx) are faults of the server itself, never bad input.
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "EXIT_CODES",
     "VfsError",
+    "BackendUnavailable",
     "BadImage",
     "BadMask",
+    "BadParameter",
     "BadQuery",
     "CacheError",
     "CacheMismatch",
     "CacheNotFound",
+    "CacheOutdated",
     "DatasetError",
     "DiskSpaceError",
+    "EvalError",
     "Forbidden",
     "NotFound",
     "OutputError",
@@ -25,20 +47,45 @@ __all__ = [
     "UnknownModel",
 ]
 
+#: exit code → what it means (documented in the README; one table for every command)
+EXIT_CODES = {
+    0: "success",
+    1: "other error",
+    2: "bad input (parameter, image, mask, query, dataset, model, layer)",
+    3: "cache missing, unreadable, outdated or built differently",
+    4: "output cannot be written",
+    5: "compute backend not available on this machine",
+    130: "interrupted (run the same command again to resume)",
+}
+
 
 class VfsError(Exception):
-    """Base class: a user-facing error with a clear one-line message."""
+    """Base class: a user-facing error with a clear one-line message.
+
+    ``param`` names the parameter the error is about (the Python keyword), when there is one.
+    """
 
     exit_code = 1
     http_status = 400
     code = "error"
 
-    def __init__(self, message: str):
+    def __init__(self, message: str, *, param: str | None = None):
         super().__init__(message)
         self.message = message
+        self.param = param
 
     def to_json(self) -> dict:
-        return {"error": self.code, "message": self.message}
+        d = {"error": self.code, "message": self.message}
+        if self.param:
+            d["param"] = self.param
+        return d
+
+
+class BadParameter(VfsError):
+    """A parameter has a value outside what it accepts (k < 1, an unknown method, …)."""
+
+    exit_code = 2
+    code = "bad_parameter"
 
 
 class DatasetError(VfsError):
@@ -79,6 +126,20 @@ class UnknownLayer(VfsError):
     code = "unknown_layer"
 
 
+class EvalError(VfsError):
+    """An evaluation protocol cannot run on the given caches or settings."""
+
+    exit_code = 2
+    code = "eval_error"
+
+
+class BackendUnavailable(VfsError):
+    """A compute backend was requested that this machine (or this build) does not have."""
+
+    exit_code = 5
+    code = "backend_unavailable"
+
+
 class CacheError(VfsError):
     """A feature cache is unreadable or inconsistent."""
 
@@ -97,6 +158,13 @@ class CacheMismatch(CacheError):
 
     http_status = 409
     code = "cache_mismatch"
+
+
+class CacheOutdated(CacheError):
+    """A cache was written by an older format version and must be upgraded first."""
+
+    http_status = 409
+    code = "cache_outdated"
 
 
 class OutputError(VfsError):

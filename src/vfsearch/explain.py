@@ -17,8 +17,6 @@ most salient cells first and tracks the score, insertion restores them first int
 
 from __future__ import annotations
 
-import contextlib
-import io
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -29,11 +27,11 @@ import torch
 from PIL import Image, ImageFilter
 
 from .cache import FeatureCache
+from .engine.query import Query
+from .engine.searcher import exact_scores
 from .errors import BadQuery, VfsError
 from .extract import FeatureExtractor
 from .images import load_image
-from .engine.searcher import exact_scores
-from .engine.query import Query
 
 __all__ = [
     "Explanation",
@@ -179,13 +177,10 @@ def top_patches(cache: FeatureCache, layer: str, channel: int, n: int = 6) -> li
     idx = idx[np.argsort(-flat[idx])]
     H, W = act.shape[1:]
     out = []
-    from .transforms import cell_box_to_image
-
     for j in idx:
         i, rem = divmod(int(j), H * W)
         y, x = divmod(rem, W)
-        size = cache.image_size(i)
-        box = cell_box_to_image((x, y, x + 1, y + 1), cache.transform.geometry(*size), (H, W), size)
+        box = cache.transform.frame(*cache.image_size(i), (H, W)).cell_image_box(y, x)
         out.append({"id": i, "cell": [y, x], "activation": float(flat[j]),
                     "box": [round(v, 1) for v in box], "label": str(cache.labels[i])})
     return out
@@ -406,7 +401,7 @@ def render_overlay(img: Image.Image, saliency: np.ndarray, geometry, alpha: floa
     the model sees: red = raises the score, blue = lowers it."""
     sal = np.asarray(saliency, np.float32)
     x0, y0 = geometry.to_image(0, 0)
-    x1, y1 = geometry.to_image(geometry.size, geometry.size)
+    x1, y1 = geometry.to_image(*geometry.input)
     box = tuple(int(round(v)) for v in (x0, y0, x1, y1))
     w, h = max(1, box[2] - box[0]), max(1, box[3] - box[1])
     resample = Image.Resampling.NEAREST if sal.shape[0] < 32 else Image.Resampling.BILINEAR
@@ -426,13 +421,9 @@ def render_overlay(img: Image.Image, saliency: np.ndarray, geometry, alpha: floa
 def render_on_thumbnail(cache: FeatureCache, i: int, saliency: np.ndarray, geometry=None,
                         alpha: float = 0.6) -> Image.Image:
     """:func:`render_overlay` on image ``i``'s cached thumbnail (no image file needed)."""
-    import dataclasses
-
     th = load_image(cache.thumbnail(int(i)))
-    W, H = cache.image_size(int(i))
-    g = geometry or cache.transform.geometry(W, H)
-    g = dataclasses.replace(g, sx=g.sx * W / th.width, sy=g.sy * H / th.height)
-    return render_overlay(th, saliency, g, alpha)
+    g = geometry or cache.transform.geometry(*cache.image_size(int(i)))
+    return render_overlay(th, saliency, g.scaled(th.width, th.height), alpha)
 
 
 METHODS: dict[str, type[Explainer]] = {
@@ -442,7 +433,7 @@ METHODS: dict[str, type[Explainer]] = {
     "rise": RISEExplainer,
 }
 
-_RESULTS: "OrderedDict[tuple, Explanation]" = OrderedDict()
+_RESULTS: OrderedDict[tuple, Explanation] = OrderedDict()
 
 
 def explain(cache: FeatureCache, query: Query, result_id: int, method: str = "exact",
@@ -455,8 +446,7 @@ def explain(cache: FeatureCache, query: Query, result_id: int, method: str = "ex
     if use_cache and key in _RESULTS:
         _RESULTS.move_to_end(key)
         return _RESULTS[key]
-    with contextlib.redirect_stdout(io.StringIO()):
-        ex = METHODS[method](cache, model, **params).explain(query, result_id, progress)
+    ex = METHODS[method](cache, model, **params).explain(query, result_id, progress)
     _RESULTS[key] = ex
     while len(_RESULTS) > 64:
         _RESULTS.popitem(last=False)

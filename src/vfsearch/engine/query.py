@@ -3,8 +3,7 @@ carried onto the cache's feature grid."""
 
 from __future__ import annotations
 
-import contextlib
-import io
+import dataclasses
 import os
 from dataclasses import dataclass
 from functools import lru_cache
@@ -14,11 +13,13 @@ import numpy as np
 from PIL import Image
 
 from ..cache import FeatureCache
-from ..errors import BadMask, BadQuery, CacheMismatch
+from ..errors import BadQuery, CacheMismatch
+from ..geometry import Frame, Geometry, cell_box
 from ..images import load_image
-from ..transforms import Geometry, mask_to_grid
+from ..masks import box_mask, load_mask
 
-__all__ = ["Query", "make_query", "load_mask", "box_mask"]
+__all__ = ["Query", "box_mask", "load_mask", "make_query", "query_from_features",
+           "register_query_model"]
 
 
 @dataclass
@@ -42,80 +43,29 @@ class Query:
         return self.weights.shape
 
     @property
+    def frame(self) -> Frame:
+        """The query image's geometry with this layer's grid."""
+        return Frame.of(self.geometry, self.grid)
+
+    @property
     def cell_box(self) -> tuple[int, int, int, int]:
         """(row0, col0, h, w) of the mask's bounding box on the grid."""
-        rows, cols = np.nonzero(self.weights > 0)
-        return int(rows.min()), int(cols.min()), int(rows.max() - rows.min() + 1), int(cols.max() - cols.min() + 1)
+        return cell_box(self.weights)
 
     @property
     def n_cells(self) -> int:
         return int((self.weights > 0).sum())
 
-
-def load_mask(mask, size: tuple[int, int]) -> np.ndarray:
-    """A mask from an array, a PIL image or an image file → float32 (h, w) in [0, 1].
-
-    Image masks use their alpha channel when they have one, otherwise their gray value / 255.
-    The mask must have the query image's size (width, height).
-    """
-    if isinstance(mask, (str, os.PathLike)):
-        p = Path(mask)
-        if not p.exists():
-            raise BadMask(f"mask file not found: {p}")
-        try:
-            with Image.open(p) as im:
-                im.load()
-                mask = im.copy()
-        except Exception as e:  # noqa: BLE001
-            raise BadMask(f"cannot read mask {p}: {e}") from None
-    if isinstance(mask, Image.Image):
-        if mask.mode in ("RGBA", "LA", "PA"):
-            a = np.asarray(mask.getchannel("A"), dtype=np.float32) / 255.0
-        elif mask.mode == "1":
-            a = np.asarray(mask, dtype=np.float32)
-        elif mask.mode in ("I;16", "I"):
-            a = np.asarray(mask, dtype=np.float32)
-            a = a / max(1.0, float(a.max()))
-        else:
-            a = np.asarray(mask.convert("L"), dtype=np.float32) / 255.0
-    else:
-        a = np.asarray(mask)
-        if a.dtype == bool:
-            a = a.astype(np.float32)
-        elif a.dtype == np.uint8:
-            a = a.astype(np.float32) / 255.0
-        else:
-            a = a.astype(np.float32)
-    if a.ndim == 3 and a.shape[-1] in (1, 3, 4):
-        a = a[..., -1] if a.shape[-1] == 4 else a.mean(axis=-1)
-    if a.ndim != 2:
-        raise BadMask(f"mask must be 2-D (height × width), got shape {a.shape}")
-    w, h = size
-    if a.shape != (h, w):
-        raise BadMask(f"mask size {a.shape[1]}×{a.shape[0]} ≠ image size {w}×{h}")
-    if not np.isfinite(a).all():
-        raise BadMask("mask contains NaN or infinite values")
-    if a.min() < 0 or a.max() > 1:
-        raise BadMask(f"mask values must lie in [0, 1] (got {a.min():g}…{a.max():g})")
-    if not (a > 0).any():
-        raise BadMask("mask is empty: brush or box a region first")
-    return a
-
-
-def box_mask(box, size: tuple[int, int]) -> np.ndarray:
-    """A rectangular mask from (x0, y0, x1, y1) in image pixels."""
-    try:
-        x0, y0, x1, y1 = (float(v) for v in box)
-    except (TypeError, ValueError):
-        raise BadMask(f"a box is four numbers x0,y0,x1,y1; got {box!r}") from None
-    w, h = size
-    if not (x1 > x0 and y1 > y0):
-        raise BadMask(f"box {box} is empty (need x1 > x0 and y1 > y0)")
-    if x1 <= 0 or y1 <= 0 or x0 >= w or y0 >= h:
-        raise BadMask(f"box {box} lies outside the {w}×{h} image")
-    m = np.zeros((h, w), np.float32)
-    m[max(0, int(np.floor(y0))):min(h, int(np.ceil(y1))), max(0, int(np.floor(x0))):min(w, int(np.ceil(x1)))] = 1
-    return m
+    def with_region(self, mask: np.ndarray | None = None) -> Query:
+        """This query image restricted to ``mask`` (image resolution, 0–1); ``None`` = the
+        whole of what the model sees (an all-ones grid)."""
+        if mask is None:
+            return dataclasses.replace(self, weights=np.ones(self.grid, np.float32),
+                                       box=self.geometry.crop, mask=None)
+        weights = self.frame.mask_weights(mask)
+        ys, xs = np.nonzero(mask > 0)
+        box = (float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1))
+        return dataclasses.replace(self, weights=weights, box=box, mask=mask)
 
 
 _EXTRA_MODELS: dict[tuple[str, str], object] = {}
@@ -131,8 +81,7 @@ def register_query_model(model) -> None:
 def _model_for(name: str, weights: str | None = None):
     from ..models import load_model
 
-    with contextlib.redirect_stdout(io.StringIO()):
-        return load_model(name, weights)
+    return load_model(name, weights)
 
 
 def _registered() -> list[str]:
@@ -161,6 +110,21 @@ def query_features(cache: FeatureCache, img: Image.Image, layer: str) -> np.ndar
     return extract_image(img, lm, layer, cache.transform)
 
 
+def query_from_features(cache: FeatureCache, features: np.ndarray, size: tuple[int, int],
+                        layer: str, *, source_id: int | None = None, label: str = "") -> Query:
+    """The whole-image query of an image whose ``features`` (H, W, C) on ``layer`` are known;
+    restrict it to a region with :meth:`Query.with_region`."""
+    grid = tuple(cache.layer_info(layer)["grid"])
+    if tuple(features.shape[:2]) != grid:
+        raise CacheMismatch(f"query features {features.shape} do not match the cache grid {grid}")
+    size = (int(size[0]), int(size[1]))
+    geom = cache.transform.geometry(*size)
+    return Query(features=np.ascontiguousarray(features, dtype=np.float32),
+                 weights=np.ones(grid, np.float32), image_size=size, geometry=geom,
+                 box=geom.crop, layer=layer, model=cache.model, weights_hash=cache.weights_hash,
+                 source_id=source_id, mask=None, label=label)
+
+
 def make_query(
     cache: FeatureCache,
     image,
@@ -177,7 +141,7 @@ def make_query(
     in image pixels) or ``whole=True``.
     """
     layer = layer or cache.default_layer
-    info = cache.layer_info(layer)
+    cache.layer_info(layer)
     n_region = sum(x is not None and x is not False for x in (mask, box, whole or None))
     if n_region != 1:
         raise BadQuery("give exactly one of a mask, a box or whole=True")
@@ -186,7 +150,8 @@ def make_query(
     if isinstance(image, (int, np.integer)) and not isinstance(image, bool):
         source_id = cache._check_id(int(image))
         if not cache.valid[source_id]:
-            raise BadQuery(f"image {source_id} was not indexed ({cache.status[source_id]})")
+            raise BadQuery(f"image {source_id} was not indexed ({cache.status[source_id]})",
+                           param="image")
         feats = cache.features(source_id, layer)
         size = cache.image_size(source_id)
         label = str(cache.labels[source_id])
@@ -198,40 +163,15 @@ def make_query(
         elif isinstance(image, np.ndarray):
             img = Image.fromarray(np.asarray(image, dtype=np.uint8)).convert("RGB")
         else:
-            raise BadQuery(f"unsupported query image {type(image).__name__}")
+            raise BadQuery(f"unsupported query image {type(image).__name__}", param="image")
         feats = query_features(cache, img, layer)
         size = img.size
-    if tuple(feats.shape[:2]) != tuple(info["grid"]):
-        raise CacheMismatch(f"query features {feats.shape} do not match the cache grid {info['grid']}")
+    base = query_from_features(cache, feats, size, layer, source_id=source_id, label=label)
     if whole:
-        m = np.ones((size[1], size[0]), np.float32)
-    elif box is not None:
-        m = box_mask(box, size)
-    else:
-        m = load_mask(mask, size)
-    geom = cache.transform.geometry(*size)
-    weights = mask_to_grid(m, geom, tuple(info["grid"]))
-    ys, xs = np.nonzero(m > 0)
-    bbox = (float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1))
-    if whole:
-        # the whole query = what the model sees of the image
-        g = geom
-        x0, y0 = g.to_image(0, 0)
-        x1, y1 = g.to_image(g.size, g.size)
-        bbox = (max(0.0, x0), max(0.0, y0), min(float(size[0]), x1), min(float(size[1]), y1))
-    return Query(
-        features=np.ascontiguousarray(feats, dtype=np.float32),
-        weights=weights,
-        image_size=(int(size[0]), int(size[1])),
-        geometry=geom,
-        box=bbox,
-        layer=layer,
-        model=cache.model,
-        weights_hash=cache.weights_hash,
-        source_id=source_id,
-        mask=m,
-        label=label,
-    )
+        return dataclasses.replace(base, mask=np.ones((base.image_size[1], base.image_size[0]),
+                                                      np.float32))
+    m = box_mask(box, base.image_size) if box is not None else load_mask(mask, base.image_size)
+    return base.with_region(m)
 
 
 def check_query(cache: FeatureCache, q: Query) -> None:

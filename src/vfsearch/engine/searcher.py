@@ -12,7 +12,7 @@ import numpy as np
 
 from ..cache import FeatureCache, LayerData
 from ..errors import BadQuery
-from ..transforms import cell_box_to_image
+from ..geometry import carry_box, offset_rc
 from . import kernel
 from .query import Query, check_query, make_query
 
@@ -222,7 +222,6 @@ def _finish(cache: FeatureCache, q: Query, out: dict, *, k: int, exclude_self: b
     info = cache.layer_info(q.layer)
     H, W = info["grid"]
     r0, c0, h, w = q.cell_box
-    B = W - w + 1
     stats = {"refined": 0, "candidates": 0}
     want = _want(k, dedup)
     refine = exact and cache.dtype == "int8" and cache.meta.get("refine", "none") != "none"
@@ -249,18 +248,11 @@ def _finish(cache: FeatureCache, q: Query, out: dict, *, k: int, exclude_self: b
     top = top[:k]
     matches = []
     paths, labels = cache.paths, cache.labels
-    # the query's own box, in model-input pixels, relative to its grid box origin
-    qg = q.geometry
-    ux0, uy0 = qg.to_input(q.box[0], q.box[1])
-    ux1, uy1 = qg.to_input(q.box[2], q.box[3])
-    cw, ch = qg.size / W, qg.size / H
+    qframe, origin = q.frame, (r0, c0)
     for rank, i in enumerate(top):
-        a, b = divmod(int(offset[i]), B)
-        dx, dy = (b - c0) * cw, (a - r0) * ch
+        a, b = offset_rc(offset[i], (H, W), w)
         size = cache.image_size(int(i))
-        geom = cache.transform.geometry(*size)
-        box_cells = ((ux0 + dx) / cw, (uy0 + dy) / ch, (ux1 + dx) / cw, (uy1 + dy) / ch)
-        box = cell_box_to_image(box_cells, geom, (H, W), size)
+        box = carry_box(qframe, q.box, origin, cache.transform.frame(*size, (H, W)), (a, b))
         matches.append(Match(int(i), float(score[i]), rank, str(paths[i]), str(labels[i]), (a, b),
                              box, size))
     return SearchResult(q, cache, matches, score if return_scores else None, stats)

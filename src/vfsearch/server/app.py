@@ -200,7 +200,7 @@ def create_app(caches, token: str | None = None, *, max_concurrent: int | None =
     @app.get("/api/uploads/{uid}")
     async def upload_info(uid: str):
         u = state.upload(uid)
-        return {"upload": u.id, "name": u.name, "size": list(u.size)}
+        return state.upload_record(u)
 
     @app.get("/api/uploads/{uid}/image")
     async def upload_image(uid: str):

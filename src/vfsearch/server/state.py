@@ -8,7 +8,6 @@ blocking work (searches, zarr reads, image decoding) is meant to run in a worker
 from __future__ import annotations
 
 import base64
-import dataclasses
 import hashlib
 import io
 import logging
@@ -27,22 +26,22 @@ import numpy as np
 from PIL import Image
 
 from ..cache import FeatureCache, open_cache
-from ..errors import BadImage, BadMask, BadQuery, Forbidden, NotFound, PayloadTooLarge, VfsError
-from ..images import load_image
 from ..engine import Query, exact_scores, make_query, search
-from ..engine.query import box_mask, load_mask
-from ..transforms import Geometry, cell_box_to_image, mask_to_grid
+from ..engine.query import query_from_features
+from ..errors import BadImage, BadQuery, Forbidden, NotFound, PayloadTooLarge, VfsError
+from ..geometry import carry_affine, carry_box, offset_rc
+from ..images import load_image
+from ..masks import box_mask, decode_rle, decode_spec, encode_rle, fit_mask
 
 log = logging.getLogger("vfsearch.server")
 
-__all__ = ["LRU", "AppState", "CacheEntry", "decode_rle", "encode_rle"]
+__all__ = ["LRU", "AppState", "CacheEntry", "decode_rle", "encode_rle"]  # codec: vfsearch.masks
 
 MAX_UPLOAD_BYTES = 20 << 20  # 20 MB per uploaded file
 MAX_UPLOAD_PIXELS = 40_000_000  # refuse larger uploads (decompression bombs)
 MAX_CURVE_POINTS = 2000
 MAX_WINDOW = 200  # most images one rank-window request returns
 MAX_K = 500
-ASPECT_TOLERANCE = 0.02
 
 
 
@@ -95,67 +94,7 @@ class LRU:
         return self._bytes
 
 
-# -- compact masks (share URLs) ------------------------------------------------------------------
-
-_RLE_RE = re.compile(r"([A-P])([0-9a-z]*)")
-
-
-def encode_rle(mask: np.ndarray) -> str:
-    """A 2-D mask (values 0–1) → ``"<w>.<h>.<runs>"``: 16 levels, each run a letter A–P (level)
-    followed by its length in base 36 (omitted when 1). Same format as ``brush.js``."""
-    m = np.asarray(mask, dtype=np.float32)
-    h, w = m.shape
-    q = np.clip(np.rint(m * 15), 0, 15).astype(np.int64).ravel()
-    out = []
-    i, n = 0, len(q)
-    while i < n:
-        j = i
-        while j < n and q[j] == q[i]:
-            j += 1
-        run = j - i
-        out.append(chr(65 + int(q[i])) + ("" if run == 1 else np.base_repr(run, 36).lower()))
-        i = j
-    return f"{w}.{h}." + "".join(out)
-
-
-def decode_rle(text: str) -> np.ndarray:
-    try:
-        ws, hs, runs = text.split(".", 2)
-        w, h = int(ws), int(hs)
-    except ValueError:
-        raise BadMask("run-length mask must look like '<w>.<h>.<runs>'") from None
-    if not (0 < w <= 4096 and 0 < h <= 4096):
-        raise BadMask(f"run-length mask size {w}×{h} is out of range")
-    vals = np.zeros(w * h, np.float32)
-    pos = 0
-    consumed = 0
-    for mt in _RLE_RE.finditer(runs):
-        if mt.start() != consumed:
-            break
-        consumed = mt.end()
-        level = ord(mt.group(1)) - 65
-        run = int(mt.group(2), 36) if mt.group(2) else 1
-        if pos + run > w * h:
-            raise BadMask("run-length mask is longer than its size")
-        vals[pos:pos + run] = level / 15.0
-        pos += run
-    if consumed != len(runs) or pos != w * h:
-        raise BadMask("run-length mask is malformed or does not fill its size")
-    return vals.reshape(h, w)
-
-
 # -- records ---------------------------------------------------------------------------------
-
-
-def geometry_dict(g: Geometry, size: tuple[int, int]) -> dict:
-    """The model's view of an image: affine map to model input and the crop in image pixels."""
-    x0, y0 = g.to_image(0, 0)
-    x1, y1 = g.to_image(g.size, g.size)
-    w, h = size
-    return {
-        "sx": g.sx, "sy": g.sy, "left": g.left, "top": g.top, "size": g.size,
-        "crop": [max(0.0, x0), max(0.0, y0), min(float(w), x1), min(float(h), y1)],
-    }
 
 
 @dataclass
@@ -454,7 +393,7 @@ class AppState:
             return rec
         rec["valid"] = bool(c.valid[i])
         rec["meta"] = {col: str(e.column(col)[i]) for col in e.columns if col != "label"}
-        rec["geometry"] = geometry_dict(e.transform.geometry(*size), size)
+        rec["geometry"] = e.transform.geometry(*size).to_dict()
         return rec
 
     def find_image(self, name: str, path: str) -> dict:
@@ -577,7 +516,13 @@ class AppState:
         uid = uuid.uuid4().hex[:12]
         u = Upload(uid, os.path.basename(name or "upload")[:120], img, buf.getvalue(), "image/jpeg")
         self.uploads.put(uid, u)
-        return {"upload": uid, "name": u.name, "size": list(img.size)}
+        return self.upload_record(u)
+
+    def upload_record(self, u: Upload) -> dict:
+        """An upload with the model's view of it for every open cache (their transforms differ)."""
+        return {"upload": u.id, "name": u.name, "size": list(u.size),
+                "geometry": {n: e.transform.geometry(*u.size).to_dict()
+                             for n, e in self.caches.items()}}
 
     # -- queries and searches -------------------------------------------------------------------
     def resolve_image(self, e: CacheEntry, ref: dict) -> tuple[int | Upload, dict]:
@@ -607,63 +552,8 @@ class AppState:
 
     @staticmethod
     def mask_array(spec: dict, size: tuple[int, int]) -> np.ndarray:
-        """A mask from the client (PNG / raw bytes / nested list / run-length), resized to
-        ``size`` (w, h) when its aspect ratio matches within 2 %."""
-        if not isinstance(spec, dict):
-            raise BadMask("mask must be an object with 'png', 'u8', 'data' or 'rle'")
-        if spec.get("png"):
-            text = str(spec["png"])
-            if text.startswith("data:"):
-                text = text.split(",", 1)[-1]
-            try:
-                raw = base64.b64decode(text, validate=False)
-                with Image.open(io.BytesIO(raw)) as im:
-                    if im.width * im.height > 64_000_000:
-                        raise BadMask("mask image is too large")
-                    im.load()
-                    pil = im.copy()
-            except BadMask:
-                raise
-            except Exception:  # noqa: BLE001
-                raise BadMask("mask PNG cannot be decoded") from None
-            a = load_mask(pil, pil.size)
-        elif spec.get("u8"):
-            try:
-                w, h = int(spec["width"]), int(spec["height"])
-                raw = base64.b64decode(str(spec["u8"]))
-            except Exception:  # noqa: BLE001
-                raise BadMask("raw mask needs base64 'u8', 'width' and 'height'") from None
-            if w <= 0 or h <= 0 or len(raw) != w * h:
-                raise BadMask(f"raw mask has {len(raw)} bytes, expected width×height = {w}×{h}")
-            a = load_mask(np.frombuffer(raw, np.uint8).reshape(h, w), (w, h))
-        elif spec.get("data") is not None:
-            try:
-                arr = np.asarray(spec["data"], dtype=np.float32)
-            except (TypeError, ValueError):
-                raise BadMask("mask 'data' must be a 2-D array of numbers") from None
-            if arr.ndim != 2 or arr.size == 0:
-                raise BadMask(f"mask 'data' must be 2-D, got shape {arr.shape}")
-            if arr.size and np.nanmax(arr) > 1.0 and np.nanmax(arr) <= 255.0:
-                arr = arr / 255.0
-            a = load_mask(arr, (arr.shape[1], arr.shape[0]))
-        elif spec.get("rle"):
-            arr = decode_rle(str(spec["rle"]))
-            a = load_mask(arr, (arr.shape[1], arr.shape[0]))
-        else:
-            raise BadMask("mask must have 'png', 'u8', 'data' or 'rle'")
-        w, h = size
-        mh, mw = a.shape
-        if (mw, mh) != (w, h):
-            ratio = (mw / mh) / (w / h)
-            if abs(ratio - 1.0) > ASPECT_TOLERANCE:
-                raise BadMask(f"mask is {mw}×{mh} but the image is {w}×{h}: aspect ratios differ "
-                              "by more than 2 %")
-            resample = Image.Resampling.BOX if mw > w else Image.Resampling.BILINEAR
-            a = np.asarray(Image.fromarray(a, mode="F").resize((w, h), resample), np.float32)
-            a = np.clip(a, 0.0, 1.0)
-            if not (a > 0).any():
-                raise BadMask("mask is empty: brush or box a region first")
-        return a
+        """A mask from the client (PNG / raw bytes / nested list / run-length) at ``size``."""
+        return fit_mask(decode_spec(spec), size)
 
     def build_query(self, e: CacheEntry, layer: str, image, region: dict) -> Query:
         n = sum(1 for k in ("mask", "box", "whole") if region.get(k) not in (None, False))
@@ -692,30 +582,17 @@ class AppState:
         if not c.valid[i]:
             return make_query(c, i, whole=True, layer=layer)  # raises the usual error
         feats = e.rows_features(layer, np.array([i]))[0]
-        size = e.size(i)
-        geom = e.transform.geometry(*size)
-        grid = tuple(c.grid(layer))
-        x0, y0 = geom.to_image(0, 0)
-        x1, y1 = geom.to_image(geom.size, geom.size)
-        box = (max(0.0, x0), max(0.0, y0), min(float(size[0]), x1), min(float(size[1]), y1))
-        return Query(features=np.ascontiguousarray(feats, dtype=np.float32),
-                     weights=np.ones(grid, np.float32), image_size=size, geometry=geom, box=box,
-                     layer=layer, model=c.model, weights_hash=c.weights_hash, source_id=i,
-                     mask=None, label=e.label(i))
+        return query_from_features(c, feats, e.size(i), layer, source_id=i, label=e.label(i))
 
     def _region_query(self, base: Query, region: dict) -> Query:
         """``base`` (a whole-image query) restricted to a mask or box (as make_query does)."""
         if region.get("whole"):
             return base
-        size = base.image_size
         if region.get("mask") is not None:
-            m = self.mask_array(region["mask"], size)
+            m = self.mask_array(region["mask"], base.image_size)
         else:
-            m = box_mask(_box(region["box"]), size)
-        weights = mask_to_grid(m, base.geometry, tuple(base.weights.shape))
-        ys, xs = np.nonzero(m > 0)
-        bbox = (float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1))
-        return dataclasses.replace(base, weights=weights, box=bbox, mask=m)
+            m = box_mask(region["box"], base.image_size)
+        return base.with_region(m)
 
     def run_search(self, body: dict) -> dict:
         t0 = time.perf_counter()
@@ -765,19 +642,22 @@ class AppState:
             "image": echo, "layer": q.layer, "grid": list(q.grid), "cell_box": [r0, c0, h, w],
             "weights": np.round(q.weights[r0:r0 + h, c0:c0 + w].astype(np.float64), 4).tolist(),
             "n_cells": q.n_cells, "box": [round(v, 2) for v in q.box],
-            "image_size": list(q.image_size), "geometry": geometry_dict(q.geometry, q.image_size),
+            "image_size": list(q.image_size), "geometry": q.geometry.to_dict(),
             "label": q.label,
         }
 
     def match_record(self, e: CacheEntry, q: Query, i: int, rank: int, score: float,
                      offset, box) -> dict:
         size = e.size(i)
+        frame = e.transform.frame(*size, q.grid)
+        r0, c0, _h, _w = q.cell_box
         return {
             "id": int(i), "rank": int(rank), "score": round(float(score), 6),
             "path": e.path(i), "label": e.label(i),
             "offset": [int(offset[0]), int(offset[1])], "box": [round(float(v), 2) for v in box],
             "image_size": list(size),
-            "geometry": geometry_dict(e.transform.geometry(*size), size),
+            "geometry": frame.geometry.to_dict(),
+            "carry": carry_affine(q.frame, (r0, c0), frame, (int(offset[0]), int(offset[1]))),
             "meta": {col: str(e.column(col)[i]) for col in e.columns if col != "label"},
         }
 
@@ -863,33 +743,15 @@ class AppState:
         return head, items
 
 
-def _box(box) -> tuple[float, float, float, float]:
-    try:
-        vals = tuple(float(v) for v in box)
-    except (TypeError, ValueError):
-        raise BadMask(f"a box is four numbers x0,y0,x1,y1; got {box!r}") from None
-    if len(vals) != 4 or not all(np.isfinite(vals)):
-        raise BadMask(f"a box is four finite numbers x0,y0,x1,y1; got {box!r}")
-    return vals
-
-
 def match_boxes(e: CacheEntry, q: Query, ids, offsets) -> list[tuple]:
     """((row, col), box in the result image's pixels) for offset indices, as the engine does."""
-    H, W = q.grid
     r0, c0, _h, w = q.cell_box
-    B = W - w + 1
-    g = q.geometry
-    ux0, uy0 = g.to_input(q.box[0], q.box[1])
-    ux1, uy1 = g.to_input(q.box[2], q.box[3])
-    cw, ch = g.size / W, g.size / H
+    qframe = q.frame
     out = []
     for i, o in zip(ids, offsets):
-        a, b = divmod(int(o), B)
-        dx, dy = (b - c0) * cw, (a - r0) * ch
-        size = e.size(int(i))
-        geom = e.transform.geometry(*size)
-        cells = ((ux0 + dx) / cw, (uy0 + dy) / ch, (ux1 + dx) / cw, (uy1 + dy) / ch)
-        out.append(((a, b), cell_box_to_image(cells, geom, (H, W), size)))
+        a, b = offset_rc(o, q.grid, w)
+        frame = e.transform.frame(*e.size(int(i)), q.grid)
+        out.append(((a, b), carry_box(qframe, q.box, (r0, c0), frame, (a, b))))
     return out
 
 

@@ -259,14 +259,13 @@ class Views:
         return out
 
     def _explain_record(self, e, st, rid, ex) -> dict:
-        from .state import geometry_dict
 
         d = ex.to_dict()
         rs = e.size(rid)
         d["result"] = {"id": rid, "image_size": list(rs), "path": e.path(rid), "label": e.label(rid),
-                       "geometry": geometry_dict(e.transform.geometry(*rs), rs)}
+                       "geometry": e.transform.geometry(*rs).to_dict()}
         q = st.query
-        d["query"] = {"image_size": list(q.image_size), "geometry": geometry_dict(q.geometry, q.image_size),
+        d["query"] = {"image_size": list(q.image_size), "geometry": q.geometry.to_dict(),
                       "image": st.image}
         for ch in d.get("top_channels", []):
             for p in ch.get("patches", []):

@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .. import masks
+
 try:
     import anywidget
     import ipywidgets
@@ -63,28 +65,14 @@ def _brush_source() -> str:
 
 def decode_mask(data: bytes, width: int = 0, height: int = 0,
                 size: tuple[int, int] | None = None) -> np.ndarray | None:
-    """Mask bytes from the browser → float32 array in [0, 1].
-
-    ``data`` is a PNG (any mode; the first channel is used) or raw uint8 of ``width × height``
-    (row-major). With ``size = (W, H)`` the mask is resized (bilinear) to that resolution.
-    Returns ``None`` for empty data.
-    """
+    """Mask bytes from the browser → float32 array in [0, 1] (:func:`vfsearch.masks.decode_bytes`:
+    raw uint8 of ``width × height``, or an image — alpha when it has one, else gray). With
+    ``size = (W, H)`` the mask is resampled to that resolution. ``None`` for empty data."""
     data = bytes(data or b"")
     if not data:
         return None
-    if data[:8] == _PNG_MAGIC:
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
-            im = im.getchannel(0) if im.mode not in ("L", "I", "F") else im
-            arr = np.asarray(im.convert("L"), dtype=np.uint8)
-    else:
-        if width <= 0 or height <= 0 or width * height != len(data):
-            raise ValueError(f"raw mask of {len(data)} bytes does not match {width}×{height}")
-        arr = np.frombuffer(data, dtype=np.uint8).reshape(height, width)
-    if size is not None and (arr.shape[1], arr.shape[0]) != tuple(size):
-        arr = np.asarray(Image.fromarray(arr, "L").resize(tuple(int(v) for v in size),
-                                                          Image.Resampling.BILINEAR))
-    return arr.astype(np.float32) / 255.0
+    m = masks.decode_bytes(data, width, height, empty_ok=True)
+    return m if size is None else masks.resize_mask(m, tuple(int(v) for v in size))
 
 
 def _mask_size(w: int, h: int, max_side: int = 512) -> tuple[int, int]:
