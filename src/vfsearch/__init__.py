@@ -4,7 +4,11 @@ Brush a region of an image and find the most similar regions (by a model's featu
 dataset; see where each match is and why.
 """
 
-from .cache import FeatureCache, open_cache
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
 from .errors import (
     BadImage,
     BadMask,
@@ -15,12 +19,39 @@ from .errors import (
     DatasetError,
     VfsError,
 )
-from .extract import FeatureExtractor, index
-from .models import DEFAULT_MODEL, from_module, list_layers, load_model
-from .engine import Match, Query, SearchResult, make_query, search, search_many
-from .transforms import Transform
+
+if TYPE_CHECKING:
+    from .cache import FeatureCache, open_cache
+    from .engine import Match, Query, SearchResult, make_query, search, search_many
+    from .extract import FeatureExtractor, index
+    from .models import DEFAULT_MODEL, from_module, list_layers, load_model
+    from .transforms import Transform
 
 __version__ = "0.1.0"
+
+# imported on first use, so that ``import vfsearch`` (and the CLI's start-up) stays light
+_LAZY = {
+    "FeatureCache": ".cache", "open_cache": ".cache",
+    "FeatureExtractor": ".extract", "index": ".extract",
+    "DEFAULT_MODEL": ".models", "from_module": ".models", "list_layers": ".models",
+    "load_model": ".models",
+    "Match": ".engine", "Query": ".engine", "SearchResult": ".engine", "make_query": ".engine",
+    "search": ".engine", "search_many": ".engine",
+    "Transform": ".transforms",
+}
+
+
+def __getattr__(name: str):
+    mod = _LAZY.get(name)
+    if mod is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(mod, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 __all__ = [
     "BadImage",

@@ -222,8 +222,11 @@ def run_bench(sizes=(25_000, 50_000, 75_000, 100_000), repeat: int = 3, referenc
     nmax = sizes[-1]
     need = nmax * H * W * C * (4 + 1) + min(nmax, FLOAT_MAX_N) * H * W * C * 2 + nmax * H * W * 16
     if need > 0.8 * _mem_available():
-        raise SystemExit(f"bench needs ~{need / 1e9:.1f} GB RAM for N={nmax}; "
-                         f"{_mem_available() / 1e9:.1f} GB available: use smaller --sizes")
+        from .errors import BadParameter
+
+        raise BadParameter(f"bench needs ~{need / 1e9:.1f} GB RAM for N={nmax}; "
+                           f"{_mem_available() / 1e9:.1f} GB available: use smaller sizes",
+                           param="sizes")
     log(f"generating {nmax} synthetic 7x7x{C} feature maps …")
     d = _make_data(nmax)
     pq = kernel.PreparedQuery.from_grid(d.qfeat, d.mask)

@@ -110,16 +110,12 @@ def scan_distributed(cache, layer: str, pqs, client, rows: int | None = None, ba
 
 @lru_cache(maxsize=2)
 def _worker_model(name: str, weights: str | None):
-    import contextlib
-    import io
-
     import torch
 
     from .models import load_model
 
     torch.set_num_threads(1)
-    with contextlib.redirect_stdout(io.StringIO()):
-        return load_model(name, weights)
+    return load_model(name, weights)
 
 
 def _index_task(path: str, chunk_ids: list[int], model: str, weights: str | None, batch_size: int,

@@ -3,8 +3,6 @@ resumable indexing pipeline that fills a :class:`~vfsearch.cache.FeatureCache`."
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 import shutil
 import sys
@@ -19,7 +17,15 @@ from torch import nn
 
 from . import cache as cache_mod
 from .cache import INDEXED, PENDING, SKIPPED, FeatureCache
-from .errors import BadImage, CacheError, DiskSpaceError, OutputError, VfsError
+from .errors import (
+    BackendUnavailable,
+    BadImage,
+    BadParameter,
+    CacheError,
+    DiskSpaceError,
+    OutputError,
+    VfsError,
+)
 from .images import DEFAULT_MAX_PIXELS, ImageSet, discover, load_image, make_thumbnail
 from .models import DEFAULT_MODEL, LoadedModel, load_model
 from .transforms import Transform
@@ -220,6 +226,7 @@ def index(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     weights: str | None = None,
     progress: bool | Callable[[int, int], None] = True,
+    log: Callable[[str], None] | None = None,
     check_disk: bool = True,
     max_batches: int | None = None,
     scheduler: str | None = None,
@@ -229,7 +236,8 @@ def index(
 
     Running the same call again resumes an interrupted run; new images in the source are
     appended; images whose file changed (size or mtime) are re-indexed. A cache built with another
-    model, weights, layer set, transform or dtype is refused.
+    model, weights, layer set, transform or dtype is refused. ``progress`` shows a bar (or is
+    called with (done, total)); ``log`` receives one line saying what will be indexed.
     """
     t0 = time.perf_counter()
     if dtype not in cache_mod.DTYPES:
@@ -237,18 +245,18 @@ def index(
     if refine not in cache_mod.REFINE:
         raise VfsError(f"unknown refine {refine!r}; use one of {', '.join(cache_mod.REFINE)}")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise VfsError("--device cuda requested but no CUDA device is available")
+        raise BackendUnavailable("cuda requested but no CUDA device is available", param="device")
     out = Path(out).expanduser().resolve()
     _check_writable(out)
 
     imageset = images if isinstance(images, ImageSet) else discover(
         images, image_root=image_root, label_from=label_from, label_pattern=label_pattern
     )
-    lm = model if isinstance(model, LoadedModel) else _quiet(load_model, model, weights)
+    lm = model if isinstance(model, LoadedModel) else load_model(model, weights)
     transform = lm.transform.with_mode(mode)
     layers = list(layers) if layers else [lm.default_layer]
     if not layers or not all(layers):
-        raise VfsError("no layer given and the model has no default layer; pass --layer")
+        raise BadParameter("no layer given and the model has no default layer", param="layers")
     layer_info = _layer_meta(lm, layers, transform)
 
     # -- open / create / extend --------------------------------------------------------------
@@ -317,10 +325,9 @@ def index(
             )
     report = IndexReport(cache=None, estimated_bytes=est, reindexed=len(reindex),
                          added=len(new_items))
-    if progress is True:
-        print(f"vfsearch: {len(pending)} of {n_total} images to index with {lm.name} "
-              f"[{', '.join(layers)}] as {dtype}; estimated size ≤ {est / 1e6:.1f} MB",
-              file=sys.stderr)
+    if log is not None:
+        log(f"{len(pending)} of {n_total} images to index with {lm.name} [{', '.join(layers)}] as "
+            f"{dtype}; estimated size ≤ {est / 1e6:.1f} MB")
 
     if len(pending) and scheduler:
         from .distributed import get_client, index_distributed
@@ -348,11 +355,6 @@ def index(
     report.skipped = report.cache.skipped()
     report.seconds = time.perf_counter() - t0
     return report
-
-
-def _quiet(fn, *args):
-    with contextlib.redirect_stdout(io.StringIO()):
-        return fn(*args)
 
 
 def _rebase(imageset: ImageSet, root: Path) -> ImageSet:

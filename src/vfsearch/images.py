@@ -126,7 +126,8 @@ def discover(
             rel = absolute.relative_to(root).as_posix()
         except ValueError:
             raise DatasetError(
-                f"{given} is outside the image root {root}; pass --image-root to a common folder"
+                f"{given} is outside the image root {root}; give an image root that holds every "
+                "image", param="image_root"
             ) from None
         if rel in seen:
             continue

@@ -247,7 +247,8 @@ def _load_torchvision(arch: str, weights: str | None) -> LoadedModel:
             path = None
     if path is None:
         raise UnknownModel(
-            f"no local weights for torchvision:{arch}; pass --weights FILE (downloads are disabled)"
+            f"no local weights for torchvision:{arch}; give a weights file (downloads are "
+            "disabled)", param="weights"
         )
     state = torch.load(path, map_location="cpu", weights_only=True)
     module.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
@@ -266,7 +267,8 @@ def _load_timm(arch: str, weights: str | None) -> LoadedModel:
     except RuntimeError:
         raise UnknownModel(f"timm has no model {arch!r}") from None
     if weights is None:
-        raise UnknownModel(f"no local weights for timm:{arch}; pass --weights FILE (downloads are disabled)")
+        raise UnknownModel(f"no local weights for timm:{arch}; give a weights file (downloads are "
+                           "disabled)", param="weights")
     if str(weights).endswith(".safetensors"):
         from safetensors.torch import load_file
 
@@ -285,6 +287,19 @@ def _load_timm(arch: str, weights: str | None) -> LoadedModel:
                        weights_path=str(Path(weights).resolve()))
 
 
+def _silence_lite_banner() -> None:
+    """The efficientnet-lite wheel prints a banner on stdout at every load. Silence it at its
+    source (the wheel module's own ``print``) rather than by swapping the process-wide
+    ``sys.stdout``, which would swallow what other threads print meanwhile."""
+    import importlib
+
+    try:
+        utils = importlib.import_module("efficientnet_lite_pytorch.utils")
+    except ImportError:
+        return
+    utils.print = lambda *args, **kwargs: None
+
+
 def load_model(name: str = DEFAULT_MODEL, weights: str | None = None) -> LoadedModel:
     """Load a registered model by name, ``torchvision:ARCH`` or ``timm:ARCH`` (local weights)."""
     if name.startswith("torchvision:"):
@@ -298,11 +313,8 @@ def load_model(name: str = DEFAULT_MODEL, weights: str | None = None) -> LoadedM
             "torchvision:ARCH, timm:ARCH (with local weights)"
         )
     path = weights or spec.weights_file()
-    import contextlib
-    import io
-
-    with contextlib.redirect_stdout(io.StringIO()):  # the wheel's loader prints a banner
-        module = spec.build(weights)
+    _silence_lite_banner()
+    module = spec.build(weights)
     whash = file_hash(path) if path else module_hash(module)
     return LoadedModel(spec.name, module, spec.transform, spec.default_layer, whash, spec.layer_filter,
                        weights_path=str(Path(weights).resolve()) if weights else None)

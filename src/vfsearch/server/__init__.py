@@ -83,7 +83,8 @@ def serve(paths, host: str = "127.0.0.1", port: int = 8000, token: str | None = 
     if not paths:
         raise VfsError("give at least one cache to serve")
     if image_root is not None and len(paths) != 1:
-        raise VfsError("--image-root re-points a single cache; serve one cache at a time with it")
+        raise VfsError("an image root re-points a single cache; serve one cache at a time with it",
+                       param="image_root")
     caches = [open_cache(p, image_root=image_root) for p in paths]
     if token is None and not is_loopback(host):
         token = secrets.token_urlsafe(24)
