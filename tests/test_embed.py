@@ -237,15 +237,15 @@ def test_map_skips_unindexed_rows_and_flags_stale(cache_copy):
 def test_map_command(cache_copy):
     from click.testing import CliRunner
 
-    from vfsearch.embed import map_cmd
+    from vfsearch.cli import main
 
-    r = CliRunner().invoke(map_cmd, [str(cache_copy.path), "--layer", "blocks.15", "--seed", "2",
-                                     "-q"])
+    r = CliRunner().invoke(main, ["map", str(cache_copy.path), "--layer", "blocks.15", "--seed",
+                                  "2", "-q"])
     assert r.exit_code == 0, r.output
     assert "5×5 grid" in r.output and "atlas: 1 page" in r.output
     m = load_map(open_cache(cache_copy.path), "blocks.15")
     assert m.seed == 2 and m.attrs["atlas"]["pages"] == 1
-    r = CliRunner().invoke(map_cmd, [str(cache_copy.path), "--no-atlas", "-q"])
+    r = CliRunner().invoke(main, ["map", str(cache_copy.path), "--no-atlas", "-q"])
     assert r.exit_code == 0 and "atlas" not in r.output
 
 

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 
 from vfsearch import Transform, make_query, search_many
 from vfsearch import evaluate as E
+from vfsearch.cli import main
 
 # -- metrics on hand-made cases ------------------------------------------------------------------------
 
@@ -230,27 +231,44 @@ def test_localize_finds_large_pasted_crops(sample_dir, model, tmp_path):
 def test_cli(small_cache, tmp_path):
     runner = CliRunner()
     out = tmp_path / "ev"
-    r = runner.invoke(E.eval_cmd, ["labels", str(small_cache.path), "--n", "4", "--k", "3", "--boot", "50",
-                                   "--out", str(out), "--no-figures", "-q"])
+    r = runner.invoke(main, ["eval", "labels", str(small_cache.path), "--n", "4", "--k", "3",
+                             "--boot", "50", "--out", str(out), "--no-figures", "-q"])
     assert r.exit_code == 0, r.output
     assert (out / "labels.json").exists() and (out / "labels.md").exists()
-    assert "blocks.15" in r.output and "blocks.10" in r.output
-    r = runner.invoke(E.eval_cmd, ["overlap", str(small_cache.path), "--layer", "blocks.10", "--layer2",
-                                   "blocks.15", "--n", "4", "--k", "3", "--boot", "50", "--out", str(out),
-                                   "--no-figures", "-q", "--queries", "whole"])
+    assert "blocks.15" in r.stdout and "blocks.10" in r.stdout
+    assert r.stderr == ""  # -q: no progress messages
+    r = runner.invoke(main, ["eval", "overlap", str(small_cache.path), "--layer", "blocks.10",
+                             "--layer2", "blocks.15", "--n", "4", "--k", "3", "--boot", "50",
+                             "--out", str(out), "--no-figures", "--queries", "whole"])
     assert r.exit_code == 0, r.output
     rep = json.loads((out / "overlap.json").read_text())
     assert [a["layer"] for a in rep["arms"]] == ["blocks.10", "blocks.15"]
     assert [r["queries"] for r in rep["rows"]] == ["whole"]
-    bad = runner.invoke(E.eval_cmd, ["labels", str(small_cache.path), "--layer", "nope", "--out", str(out)])
-    assert bad.exit_code == 2 and "no layer 'nope'" in bad.output
-    bad = runner.invoke(E.eval_cmd, ["overlap", str(small_cache.path), "--layer", "blocks.10",
-                                     "--layer2", "blocks.10", "--out", str(out)])
-    assert bad.exit_code == 2 and "itself" in bad.output
-    bad = runner.invoke(E.eval_cmd, ["localize", str(tmp_path), "--out", str(out)])
-    assert bad.exit_code == 2 and "--work" in bad.output
-    missing = runner.invoke(E.eval_cmd, ["labels", str(tmp_path / "none"), "--out", str(out)])
-    assert missing.exit_code != 0 and "error:" in missing.output
+    # without -q the timings and the written files go to stderr, the table to stdout
+    assert "queries in" in r.stderr and "wrote" in r.stderr and "|" not in r.stderr
+    bad = runner.invoke(main, ["eval", "labels", str(small_cache.path), "--layer", "nope",
+                               "--out", str(out)])
+    assert bad.exit_code == 2 and bad.stderr.startswith("error: --layer: ")
+    assert "no layer 'nope'" in bad.stderr
+    bad = runner.invoke(main, ["eval", "overlap", str(small_cache.path), "--layer", "blocks.10",
+                               "--layer2", "blocks.10", "--out", str(out)])
+    assert bad.exit_code == 2 and "error: --layer2: " in bad.stderr and "itself" in bad.stderr
+    bad = runner.invoke(main, ["eval", "localize", str(tmp_path), "--out", str(out)])
+    assert bad.exit_code == 2 and bad.stderr.startswith("error: --work: ")
+    missing = runner.invoke(main, ["eval", "labels", str(tmp_path / "none"), "--out", str(out)])
+    assert missing.exit_code == 3 and missing.stderr.startswith("error: ")
+    assert isinstance(missing.exception, SystemExit)  # mapped, not a traceback
+
+
+def test_protocols_log_instead_of_printing(small_cache, capfd):
+    """The library prints nothing; progress messages go to the ``log`` it is given."""
+    arms = [E.Arm("small:blocks.15", small_cache, "blocks.15")]
+    E.run_labels(arms, n=3, k=2, n_boot=20, kinds=("whole",))
+    assert capfd.readouterr() == ("", "")
+    lines = []
+    E.run_labels(arms, n=3, k=2, n_boot=20, kinds=("whole",), log=lines.append)
+    assert capfd.readouterr() == ("", "")
+    assert len(lines) == 1 and lines[0].startswith("  small:blocks.15: 3 queries in")
 
 
 def test_metadata_column_and_two_caches(sample_dir, small_cache, model, tmp_path):

@@ -1,0 +1,5 @@
+"""``python -m vfsearch.cli``."""
+
+from . import main
+
+main()

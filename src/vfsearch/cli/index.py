@@ -1,0 +1,133 @@
+"""``vfsearch index``, ``layers`` and ``info``: build a cache, list a model's layers, describe a
+cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ._util import echo_json, err
+
+
+@click.command("index")
+@click.argument("images", type=click.Path(path_type=Path))
+@click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="Cache directory.")
+@click.option("--model", "-m", default=None, help="Model name (default: efficientnet-lite0).")
+@click.option("--weights", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="Weights file for torchvision:/timm: models.")
+@click.option("--layer", "-l", "layers", multiple=True, help="Layer(s) to cache (repeatable).")
+@click.option("--dtype", type=click.Choice(["int8", "f16", "f32"]), default="int8", show_default=True,
+              help="Feature storage; int8 = uint8 for non-negative layers, int8 for signed ones.")
+@click.option("--refine", type=click.Choice(["f32", "f16", "none"]), default="f32", show_default=True,
+              help="Higher-precision copy kept with int8 so search results are exact.")
+@click.option("--mode", type=click.Choice(["crop", "whole"]), default="crop", show_default=True,
+              help="crop = the model's centre crop; whole = resize the whole image (keeps borders).")
+@click.option("--image-root", type=click.Path(path_type=Path), default=None,
+              help="Store paths relative to this folder (default: the source folder).")
+@click.option("--label-from", type=click.Choice(["parent", "none"]), default="parent",
+              show_default=True)
+@click.option("--label-pattern", default=None,
+              help=r"Regex on the file name giving the label, e.g. '^n\d+_(?P<label>.+)\.\w+$'.")
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 4096))
+@click.option("--workers", default=None, type=click.IntRange(0, 64), help="Decoding processes.")
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N].")
+@click.option("--chunk", default=256, show_default=True, type=click.IntRange(1, 1 << 20),
+              help="Images per Zarr chunk (the unit of resume).")
+@click.option("--compression", type=click.Choice(["zstd", "lz4", "none"]), default="zstd",
+              show_default=True)
+@click.option("--max-pixels", default=100_000_000, show_default=True, type=int,
+              help="Refuse images with more pixels (decompression bombs).")
+@click.option("--scheduler", default=None,
+              help="Dask: local:N (N worker processes) or a scheduler address; workers write chunks.")
+@click.option("--threads", default=None, type=click.IntRange(1, 256),
+              help="torch threads for the forward pass (default: torch's).")
+@click.option("--quiet", "-q", is_flag=True)
+def index_cmd(images, out, model, weights, layers, dtype, refine, mode, image_root, label_from,
+              label_pattern, batch_size, workers, device, chunk, compression, max_pixels, scheduler,
+              threads, quiet):
+    """Extract features of IMAGES (folder, .txt list or .csv) into a resumable cache."""
+    from ..extract import index
+    from ..models import DEFAULT_MODEL
+
+    rep = index(
+        images, out, model=model or DEFAULT_MODEL, weights=weights, layers=list(layers) or None,
+        dtype=dtype, refine=refine, mode=mode, image_root=image_root,
+        label_from=None if label_from == "none" else label_from, label_pattern=label_pattern,
+        batch_size=batch_size, workers=workers, device=device, chunk=chunk,
+        compression=compression, max_pixels=max_pixels, progress=not quiet,
+        log=None if quiet else index_log, scheduler=scheduler, threads=threads,
+    )
+    c = rep.cache
+    ips = f"{rep.images_per_second:.1f} images/s" if rep.indexed else "nothing to do"
+    click.echo(f"indexed {rep.indexed} images in {rep.seconds:.1f} s ({ips}); cache {c.path} holds "
+               f"{int(c.valid.sum())} images, {c.info()['bytes_on_disk'] / 1e6:.1f} MB")
+    if rep.added or rep.reindexed:
+        click.echo(f"  added {rep.added}, re-indexed {rep.reindexed} changed files")
+    if rep.skipped:
+        click.echo(f"  skipped {len(rep.skipped)} unreadable file(s):")
+        for p, why in rep.skipped[:20]:
+            click.echo(f"    {p}: {why}")
+        if len(rep.skipped) > 20:
+            click.echo(f"    … and {len(rep.skipped) - 20} more (vfsearch info {c.path} --skipped)")
+
+
+def index_log(msg: str) -> None:
+    """Where ``index`` says what it is about to do (stderr, as ``vfsearch: …``)."""
+    err(f"vfsearch: {msg}")
+
+
+@click.command("layers")
+@click.argument("model", default="efficientnet-lite0")
+@click.option("--weights", default=None, type=click.Path(exists=True, dir_okay=False))
+@click.option("--all", "show_all", is_flag=True, help="Every module with a 4-D output.")
+@click.option("--json", "as_json", is_flag=True)
+def layers_cmd(model, weights, show_all, as_json):
+    """List hookable layers of MODEL with channels, feature grid and stride."""
+    from ..models import list_layers, load_model
+
+    lm = load_model(model, weights)
+    infos = list_layers(lm.module, lm.transform, lm.default_layer, None) if show_all else lm.layers()
+    if as_json:
+        echo_json([i.__dict__ for i in infos])
+        return
+    click.echo(f"{lm.name}  input {lm.transform.size}×{lm.transform.size}  weights {lm.weights_hash}")
+    click.echo(f"{'layer':<28} {'channels':>8} {'grid':>9} {'stride':>7}  sign")
+    for i in infos:
+        mark = "  ← default" if i.default else ""
+        sign = "≥0" if i.nonnegative else "±"
+        click.echo(f"{i.name:<28} {i.channels:>8} {i.grid[0]:>4}×{i.grid[1]:<4} {i.stride:>7g}  "
+                   f"{sign}{mark}")
+
+
+@click.command("info")
+@click.argument("cache", type=click.Path(path_type=Path))
+@click.option("--skipped", is_flag=True, help="List every skipped file with its reason.")
+@click.option("--json", "as_json", is_flag=True)
+def info_cmd(cache, skipped, as_json):
+    """Describe a cache: model, layers, counts, size, skipped files."""
+    from ..cache import open_cache
+
+    c = open_cache(cache)
+    d = c.info()
+    if skipped:
+        d["skipped_files"] = [{"path": p, "reason": r} for p, r in c.skipped()]
+    if as_json:
+        echo_json(d)
+        return
+    click.echo(f"cache      {d['path']}")
+    click.echo(f"model      {d['model']} (weights {d['weights_hash']})")
+    t = d["transform"]
+    click.echo(f"transform  {t['mode']} {t['size']}px (resize {t['resize']}, {t['interpolation']})")
+    click.echo(f"images     {d['indexed']} indexed, {d['skipped']} skipped, {d['pending']} pending "
+               f"(root {d['image_root']})")
+    click.echo(f"storage    {d['dtype']} (refine {d['refine']}), {d['compression']}, "
+               f"{d['bytes_on_disk'] / 1e6:.1f} MB on disk")
+    for name, li in d["layers"].items():
+        click.echo(f"layer      {name}: {li['grid'][0]}×{li['grid'][1]}×{li['channels']}, "
+                   f"stride {li['stride']:g}, {'non-negative' if li['nonnegative'] else 'signed'}")
+    if d["meta_columns"]:
+        click.echo(f"metadata   {', '.join(d['meta_columns'])}")
+    if skipped:
+        for s in d["skipped_files"]:
+            click.echo(f"skipped    {s['path']}: {s['reason']}")

@@ -1,0 +1,58 @@
+"""``vfsearch search``: the K most similar regions to a query region."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ._util import echo_json, parse_box, parse_bytes
+
+
+@click.command("search")
+@click.argument("cache", type=click.Path(path_type=Path))
+@click.option("--image", "-i", required=True, help="Dataset image id, or an image file.")
+@click.option("--mask", type=click.Path(path_type=Path), default=None,
+              help="Mask image at the query image's size (alpha or gray = weight).")
+@click.option("--box", default=None, help="x0,y0,x1,y1 in the query image's pixels.")
+@click.option("--whole", is_flag=True, help="Query with the whole image.")
+@click.option("--layer", "-l", default=None, help="Layer (default: the cache's first layer).")
+@click.option("--k", "-k", default=10, show_default=True, type=click.IntRange(1, 100000))
+@click.option("--include-self", is_flag=True, help="Keep the query image in the results.")
+@click.option("--dedup", type=click.FloatRange(0, 1), default=None,
+              help="Drop near-duplicates (pooled-feature cosine ≥ this).")
+@click.option("--memory", default=None, help="Stream the cache within this RAM budget (e.g. 2G).")
+@click.option("--image-root", type=click.Path(path_type=Path), default=None)
+@click.option("--scheduler", default=None, help="Dask: local:N or a scheduler address.")
+@click.option("--backend", default="auto", show_default=True,
+              help="auto | avx512 | avx2 | generic | numpy | torch | torch:cuda")
+@click.option("--json", "as_json", is_flag=True)
+def search_cmd(cache, image, mask, box, whole, layer, k, include_self, dedup, memory, image_root,
+               scheduler, backend, as_json):
+    """Find the K most similar regions to a query region."""
+    import time
+
+    from ..cache import open_cache
+    from ..engine import search
+
+    c = open_cache(cache, image_root=image_root)
+    query = int(image) if image.isdigit() else image
+    t0 = time.perf_counter()
+    res = search(c, query, mask=str(mask) if mask else None, box=parse_box(box), whole=whole,
+                 layer=layer, k=k, exclude_self=not include_self, dedup=dedup,
+                 memory=parse_bytes(memory) if memory else "auto", scheduler=scheduler,
+                 backend=backend)
+    dt = time.perf_counter() - t0
+    if as_json:
+        d = res.to_dict()
+        d["seconds"] = round(dt, 4)
+        echo_json(d)
+        return
+    q = res.query
+    click.echo(f"query {image} box {tuple(round(v) for v in q.box)} → {q.n_cells} cells on "
+               f"{q.layer} ({c.grid(q.layer)[0]}×{c.grid(q.layer)[1]}); {int(c.valid.sum())} images "
+               f"in {dt * 1000:.0f} ms")
+    click.echo(f"{'rank':>4} {'id':>7} {'score':>7}  {'label':<20} {'box (x0,y0,x1,y1)':<24} path")
+    for m in res:
+        bx = ",".join(str(round(v)) for v in m.box)
+        click.echo(f"{m.rank + 1:>4} {m.id:>7} {m.score:>7.4f}  {m.label[:20]:<20} {bx:<24} {m.path}")
