@@ -18,7 +18,7 @@ DEFAULT_LOCALIZE_LAYERS = ("blocks.10", "blocks.15")
 def arms_from_paths(protocol: str, cache_path: str, cache2_path: str | None, layer: str | None,
                     layer2: str | None) -> list:
     """The arms of ``vfsearch eval PROTOCOL CACHE [CACHE2] [--layer A] [--layer2 B]``."""
-    from ..cache import open_cache
+    from .. import open_cache
     from ..evaluate import Arm
 
     c1 = open_cache(cache_path)

@@ -38,7 +38,7 @@ from ._util import parse_box
 def explain_cmd(cache, image, mask, box, whole, layer, result_id, method, mode, n_masks, keep_p,
                 cells, window, stride, seed, out):
     """Explain why RESULT matches the query region (exact shares, occlusion, RISE)."""
-    from ..cache import open_cache
+    from .. import open_cache
     from ..engine import make_query
     from ..explain import explain, render_overlay
     from ..images import load_image

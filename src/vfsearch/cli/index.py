@@ -47,7 +47,7 @@ def index_cmd(images, out, model, weights, layers, dtype, refine, mode, image_ro
               label_pattern, batch_size, workers, device, chunk, compression, max_pixels, scheduler,
               threads, quiet):
     """Extract features of IMAGES (folder, .txt list or .csv) into a resumable cache."""
-    from ..extract import index
+    from .. import index
     from ..models import DEFAULT_MODEL
 
     rep = index(
@@ -106,7 +106,7 @@ def layers_cmd(model, weights, show_all, as_json):
 @click.option("--json", "as_json", is_flag=True)
 def info_cmd(cache, skipped, as_json):
     """Describe a cache: model, layers, counts, size, skipped files."""
-    from ..cache import open_cache
+    from .. import open_cache
 
     c = open_cache(cache)
     d = c.info()

@@ -27,7 +27,7 @@ def map_cmd(cache, layer, method, seed, perplexity, n_neighbors, jobs, tile, no_
     """Lay out every image of CACHE on a similarity grid (stored in the cache)."""
     import time
 
-    from ..cache import open_cache
+    from .. import open_cache
     from ..embed import build_atlas, compute_map
 
     c = open_cache(cache)

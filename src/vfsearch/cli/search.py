@@ -32,7 +32,7 @@ def search_cmd(cache, image, mask, box, whole, layer, k, include_self, dedup, me
     """Find the K most similar regions to a query region."""
     import time
 
-    from ..cache import open_cache
+    from .. import open_cache
     from ..engine import search
 
     c = open_cache(cache, image_root=image_root)

@@ -33,8 +33,8 @@ def serve_cmd(caches, host, port, token, open_browser, image_root):
 @click.option("--no-serve", is_flag=True, help="Only build the sample images and the cache.")
 def demo_cmd(workdir, port, open_browser, no_serve):
     """Index the embedded sample photos with the default model and open the app."""
+    from .. import index
     from ..datasets import sample_images
-    from ..extract import index
     from ..models import DEFAULT_MODEL, load_model
 
     images = sample_images(workdir / "images")
