@@ -177,6 +177,18 @@ def test_usage_errors_keep_clicks_exit_code_2(small_cache):
         assert "Traceback" not in r.output and "Usage:" in r.stderr
 
 
+def test_ctrl_c_is_exit_130_with_a_hint(monkeypatch, tmp_path):
+    import vfsearch
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(vfsearch, "open_cache", interrupted)
+    r = run("info", str(tmp_path))
+    assert r.exit_code == 130 and "run the same command again" in r.stderr
+    assert "Traceback" not in r.output
+
+
 def test_python_m_vfsearch_cli_maps_errors_too(tmp_path):
     p = subprocess.run([sys.executable, "-m", "vfsearch.cli", "info", str(tmp_path / "none")],
                        capture_output=True, text=True, timeout=120, check=False)

@@ -98,7 +98,7 @@ def test_torchvision_and_timm_models_load_local_weights(tmp_path):
     torch.save(net.state_dict(), p)
     lm = load_model("torchvision:resnet18", weights=str(p))
     assert lm.default_layer == "layer3"  # deepest stride-16 layer
-    with pytest.raises(UnknownModel, match="--weights"):
+    with pytest.raises(UnknownModel, match="weights file"):
         load_model("torchvision:resnet50")  # no local weights: no download, a clear error
     tnet = timm.create_model("resnet18", pretrained=False)
     p2 = tmp_path / "t18.pth"
