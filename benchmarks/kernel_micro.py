@@ -18,6 +18,7 @@ import time
 import numpy as np
 
 from vfsearch.engine import kernel as K
+from vfsearch.engine.kernel.dispatch import default_threads
 
 
 def _make_u8(n: int, H: int, W: int, C: int, rng) -> np.ndarray:
@@ -46,7 +47,7 @@ def main() -> None:
     C = 512
     rng = np.random.default_rng(0)
     backends = K.available_backends()
-    threads = args.threads or K._default_threads()
+    threads = args.threads or default_threads()
     print(f"backends: {backends}; threads: {threads}")
 
     wts = np.zeros((H, W))

@@ -122,7 +122,7 @@ def worker(kind: str, path: str, memory: int) -> dict:
         rest[top] = False
         out["top10"] = top.tolist()
         out["certain"] = bool(res["lower"][top].min() >= res["upper"][rest].max())
-        out["backend"] = kernel._resolve("auto")
+        out["backend"] = kernel.resolve_backend("auto")
     elif kind == "reference":
         best = np.empty(n)
         for data in c.iter_chunks(LAYER, rows=CHUNK):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 import warnings
 import zlib
 
@@ -10,7 +11,11 @@ import numpy as np
 import pytest
 
 from vfsearch.engine import kernel as K
+from vfsearch.engine.kernel import build, dispatch, numpy_path
+from vfsearch.engine.kernel import query as kq
 from vfsearch.engine.reference import reference_scores
+from vfsearch.engine.searcher import exact_scores
+from vfsearch.errors import BackendUnavailable, BadMask, BadParameter
 
 BACKENDS = K.available_backends()
 DTYPES = ["float32", "float16", "uint8", "int8"]
@@ -266,7 +271,7 @@ def test_8bit_is_exact_integer_arithmetic(backend, dtype):
     if dtype == "int8":
         qfeat[..., 1::2] *= -1
     q = K.PreparedQuery.from_grid(qfeat, wts)
-    qz = K._quantised(q, K._qfmt(backend))
+    qz = kq.quantised(q, kq.qfmt_for(backend))
     assert np.abs(qz.qi).max() <= (127 if qz.qfmt else min(16383, (2**31 - 1) // (C * 255)))
     res = K.scan(feats, sqn, q, scale=scale, backend=backend)
     # float64 model of the kernel with the rounded query
@@ -296,7 +301,7 @@ def test_query_rounding_bound_is_tight(backend):
     wts = np.array([[0.1, 0.3], [1.0, 0.05]])
     qfeat = rng.standard_normal((H, W, C)).astype(np.float32)
     q = K.PreparedQuery.from_grid(qfeat, wts)
-    qz = K._quantised(q, K._qfmt(backend))
+    qz = kq.quantised(q, kq.qfmt_for(backend))
     R = qz.sq[:, None].astype(np.float64) * qz.qi[:, :C] - q.qf.astype(np.float64)
     x = (R / q.m2[:, None].astype(np.float64)).reshape(1, H, W, C)  # worst case for the rounding
     for sign in (1.0, -1.0):
@@ -316,8 +321,8 @@ def test_query_rounding_bound_is_tight(backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_threads_and_chunks(backend, monkeypatch):
     """n not a multiple of the thread chunk; any thread count gives the same result."""
-    monkeypatch.setattr(K, "_NUMPY_CHUNK", 8)
-    monkeypatch.setattr(K, "_MIN_IMAGES_PER_THREAD", 4)
+    monkeypatch.setattr(numpy_path, "CHUNK", 8)
+    monkeypatch.setattr(dispatch, "MIN_IMAGES_PER_THREAD", 4)
     rng = np.random.default_rng(9)
     feats, sqn, scale, qerr2, _deq, _orig = make_feats(rng, 53, 5, 5, 20, "uint8")
     wts = soft_mask(rng, 5, 5, box=(1, 1, 2, 3))
@@ -369,13 +374,13 @@ def test_tighten_rescans_the_images_that_can_reach_the_top(backend, dtype):
     wts = soft_mask(rng, 6, 6, box=(1, 1, 3, 3), density=1.0)
     qfeat = query_feats(rng, 6, 6, 96, dtype)
     q = K.PreparedQuery.from_grid(qfeat, wts)
-    kw = dict(scale=scale, qerr2=qerr2, backend=backend)
+    kw = {"scale": scale, "qerr2": qerr2, "backend": backend}
     fast = K.scan(feats, sqn, q, precision="fast", **kw)
     fine = K.scan(feats, sqn, q, precision="fine", **kw)
     tight = K.scan(feats, sqn, q, precision="fast", tighten_k=5, **kw)
     exact = reference_scores(orig, wts, qfeat)[0]
     assert np.all(tight.lower <= exact + 1e-6) and np.all(exact <= tight.upper + 1e-6)
-    if K._qfmt(backend) == 0:  # no fast path: nothing to tighten
+    if kq.qfmt_for(backend) == 0:  # no fast path: nothing to tighten
         assert tight.rescanned == 0
         np.testing.assert_array_equal(tight.upper, fine.upper)
         return
@@ -433,7 +438,7 @@ def test_no_read_past_the_features(backend, precision):
 
 def test_angle_bound_covers_asin_and_stays_close():
     d = np.concatenate([np.linspace(0, 0.5, 200001), [0.5, 0.7, 1.0, 3.0, np.inf]])
-    f = K._angle_bound(d)
+    f = numpy_path.angle_bound(d)
     assert np.all(f >= np.arcsin(np.minimum(d, 1.0)))  # rigorous: never below the true bound
     assert np.all(f[d >= 0.5] == np.pi)
     small = (d > 0) & (d < 0.03)  # quantisation errors are ~1e-2 of a cell
@@ -444,24 +449,68 @@ def test_env_forces_backend(monkeypatch):
     rng = np.random.default_rng(12)
     feats, sqn, _scale, _qerr2, _deq, _orig = make_feats(rng, 2, 3, 3, 8, "float32")
     q = K.PreparedQuery.from_grid(query_feats(rng, 3, 3, 8, "float32"), soft_mask(rng, 3, 3))
-    calls = []
-    real = K._scan_numpy
-    monkeypatch.setattr(K, "_scan_numpy", lambda *a, **k: calls.append(1) or real(*a, **k))
-    monkeypatch.setenv("VFSEARCH_KERNEL", "numpy")
-    K.scan(feats, sqn, q)
-    assert calls
-    monkeypatch.setenv("VFSEARCH_KERNEL", "no-such-backend")
-    with pytest.raises(RuntimeError):
+    ran = []
+    real_np, real_c = K.scan_numpy, K.scan_c
+    monkeypatch.setattr(K, "scan_numpy", lambda *a, **k: ran.append("numpy") or real_np(*a, **k))
+    monkeypatch.setattr(K, "scan_c", lambda lib, b, *a, **k: ran.append(b) or real_c(lib, b, *a, **k))
+    for env in BACKENDS:
+        monkeypatch.setenv("VFSEARCH_KERNEL", env)
+        assert K.resolve_backend("auto") == env
         K.scan(feats, sqn, q)
+        assert ran[-1] == env
+    K.scan(feats, sqn, q, backend="numpy")  # an explicit backend wins over the variable
+    assert ran[-1] == "numpy"
+    monkeypatch.setenv("VFSEARCH_KERNEL", "no-such-backend")
+    with pytest.raises(BadParameter, match="VFSEARCH_KERNEL") as e:
+        K.scan(feats, sqn, q)
+    assert e.value.param is None and e.value.exit_code == 2
     monkeypatch.delenv("VFSEARCH_KERNEL")
-    with pytest.raises(ValueError):
+    assert K.resolve_backend("auto") == BACKENDS[0]
+    with pytest.raises(BadParameter, match="not a kernel backend") as e:
         K.scan(feats, sqn, q, backend="no-such-backend")
+    assert e.value.param == "backend"
+
+
+def test_unavailable_backend_is_a_backend_error(monkeypatch):
+    """A known backend this machine lacks: BackendUnavailable (exit code 5) naming why."""
+    state = build.load()
+    names = [b for b in state.names if b != "avx512"]
+    missing = {"avx512": "this CPU lacks the instructions the avx512 kernel needs"}
+    monkeypatch.setattr(build, "_state", build.Backends(state.lib, names, missing))
+    rng = np.random.default_rng(12)
+    feats, sqn, _scale, _qerr2, _deq, _orig = make_feats(rng, 2, 3, 3, 8, "float32")
+    q = K.PreparedQuery.from_grid(query_feats(rng, 3, 3, 8, "float32"), soft_mask(rng, 3, 3))
+    with pytest.raises(BackendUnavailable, match="lacks the instructions") as e:
+        K.scan(feats, sqn, q, backend="avx512")
+    assert e.value.param == "backend" and e.value.exit_code == 5
+    assert "--" not in e.value.message and "\n" not in e.value.message
+    monkeypatch.setenv("VFSEARCH_KERNEL", "avx512")
+    with pytest.raises(BackendUnavailable, match="VFSEARCH_KERNEL"):
+        K.scan(feats, sqn, q)
+
+
+def test_cli_unavailable_backend_exits_5(small_cache, monkeypatch):
+    """``vfsearch search CACHE --image 0 --whole --backend avx512`` on a machine without
+    AVX-512: one ``error:`` line, exit code 5, no traceback."""
+    from click.testing import CliRunner
+
+    from vfsearch.cli import main
+
+    state = build.load()
+    monkeypatch.setattr(build, "_state", build.Backends(
+        state.lib, [b for b in state.names if b != "avx512"],
+        {"avx512": "this CPU lacks the instructions the avx512 kernel needs"}))
+    r = CliRunner().invoke(main, ["search", str(small_cache.path), "--image", "0", "--whole",
+                                  "--backend", "avx512"])
+    assert r.exit_code == 5, r.output
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and "avx512" in lines[0], r.output
+    assert "Traceback" not in r.output
 
 
 def test_build_failure_falls_back_to_numpy(monkeypatch, tmp_path):
-    monkeypatch.setattr(K, "_lib", None)
-    monkeypatch.setattr(K, "_backends", None)
-    monkeypatch.setattr(K, "_warned", set())
+    monkeypatch.setattr(build, "_state", None)
+    monkeypatch.setattr(build, "_warned", set())
     monkeypatch.setenv("VFSEARCH_CACHE_DIR", str(tmp_path))
     monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
     with pytest.warns(RuntimeWarning, match="numpy"):
@@ -475,18 +524,142 @@ def test_build_failure_falls_back_to_numpy(monkeypatch, tmp_path):
         qfeat = query_feats(rng, 4, 4, 8, "uint8")
         res = K.scan(feats, sqn, K.PreparedQuery.from_grid(qfeat, wts), scale=scale, qerr2=qerr2)
         check(res, deq, orig, wts, qfeat, "uint8")
+        with pytest.raises(BackendUnavailable, match="could not be built"):
+            K.scan(feats, sqn, K.PreparedQuery.from_grid(qfeat, wts), scale=scale,
+                   backend="generic")
 
 
-@pytest.mark.skipif("generic" not in BACKENDS, reason="no C compiler")
-def test_simd_self_check_passes():
-    lib, _ = K._load()
-    for b in BACKENDS:
-        if b in ("avx2", "avx512"):
-            assert K._self_check(lib, b) == (True, "")
+def _tiny_library(tmp_path, name, body):
+    """A shared library with only ``body`` in it (a stand-in for a stale kernel build)."""
+    import subprocess
+
+    src = tmp_path / f"{name}.c"
+    src.write_text(body)
+    out = tmp_path / f"{name}.so"
+    subprocess.run(["cc", "-shared", "-fPIC", str(src), "-o", str(out)], check=True)
+    return out.read_bytes()
+
+
+@pytest.fixture
+def fake_rebuild(monkeypatch, tmp_path):
+    """An empty kernel cache in tmp_path, and a compile step that installs a copy of the current
+    library instead of running the compiler (~15 s); yields (cached .so path, compile calls)."""
+    if "generic" not in BACKENDS:
+        pytest.skip("no C compiler: the C kernel is not built")
+    name = build._library_name(build._compiler())
+    good = next((d / name for d in build._cache_dirs() if (d / name).exists()), None)
+    if good is None:
+        pytest.skip("the current kernel library is not in the cache")
+    data = good.read_bytes()
+    built = []
+
+    def fake_compile(cc, d, name):
+        built.append(d)
+        d.mkdir(parents=True, exist_ok=True)
+        tmp = d / f".{name}.test{len(built)}.tmp"
+        tmp.write_bytes(data)
+        return tmp
+
+    monkeypatch.setenv("VFSEARCH_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(build, "_compile", fake_compile)
+    monkeypatch.setattr(build, "_state", None)
+    monkeypatch.setattr(build, "_warned", set())
+    yield build._cache_dirs()[0] / name, built, data
+
+
+@pytest.mark.parametrize("stale", ["old-abi", "no-abi-symbol", "not-a-library"])
+def test_stale_library_is_refused_and_rebuilt(stale, fake_rebuild, tmp_path):
+    """A cached library of another ABI version (or none, or garbage) is not used: it is
+    deleted and rebuilt, and the rebuilt one is what the scan runs on."""
+    so, built, good = fake_rebuild
+    body = {"old-abi": "int vfs_abi_version(void) { return 1; }\n",
+            "no-abi-symbol": "int vfs_cpu_level(void) { return 0; }\n"}.get(stale)
+    so.parent.mkdir(parents=True)
+    so.write_bytes(_tiny_library(tmp_path, stale, body) if body else b"not an ELF file")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a refused library is rebuilt silently
+        state = build.load()
+    assert built == [so.parent]
+    assert so.read_bytes() == good
+    assert state.lib is not None and state.names == BACKENDS
+    assert int(state.lib.vfs_abi_version()) == dispatch.ABI_VERSION
+    rng = np.random.default_rng(2)
+    feats, sqn, scale, qerr2, deq, orig = make_feats(rng, 3, 4, 4, 8, "uint8")
+    wts = soft_mask(rng, 4, 4)
+    qfeat = query_feats(rng, 4, 4, 8, "uint8")
+    res = K.scan(feats, sqn, K.PreparedQuery.from_grid(qfeat, wts), scale=scale, qerr2=qerr2,
+                 backend="generic")
+    check(res, deq, orig, wts, qfeat, "uint8")
+
+
+def test_current_library_is_used_as_is(fake_rebuild):
+    so, built, good = fake_rebuild
+    so.parent.mkdir(parents=True)
+    so.write_bytes(good)
+    assert build.load().names == BACKENDS
+    assert built == []  # no rebuild
+
+
+def test_abi_mismatch_after_rebuild_falls_back_to_numpy(fake_rebuild, monkeypatch):
+    """The Python side expecting another ABI than the freshly built C reports: one warning,
+    numpy only, and the refused library is not left in the cache."""
+    so, built, _good = fake_rebuild
+    monkeypatch.setattr(dispatch, "ABI_VERSION", dispatch.ABI_VERSION + 1)
+    with pytest.warns(RuntimeWarning, match="ABI version"):
+        state = build.load()
+    assert state.names == ["numpy"] and state.lib is None
+    assert len(built) == 1 and not so.exists()
+    assert not list(so.parent.glob("*.tmp"))
 
 
 # --------------------------------------------------------------------------- #
-# query preparation, score_map, read_floor, input checks
+# self-checks
+# --------------------------------------------------------------------------- #
+
+
+@pytest.mark.parametrize("backend", ["generic", "avx2", "avx512"])
+def test_self_check_passes(backend):
+    """Each C backend this CPU can run passes its self-check (generic against a float64 model,
+    SIMD against generic), and is then offered."""
+    state = build.load()
+    if state.lib is None:
+        pytest.skip(f"no C kernel here: {state.missing.get(backend)}")
+    if dispatch.LEVELS[backend] > int(state.lib.vfs_cpu_level()):
+        pytest.skip(f"{backend}: {state.missing[backend]}")
+    assert build.self_check(state.lib, backend) == (True, "")
+    assert backend in state.names
+
+
+@pytest.mark.parametrize("backend", ["generic", "avx2", "avx512"])
+def test_self_check_catches_a_wrong_backend(backend, monkeypatch):
+    """A backend whose scores are off by 1e-3 fails its self-check, and load() leaves it out."""
+    state = build.load()
+    if state.lib is None or dispatch.LEVELS[backend] > int(state.lib.vfs_cpu_level()):
+        pytest.skip(f"{backend} cannot run here")
+    real = build.scan_c
+
+    def skewed(lib, name, *a, **k):
+        r = real(lib, name, *a, **k)
+        if name == backend:
+            r.score += np.float32(1e-3)
+        return r
+
+    monkeypatch.setattr(build, "scan_c", skewed)
+    ok, why = build.self_check(state.lib, backend)
+    assert not ok and "score" in why
+    monkeypatch.setattr(build, "_state", None)
+    monkeypatch.setattr(build, "_warned", set())
+    with pytest.warns(RuntimeWarning, match=f"{backend} kernel disabled"):
+        names = K.available_backends()
+    assert backend not in names and "numpy" in names
+    if backend == "generic":  # the SIMD backends are checked against generic: none is left
+        assert names == ["numpy"]
+    with pytest.raises(BackendUnavailable, match="self-check"):
+        K.resolve_backend(backend)
+
+
+# --------------------------------------------------------------------------- #
+# query preparation, exact scores, read_floor, input checks
 # --------------------------------------------------------------------------- #
 
 
@@ -508,32 +681,66 @@ def test_prepared_query_from_grid():
     cells = [((1, 2), 0.5), ((3, 4), 1.0), ((2, 3), 0.25)]
     expect = math.sqrt(sum(w**2 * float(q64[y, x] @ q64[y, x]) for (y, x), w in cells))
     assert q.qnorm == pytest.approx(expect, rel=1e-12)
-    with pytest.raises(ValueError):
+    with pytest.raises(BadMask, match="empty") as e:
         K.PreparedQuery.from_grid(qfeat, np.zeros((6, 7)))
+    assert e.value.param == "weights" and e.value.exit_code == 2
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_score_map(dtype):
+def test_scan_matches_exact_scores(backend, dtype):
+    """The scan agrees with the search's float64 refine step (searcher.exact_scores) on the
+    features the kernel sees: best score within the query-rounding bound, same argmax."""
     rng = np.random.default_rng(15)
-    feats, sqn, scale, _qerr2, deq, _orig = make_feats(rng, 2, 6, 5, 30, dtype)
+    feats, sqn, scale, qerr2, deq, _orig = make_feats(rng, 12, 6, 5, 30, dtype)
     wts = soft_mask(rng, 6, 5, box=(0, 1, 3, 2))
     qfeat = query_feats(rng, 6, 5, 30, dtype)
     q = K.PreparedQuery.from_grid(qfeat, wts)
-    _, _, maps = reference_scores(deq, wts, qfeat)
-    for i in range(2):
-        m = K.score_map(feats[i], sqn[i], q, scale=None if scale is None else scale[i])
-        assert m.shape == (4, 4) and m.dtype == np.float64
-        np.testing.assert_allclose(m, maps[i], rtol=0, atol=1e-6)
+    best, off, maps = exact_scores(deq, wts, qfeat)
+    res = K.scan(feats, sqn, q, scale=scale, qerr2=qerr2, backend=backend)
+    tol = res.eps_q + 2e-5 if dtype in ("uint8", "int8") else TOL[dtype]
+    np.testing.assert_allclose(res.score, best, rtol=0, atol=tol)
+    u = unique_best(maps, margin=2 * tol)  # every score moves by <= tol: the argmax cannot
+    assert u.sum() >= 2
+    np.testing.assert_array_equal(res.offset[u], off[u])
 
 
-def test_read_floor():
-    a = np.arange(1 << 20, dtype=np.uint8).reshape(256, -1)
-    K.read_floor(a)
-    K.read_floor(a, threads=3)
-    K.read_floor(a[:0])
-    K.read_floor(np.zeros(17, np.float16), threads=2)
+def _xor_words(data: bytes) -> int:
+    """The read_floor checksum, written out: XOR of the native-endian 8-byte words of the
+    first len - len % 32 bytes, then of the remaining single bytes."""
+    m = len(data) // 32 * 32
+    acc = 0
+    for i in range(0, m, 8):
+        acc ^= int.from_bytes(data[i : i + 8], sys.byteorder)
+    for b in data[m:]:
+        acc ^= b
+    return acc
+
+
+@pytest.mark.parametrize("path", ["c", "numpy"])
+def test_read_floor_reads_every_byte(path, monkeypatch):
+    """read_floor returns a checksum of every byte: the same for any thread count and backend,
+    equal to the checksum written out in Python, and changed by flipping any single byte."""
+    if path == "numpy":
+        monkeypatch.setattr(build, "_state", build.Backends(None, ["numpy"]))
+    elif "generic" not in BACKENDS:
+        pytest.skip("no C compiler: the C kernel is not built")
+    rng = np.random.default_rng(18)
+    for nbytes in (1, 31, 32, 129, 3 * (1 << 16) + 77, (1 << 20) + 13):
+        a = rng.integers(0, 256, nbytes, dtype=np.uint8)
+        ref = _xor_words(a.tobytes())
+        for t in (1, 2, 3, 8):
+            assert K.read_floor(a, threads=t) == ref, (nbytes, t)
+        m = nbytes // 32 * 32  # first, middle, last byte; last of the words, first of the tail
+        for i in sorted({0, nbytes // 2, m - 1, m, nbytes - 1} & set(range(nbytes))):
+            b = a.copy()
+            b[i] ^= 0x5A
+            assert K.read_floor(b, threads=3) == _xor_words(b.tobytes()) != ref, (nbytes, i)
+    f16 = rng.standard_normal((4, 5, 17)).astype(np.float16)  # any dtype, any shape
+    assert K.read_floor(f16, threads=2) == _xor_words(f16.tobytes())
+    assert K.read_floor(f16[:0]) == 0
     with pytest.raises(ValueError):
-        K.read_floor(a[:, ::2])
+        K.read_floor(f16[:, ::2])
 
 
 def test_input_checks():
@@ -551,3 +758,7 @@ def test_input_checks():
     q_big = K.PreparedQuery.from_grid(np.ones((5, 5, 8), np.float32), np.ones((5, 5)))
     with pytest.raises(ValueError):
         K.scan(feats, sqn, q_big, scale=scale)
+    for f, kw in ((feats, {"scale": scale}), (feats.astype(np.float32), {})):
+        with pytest.raises(BadParameter, match="precision") as e:
+            K.scan(f, sqn, q, precision="exact", **kw)
+        assert e.value.param == "precision"

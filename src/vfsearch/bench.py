@@ -230,7 +230,7 @@ def run_bench(sizes=(25_000, 50_000, 75_000, 100_000), repeat: int = 3, referenc
     log(f"generating {nmax} synthetic 7x7x{C} feature maps …")
     d = _make_data(nmax)
     pq = kernel.PreparedQuery.from_grid(d.qfeat, d.mask)
-    backend = kernel._resolve("auto")
+    backend = kernel.resolve_backend("auto")
     rows = []
     for n in sizes:
         row: dict = {"n": n, "backend": backend}

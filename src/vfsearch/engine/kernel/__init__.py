@@ -1,0 +1,205 @@
+"""Region-cosine search kernel: the public surface (:func:`scan`, :class:`PreparedQuery`,
+:class:`ScanResult`, :func:`available_backends`, :func:`resolve_backend`, :func:`read_floor`).
+
+For a query of K cells at (dy_k, dx_k) inside an h x w box, with mask weights m_k
+and query vectors q_k, and an image feature map x (H, W, C), at every offset (a, b):
+
+    num(a,b) = sum_k m_k^2 <q_k, x[a+dy_k, b+dx_k]>
+    den(a,b) = sum_k m_k^2 |x[a+dy_k, b+dx_k]|^2
+    score    = num / (qnorm * sqrt(den))      (0 when den <= 0 or qnorm == 0)
+
+The image score is the max over offsets (ties -> lowest offset index
+o = a*(W-w+1)+b).
+
+Backends: "avx512" (AVX-512 VNNI), "avx2" (AVX2+FMA+F16C), "generic" (plain C),
+all in ``_kernel.c`` compiled on first use into a cache directory, and "numpy"
+(always available). ``VFSEARCH_KERNEL`` forces the backend used by
+``backend="auto"``.
+
+8-bit features are dotted in exact integer arithmetic with a rounded query:
+int16 everywhere (``precision="fine"``), or, on the fast path, int8 (VNNI) /
+6-bit (AVX2), about 1.3-1.6x faster. Each image's [lower, upper] bounds hold the
+exact score whatever the rounding (its effect is eps_q); ``tighten_k`` re-scans
+the images that could reach the top k with the int16 query, so the fast path
+costs the refine step almost nothing.
+
+Internal modules: :mod:`.query` (query, result, query rounding), :mod:`.build` (compile, load,
+ABI check, self-check), :mod:`.dispatch` (C ABI, thread pool, C calls), :mod:`.numpy_path`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+
+from ...errors import BackendUnavailable, BadParameter
+from . import build
+from .dispatch import DTYPES, LEVELS, default_threads, read_split, scan_c
+from .numpy_path import read_checksum, scan_numpy
+from .query import PRECISIONS, PreparedQuery, ScanResult, qfmt_for
+
+__all__ = [
+    "BACKENDS",
+    "PreparedQuery",
+    "ScanResult",
+    "available_backends",
+    "read_floor",
+    "resolve_backend",
+    "scan",
+]
+
+#: every backend name this kernel knows, fastest first ("auto" picks the first available)
+BACKENDS = ("avx512", "avx2", "generic", "numpy")
+
+
+def available_backends() -> list[str]:
+    """Backends usable on this machine, best first, e.g. ["avx2", "generic", "numpy"]."""
+    return list(build.load().names)
+
+
+def resolve_backend(backend: str = "auto") -> str:
+    """The backend a scan with ``backend`` runs on: "auto" means ``VFSEARCH_KERNEL`` if set,
+    else the best available one.
+
+    Raises :class:`~vfsearch.errors.BadParameter` for a name that is no backend and
+    :class:`~vfsearch.errors.BackendUnavailable` for one this machine or build does not have."""
+    state = build.load()
+    b = (backend or "auto").strip().lower()
+    what, param = f"kernel backend {backend!r}", "backend"
+    if b == "auto":
+        env = os.environ.get("VFSEARCH_KERNEL", "").strip().lower()
+        if not env or env == "auto":
+            return state.names[0]
+        b, what, param = env, f"VFSEARCH_KERNEL={env!r}", None
+    if b not in BACKENDS:
+        raise BadParameter(
+            f"{what} is not a kernel backend (choose one of auto, {', '.join(BACKENDS)})",
+            param=param,
+        )
+    if b not in state.names:
+        raise BackendUnavailable(
+            f"{what} is not available on this machine: {state.missing.get(b, 'not built')} "
+            f"(available: {', '.join(state.names)})",
+            param=param,
+        )
+    return b
+
+
+def _check_inputs(feats, sqnorm, query, scale, qerr2):
+    if not isinstance(query, PreparedQuery):
+        raise TypeError("query must be a PreparedQuery")
+    feats = np.asarray(feats) if not isinstance(feats, np.ndarray) else feats
+    if feats.ndim != 4:
+        raise ValueError(f"feats must be (n,H,W,C), got shape {feats.shape}")
+    if not feats.dtype.isnative or feats.dtype not in DTYPES:
+        raise TypeError(f"feats dtype must be native uint8/int8/float16/float32, got {feats.dtype}")
+    if not feats.flags.c_contiguous:
+        feats = np.ascontiguousarray(feats)
+    n, H, W, C = feats.shape
+    if C != query.C:
+        raise ValueError(f"feature width C={C} does not match the query ({query.C})")
+    if query.h > H or query.w > W:
+        raise ValueError(f"query box {query.h}x{query.w} larger than the grid {H}x{W}")
+    sqnorm = np.ascontiguousarray(sqnorm, dtype=np.float32)
+    if sqnorm.shape != (n, H, W):
+        raise ValueError(f"sqnorm must be {(n, H, W)}, got {sqnorm.shape}")
+    is8 = feats.dtype.itemsize == 1
+    if is8:
+        if scale is None:
+            raise ValueError("scale is required for 8-bit features")
+        scale = np.ascontiguousarray(scale, dtype=np.float32)
+        if scale.shape != (n, H, W):
+            raise ValueError(f"scale must be {(n, H, W)}, got {scale.shape}")
+        if qerr2 is not None:
+            qerr2 = np.ascontiguousarray(qerr2, dtype=np.float32)
+            if qerr2.shape != (n, H, W):
+                raise ValueError(f"qerr2 must be {(n, H, W)}, got {qerr2.shape}")
+    else:
+        scale = None
+        qerr2 = None
+    return feats, sqnorm, scale, qerr2, is8
+
+
+def scan(
+    feats,
+    sqnorm,
+    query: PreparedQuery,
+    *,
+    scale=None,
+    qerr2=None,
+    threads=None,
+    backend="auto",
+    precision: str = "fast",
+    tighten_k: int | None = None,
+    tighten_floor: float = -math.inf,
+) -> ScanResult:
+    """Best region-cosine score of `query` in each of the n images.
+
+    feats (n,H,W,C) uint8|int8|float16|float32, C-contiguous (np.memmap fine);
+    sqnorm (n,H,W) float32 = |dequantised cell|^2; for 8-bit: scale (n,H,W)
+    float32 (required) and qerr2 (n,H,W) float32 = |true - dequantised cell|^2
+    (None -> zeros). Returns per-image score, argmax offset and bounds
+    [lower, upper] on the exact (unquantised) image score.
+
+    8-bit features: ``precision="fast"`` lets the AVX-512 VNNI kernel round the
+    query to int8 and the AVX2 one to 6 bits (faster; wider bounds), ``"fine"``
+    always uses an int16 query. With ``tighten_k``, every image whose upper bound reaches the
+    k-th best lower bound (or ``tighten_floor``, if higher) is re-scanned with
+    the int16 query, so the images that can reach a top k have tight bounds.
+
+    Raises :class:`~vfsearch.errors.BadParameter` for an unknown ``precision`` or ``backend``
+    and :class:`~vfsearch.errors.BackendUnavailable` for a backend this machine lacks.
+    """
+    feats, sqnorm, scale, qerr2, is8 = _check_inputs(feats, sqnorm, query, scale, qerr2)
+    if precision not in PRECISIONS:
+        raise BadParameter(f"precision must be 'fast' or 'fine', got {precision!r}",
+                           param="precision")
+    nthreads = default_threads() if threads is None else max(1, int(threads))
+    b = resolve_backend(backend)
+    qfmt = qfmt_for(b, precision) if is8 else 0
+    if b == "numpy":
+        return scan_numpy(feats, sqnorm, query, scale, qerr2, threads=nthreads)
+    lib = build.load().lib
+    out = scan_c(lib, b, feats, sqnorm, query, scale, qerr2, threads=nthreads, qfmt=qfmt)
+    if qfmt and tighten_k and len(out.lower):
+        k = min(int(tighten_k), len(out.lower))
+        thr = max(float(tighten_floor), float(np.partition(out.lower, -k)[-k]))
+        cand = np.flatnonzero(out.upper >= thr)
+        if len(cand):
+            sub = scan_c(lib, b, feats[cand], sqnorm[cand], query,
+                         scale[cand], None if qerr2 is None else qerr2[cand],
+                         threads=nthreads, qfmt=0)  # fmt: skip
+            out.score[cand], out.offset[cand] = sub.score, sub.offset
+            out.upper[cand], out.lower[cand] = sub.upper, sub.lower
+            out.rescanned = len(cand)
+    return out
+
+
+def read_floor(arr, threads=None) -> int:
+    """Read every byte of a C-contiguous array once, split across threads like `scan`
+    (the memory-bandwidth floor for benchmarks). Returns a checksum of the bytes (the XOR of
+    their 8-byte words, the trailing ``nbytes % 32`` bytes XORed in one by one), the same
+    whatever the backend or thread count."""
+    a = arr if isinstance(arr, np.ndarray) else np.asarray(arr)
+    if not a.flags.c_contiguous:
+        raise ValueError("read_floor needs a C-contiguous array")
+    nbytes = a.nbytes
+    if nbytes == 0:
+        return 0
+    nthreads = default_threads() if threads is None else max(1, int(threads))
+    state = build.load()
+    c_levels = [b for b in state.names if b in LEVELS]
+    if state.lib is not None and c_levels:
+        lib, level, base = state.lib, LEVELS[c_levels[0]], a.ctypes.data
+
+        def read(i0: int, i1: int) -> int:
+            return int(lib.vfs_read_floor(base + i0, i1 - i0, level)) if i1 > i0 else 0
+    else:
+        flat = a.reshape(-1).view(np.uint8)
+
+        def read(i0: int, i1: int) -> int:
+            return read_checksum(flat, i0, i1)
+
+    return read_split(read, nbytes, nthreads)

@@ -1,0 +1,175 @@
+"""Calling the compiled kernel: the C ABI (argument types, version, level and dtype codes), the
+one thread pool, and :func:`scan_c` / :func:`read_split`, which split the work over it.
+
+Nothing here builds or picks a backend (see :mod:`.build` and the package's ``scan``)."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from .query import PreparedQuery, ScanResult, quantised
+
+__all__ = [
+    "ABI_VERSION",
+    "DTYPES",
+    "LEVELS",
+    "bind",
+    "default_threads",
+    "read_split",
+    "run_split",
+    "scan_c",
+]
+
+#: what ``vfs_abi_version()`` in _kernel.c returns for the signatures :func:`bind` declares;
+#: bump both together whenever an entry point's arguments change
+ABI_VERSION = 2
+LEVELS = {"generic": 0, "avx2": 1, "avx512": 2}
+DTYPES = {
+    np.dtype(np.uint8): 0,
+    np.dtype(np.int8): 1,
+    np.dtype(np.float16): 2,
+    np.dtype(np.float32): 3,
+}
+MIN_IMAGES_PER_THREAD = 32
+POOL_MAX = 64  # threads are started lazily, only as many as ever used at once
+READ_ALIGN = 1 << 16  # read_split splits at multiples of this (whole 8-byte words per thread)
+
+
+def bind(lib: ctypes.CDLL) -> None:
+    """Declare the entry points' signatures on a freshly opened library (ABI ``ABI_VERSION``)."""
+    P, I, I64, D = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_double
+    lib.vfs_abi_version.argtypes = []
+    lib.vfs_abi_version.restype = I
+    lib.vfs_cpu_level.argtypes = []
+    lib.vfs_cpu_level.restype = I
+    lib.vfs_scan.argtypes = [
+        I, I, P, I64, I, I, I,  # level, dtype, feats, n, H, W, C
+        P, P, P,  # scale, sqnorm, qerr2
+        I, I, I, P, P, P,  # h, w, K, dy, dx, m2
+        P, P, D, D,  # qdata, qscale, qnorm, eps_q
+        P, P, P, P,  # score, offset, upper, lower
+        I,  # qfmt
+    ]  # fmt: skip
+    lib.vfs_scan.restype = I
+    lib.vfs_read_floor.argtypes = [P, I64, I]
+    lib.vfs_read_floor.restype = ctypes.c_uint64
+
+
+# --------------------------------------------------------------------------- #
+# threading
+# --------------------------------------------------------------------------- #
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def default_threads() -> int:
+    """The CPUs this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def _get_pool() -> ThreadPoolExecutor:
+    """The one persistent pool shared by every scan and read."""
+    global _pool
+    if _pool is None:
+        with _pool_lock:
+            if _pool is None:
+                _pool = ThreadPoolExecutor(
+                    max_workers=max(POOL_MAX, default_threads()),
+                    thread_name_prefix="vfsearch-scan",
+                )
+    return _pool
+
+
+def run_split(n: int, nthreads: int, fn, min_per_thread: int | None = None) -> list:
+    """Call fn(i0, i1) on `nthreads` contiguous ranges of [0, n) (fewer when n is small)."""
+    if min_per_thread is None:
+        min_per_thread = MIN_IMAGES_PER_THREAD
+    t = max(1, min(nthreads, POOL_MAX, n // max(1, min_per_thread) or 1))
+    if t == 1:
+        return [fn(0, n)]
+    bounds = [n * i // t for i in range(t + 1)]
+    pool = _get_pool()
+    futs = [pool.submit(fn, bounds[i], bounds[i + 1]) for i in range(t)]
+    return [f.result() for f in futs]
+
+
+# --------------------------------------------------------------------------- #
+# the C entry points
+# --------------------------------------------------------------------------- #
+
+
+def _ptr(a: np.ndarray | None, i0: int = 0) -> int | None:
+    if a is None:
+        return None
+    return a.ctypes.data + i0 * (a.strides[0] if a.ndim else 0)
+
+
+def scan_c(
+    lib,
+    backend,
+    feats,
+    sqnorm,
+    query: PreparedQuery,
+    scale,
+    qerr2,
+    threads: int = 1,
+    out: ScanResult | None = None,
+    qfmt: int = 0,
+) -> ScanResult:
+    """``vfs_scan`` at ``backend``'s level over checked, C-contiguous inputs, split by image."""
+    n, H, W, C = feats.shape
+    out = ScanResult.empty(n) if out is None else out
+    if n == 0:
+        return out
+    is8 = feats.dtype.itemsize == 1
+    if is8:
+        qz = quantised(query, qfmt)
+        qdata, qscale, eps_q = qz.qi, qz.sq, qz.eps_q
+    else:
+        qdata, qscale, eps_q, qfmt = query.qf, None, 0.0, 0
+    level = LEVELS[backend]
+    dtype = DTYPES[feats.dtype]
+
+    def run(i0: int, i1: int) -> int:
+        if i1 <= i0:
+            return 0
+        return lib.vfs_scan(
+            level, dtype, _ptr(feats, i0), i1 - i0, H, W, C,
+            _ptr(scale, i0), _ptr(sqnorm, i0), _ptr(qerr2, i0),
+            query.h, query.w, query.K, _ptr(query.dy), _ptr(query.dx), _ptr(query.m2),
+            _ptr(qdata), _ptr(qscale), float(query.qnorm), float(eps_q),
+            _ptr(out.score, i0), _ptr(out.offset, i0), _ptr(out.upper, i0), _ptr(out.lower, i0),
+            qfmt,
+        )  # fmt: skip
+
+    for rc in run_split(n, threads, run):
+        if rc != 0:
+            raise RuntimeError(f"vfs_scan failed with code {rc} (backend {backend})")
+    out.eps_q = float(eps_q)
+    return out
+
+
+def read_split(read, nbytes: int, threads: int) -> int:
+    """``read(i0, i1)`` -> checksum of bytes [i0, i1), on up to `threads` ranges that start at
+    multiples of READ_ALIGN; returns the XOR of the parts (= the checksum of the whole)."""
+    t = max(1, min(threads, POOL_MAX, nbytes // READ_ALIGN or 1))
+    if t == 1:
+        return read(0, nbytes)
+    bounds = [
+        min(nbytes, (nbytes * i // t) // READ_ALIGN * READ_ALIGN) for i in range(t)
+    ] + [nbytes]
+    pool = _get_pool()
+    futs = [pool.submit(read, bounds[i], bounds[i + 1]) for i in range(t)]
+    acc = 0
+    for f in futs:
+        acc ^= f.result()
+    return acc

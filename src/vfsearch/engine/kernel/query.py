@@ -1,0 +1,172 @@
+"""What goes into a scan and what comes out: :class:`PreparedQuery`, :class:`ScanResult`, and
+the integer rounding of a query for 8-bit features (with the bound it puts on every score)."""
+
+from __future__ import annotations
+
+import math
+import threading
+import weakref
+from dataclasses import dataclass
+
+import numpy as np
+
+from ...errors import BadMask
+
+__all__ = ["PRECISIONS", "PreparedQuery", "Quant", "ScanResult", "qfmt_for", "quantised"]
+
+
+@dataclass(frozen=True, eq=False)
+class PreparedQuery:
+    """A query, cropped to the bounding box of its mask, weights folded in.
+
+    ``eq=False``: instances hash/compare by identity (the fields are arrays).
+    """
+
+    h: int
+    w: int
+    dy: np.ndarray  # int32 (K,)
+    dx: np.ndarray  # int32 (K,)
+    m2: np.ndarray  # float32 (K,), m_k^2 > 0
+    qf: np.ndarray  # float32 (K, C): Q_k = m_k^2 * q_k
+    qnorm: float  # sqrt(sum m_k^2 |q_k|^2), float64 from the unfolded q
+
+    def __post_init__(self) -> None:
+        dy = np.ascontiguousarray(self.dy, dtype=np.int32).reshape(-1)
+        dx = np.ascontiguousarray(self.dx, dtype=np.int32).reshape(-1)
+        m2 = np.ascontiguousarray(self.m2, dtype=np.float32).reshape(-1)
+        qf = np.ascontiguousarray(self.qf, dtype=np.float32)
+        K = dy.shape[0]
+        if qf.ndim != 2 or qf.shape[0] != K or dx.shape[0] != K or m2.shape[0] != K or K < 1:
+            raise ValueError("PreparedQuery: dy, dx, m2 must be (K,) and qf (K, C) with K >= 1")
+        h, w = int(self.h), int(self.w)
+        if h < 1 or w < 1 or dy.min() < 0 or dy.max() >= h or dx.min() < 0 or dx.max() >= w:
+            raise ValueError("PreparedQuery: cells must lie inside the h x w box")
+        if not np.all(m2 > 0):
+            raise ValueError("PreparedQuery: m2 must be > 0")
+        for name, val in (
+            ("h", h),
+            ("w", w),
+            ("dy", dy),
+            ("dx", dx),
+            ("m2", m2),
+            ("qf", qf),
+            ("qnorm", float(self.qnorm)),
+        ):
+            object.__setattr__(self, name, val)
+
+    @property
+    def K(self) -> int:
+        return int(self.dy.shape[0])
+
+    @property
+    def C(self) -> int:
+        return int(self.qf.shape[1])
+
+    @classmethod
+    def from_grid(cls, qfeat: np.ndarray, weights: np.ndarray) -> PreparedQuery:
+        """qfeat (H,W,C) query feature map, weights (H,W) mask weights in [0,1] on the
+        grid; crops to the bounding box of weights>0.
+
+        Raises :class:`~vfsearch.errors.BadMask` when no weight is > 0."""
+        qfeat = np.asarray(qfeat)
+        weights = np.asarray(weights, dtype=np.float64)
+        if qfeat.ndim != 3 or weights.shape != qfeat.shape[:2]:
+            raise ValueError("from_grid: qfeat must be (H,W,C) and weights (H,W)")
+        on = weights > 0
+        if not on.any():
+            raise BadMask("the mask is empty: no cell of the feature grid has a weight above 0",
+                          param="weights")
+        ys, xs = np.nonzero(on)  # row-major order
+        y0, y1, x0, x1 = ys.min(), ys.max(), xs.min(), xs.max()
+        m2 = weights[ys, xs] ** 2
+        q = qfeat[ys, xs].astype(np.float64)
+        qnorm = math.sqrt(float(np.sum(m2 * np.einsum("kc,kc->k", q, q))))
+        return cls(
+            h=int(y1 - y0 + 1),
+            w=int(x1 - x0 + 1),
+            dy=(ys - y0).astype(np.int32),
+            dx=(xs - x0).astype(np.int32),
+            m2=m2.astype(np.float32),
+            qf=(m2[:, None] * q).astype(np.float32),
+            qnorm=qnorm,
+        )
+
+
+@dataclass
+class ScanResult:
+    score: np.ndarray  # float32 (n,)  best score per image
+    offset: np.ndarray  # int32 (n,)    argmax offset index
+    upper: np.ndarray  # float32 (n,)  upper bound of the exact (unquantised) image score
+    lower: np.ndarray  # float32 (n,)  lower bound of the exact image score
+    eps_q: float = 0.0  # bound on what rounding the query moved any score (8-bit features)
+    rescanned: int = 0  # images re-scanned with the int16 query to tighten their bounds
+
+    @classmethod
+    def empty(cls, n: int) -> ScanResult:
+        """Zeroed outputs for n images, for the backends to fill in."""
+        return cls(
+            score=np.zeros(n, np.float32),
+            offset=np.zeros(n, np.int32),
+            upper=np.zeros(n, np.float32),
+            lower=np.zeros(n, np.float32),
+        )
+
+
+# --------------------------------------------------------------------------- #
+# query rounding for 8-bit features
+# --------------------------------------------------------------------------- #
+
+PRECISIONS = ("fast", "fine")  # what scan(precision=...) accepts
+_QMAX = {1: 127, 2: 31}  # int8 query formats; 0 is int16
+
+
+@dataclass(frozen=True)
+class Quant:
+    qi: np.ndarray  # int16 (K, C), or int8 (K, C rounded up to 64) for the fast kernels
+    sq: np.ndarray  # float32 (K,)
+    eps_q: float
+    qfmt: int  # 0: int16 rows, 1: int8 rows (VNNI), 2: int8 rows with |q| <= 31 (AVX2)
+
+
+_quant_cache: weakref.WeakKeyDictionary[PreparedQuery, dict[int, Quant]] = (
+    weakref.WeakKeyDictionary()
+)
+_quant_lock = threading.Lock()
+
+
+def qfmt_for(backend: str, precision: str = "fast") -> int:
+    """The query format a backend uses on 8-bit features: int8 for the AVX-512 VNNI kernel (1),
+    6-bit for the AVX2 one (2) on the fast path; int16 (0) otherwise."""
+    if precision == "fine":
+        return 0
+    return {"avx512": 1, "avx2": 2}.get(backend, 0)
+
+
+def quantised(query: PreparedQuery, qfmt: int = 0) -> Quant:
+    """Integer rounding of the folded query in format ``qfmt`` (see :func:`qfmt_for`), per-cell
+    scale, and the bound it puts on every cosine (eps_q). Cached per query and format."""
+    with _quant_lock:
+        hit = _quant_cache.get(query, {}).get(qfmt)
+    if hit is not None:
+        return hit
+    K, C = query.qf.shape
+    qmax = _QMAX[qfmt] if qfmt else min(16383, (2**31 - 1) // (C * 255))
+    Q = query.qf.astype(np.float64)
+    sq = (np.abs(Q).max(axis=1) / qmax).astype(np.float32)
+    sqd = sq.astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        qi = np.where(sqd[:, None] > 0, np.rint(Q / sqd[:, None]), 0.0)
+    qi = np.clip(qi, -qmax, qmax)
+    R = sqd[:, None] * qi - Q
+    m2 = query.m2.astype(np.float64)
+    err = math.sqrt(float(np.sum(np.einsum("kc,kc->k", R, R) / m2)))
+    eps_q = err / query.qnorm if query.qnorm > 0 else 0.0
+    if qfmt:
+        rows = np.zeros((K, (C + 63) // 64 * 64), np.int8)
+        rows[:, :C] = qi
+    else:
+        rows = np.ascontiguousarray(qi.astype(np.int16))
+    res = Quant(qi=rows, sq=sq, eps_q=eps_q, qfmt=qfmt)
+    with _quant_lock:
+        _quant_cache.setdefault(query, {})[qfmt] = res
+    return res
