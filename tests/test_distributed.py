@@ -16,7 +16,7 @@ from distributed import Client, LocalCluster  # noqa: E402
 
 from conftest import photo  # noqa: E402
 from vfsearch import index, make_query, search_many  # noqa: E402
-from vfsearch.distributed import scan_distributed  # noqa: E402
+from vfsearch.engine.dask_backend import scan_distributed  # noqa: E402
 from vfsearch.engine import kernel  # noqa: E402
 from vfsearch.engine.searcher import _scan_all  # noqa: E402
 
@@ -25,7 +25,7 @@ from vfsearch.engine.searcher import _scan_all  # noqa: E402
 def cluster():
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
                       silence_logs=40) as lc, Client(lc) as client:
-        from vfsearch import distributed as d
+        from vfsearch import cluster as d
 
         d._CLIENTS["test-cluster"] = client
         yield lc, client
@@ -88,3 +88,4 @@ def test_killing_a_worker_mid_search_still_completes_identically(cluster, images
     deadline = time.time() + 30
     while len(client.scheduler_info()["workers"]) < 2 and time.time() < deadline:
         time.sleep(0.2)
+    assert len(client.scheduler_info()["workers"]) == 2, "the dead worker was not replaced"

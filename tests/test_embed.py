@@ -133,12 +133,17 @@ def cache_copy(small_cache, tmp_path):
     return open_cache(dst)
 
 
-def test_pooled_features_match_dequantised_mean(cache_copy):
+def test_pooled_features_match_the_mean_of_the_cells(cache_copy):
+    """The stored pooled vectors are the mean of the float cells; without them (an older cache)
+    the dequantised features are pooled, streamed block by block."""
     c = cache_copy
     for layer in c.layers:
-        p = pooled_features(c, layer, normalize=False, block_bytes=1)  # one chunk per block
+        p = pooled_features(c, layer, normalize=False)
+        streamed = pooled_features(c, layer, normalize=False, block_bytes=1, stored=False)
         for i in (0, len(c) - 1):
-            assert np.allclose(p[i], c.features(i, layer, exact=False).mean(axis=(0, 1)), atol=1e-5)
+            assert np.allclose(p[i], c.features(i, layer).mean(axis=(0, 1)), atol=1e-6)
+            assert np.allclose(streamed[i], c.features(i, layer, exact=False).mean(axis=(0, 1)),
+                               atol=1e-5)
         q = pooled_features(c, layer)
         assert np.allclose(np.linalg.norm(q, axis=1), 1, atol=1e-5)
 
@@ -164,7 +169,7 @@ def test_map_on_real_cache_stored_and_reloaded(cache_copy):
     assert np.array_equal(got.cell, res.cell) and np.allclose(got.xy, res.xy)
     for k in ("method", "seed", "side", "n", "perplexity", "seconds"):
         assert got.attrs[k] == res.attrs[k]
-    g = c.root["map/blocks.10/tsne/grid"][:]
+    g = c.stored("map", "blocks.10", "tsne").array("grid")
     assert np.array_equal(g, res.grid)
     assert sorted(g[g >= 0].tolist()) == list(range(n))
     assert load_map(c, "blocks.15") is None and load_map(c, "blocks.10", "umap") is None
@@ -207,8 +212,8 @@ def test_atlas_pages_split_the_grid(cache_copy):
     assert len(pages) == 9
     sizes = [Image.open(io.BytesIO(p)).size for p in pages]
     assert sizes == [(16, 16), (16, 16), (8, 16)] * 2 + [(16, 8), (16, 8), (8, 8)]
-    a = c.root["map/blocks.15/tsne/atlas"]
-    assert a.attrs["pages_x"] == a.attrs["pages_y"] == 3 and a.attrs["page_tiles"] == 2
+    a = c.stored("map", "blocks.15", "tsne").blob_attrs("atlas")
+    assert a["pages_x"] == a["pages_y"] == 3 and a["page_tiles"] == 2
     # single pass gives identical pages
     assert build_atlas(c, res, tile=8, page_tiles=2, progress=False, store=False) == pages
 

@@ -142,13 +142,49 @@ def test_new_images_are_added_and_changed_files_reindexed(tmp_path, model):
     assert again.indexed == 0
 
 
-def test_other_layer_or_transform_or_dtype_is_refused(tmp_path, model):
+def test_other_transform_or_dtype_is_refused(tmp_path, model):
     src = _tiny_set(tmp_path / "imgs", 2)
     index(src, tmp_path / "c", model=model, workers=0, progress=False)
-    for kw, what in [({"layers": ["blocks.15"]}, "layers"), ({"mode": "whole"}, "transform"),
-                     ({"dtype": "f16"}, "dtype")]:
-        with pytest.raises(CacheMismatch, match=what):
+    for kw, what in [({"mode": "whole"}, "transform"), ({"dtype": "f16"}, "dtype")]:
+        with pytest.raises(CacheMismatch, match=what) as e:
             index(src, tmp_path / "c", model=model, workers=0, progress=False, **kw)
+        assert e.value.param == "out"
+
+
+def test_adding_a_layer_equals_a_fresh_cache_and_keeps_the_old_one(tmp_path, model):
+    src = _tiny_set(tmp_path / "imgs", 5)
+    kw = dict(model=model, workers=0, progress=False, chunk=2, batch_size=2)
+    index(src, tmp_path / "c", layers=["blocks.15"], **kw)
+    before = _arrays(open_cache(tmp_path / "c"), "blocks.15")
+    # killed after the first batch: the new layer stays hidden, then the same command finishes it
+    index(src, tmp_path / "c", layers=["blocks.10"], max_batches=1, **kw)
+    half = open_cache(tmp_path / "c")
+    assert half.layers == ["blocks.15"]
+    with pytest.raises(UnknownLayer, match="still being added"):
+        half.layer_info("blocks.10")
+    msgs = []
+    rep = index(src, tmp_path / "c", layers=["blocks.10"], log=msgs.append, **kw)
+    assert rep.indexed == 0 and "blocks.10" in msgs[0]
+    c = open_cache(tmp_path / "c")
+    assert c.layers == ["blocks.15", "blocks.10"]
+    after = _arrays(c, "blocks.15")
+    assert before.keys() == after.keys()
+    assert all(np.array_equal(before[k], after[k]) for k in before)
+    fresh = index(src, tmp_path / "fresh", layers=["blocks.10"], **kw).cache
+    a, b = _arrays(c, "blocks.10"), _arrays(fresh, "blocks.10")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert np.array_equal(a[k], b[k]), k
+    # nothing left to do: said so
+    msgs.clear()
+    index(src, tmp_path / "c", layers=["blocks.10"], log=msgs.append, **kw)
+    assert "nothing to do" in msgs[0]
+    # new images get every layer
+    photo(seed=99).save(src / "new.jpg")
+    rep = index(src, tmp_path / "c", **kw)
+    c = open_cache(tmp_path / "c")
+    assert rep.added == 1 and c.valid.all()
+    assert np.abs(c.features(5, "blocks.10")).max() > 0 and np.abs(c.features(5, "blocks.15")).max() > 0
 
 
 def test_image_root_can_be_repointed(tmp_path, model):
@@ -190,7 +226,8 @@ def test_read_rows_equals_zarr_for_any_range(tmp_path, compression):
     exactly what Zarr returns: any range, edge chunk, never-written chunk (fill value)."""
     import zarr
 
-    from vfsearch.cache import _raw_chunks, compressor, read_rows
+    from vfsearch.cache import compressor, read_rows
+    from vfsearch.cache.rows import raw_chunks as _raw_chunks
 
     root = zarr.open_group(str(tmp_path / "z"), mode="w")
     kw = {"compressors": None if compression == "none" else compressor(compression)}

@@ -23,7 +23,8 @@ from .errors import (
 if TYPE_CHECKING:
     from .cache import FeatureCache, open_cache
     from .engine import Match, Query, SearchResult, make_query, search, search_many
-    from .extract import FeatureExtractor, index
+    from .extract import FeatureExtractor
+    from .indexing import index
     from .models import DEFAULT_MODEL, from_module, list_layers, load_model
     from .transforms import Transform
 
@@ -32,7 +33,7 @@ __version__ = "0.1.0"
 # imported on first use, so that ``import vfsearch`` (and the CLI's start-up) stays light
 _LAZY = {
     "FeatureCache": ".cache", "open_cache": ".cache",
-    "FeatureExtractor": ".extract", "index": ".extract",
+    "FeatureExtractor": ".extract", "index": ".indexing",
     "DEFAULT_MODEL": ".models", "from_module": ".models", "list_layers": ".models",
     "load_model": ".models",
     "Match": ".engine", "Query": ".engine", "SearchResult": ".engine", "make_query": ".engine",

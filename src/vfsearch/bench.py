@@ -17,13 +17,13 @@ a few planted near-copies of the query region so the top-10 is meaningful.
 from __future__ import annotations
 
 import gc
-from functools import partial
 import json
 import os
 import resource
 import shutil
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -200,15 +200,12 @@ def _disk_cache(d: _Data, n: int, path: Path):
     """Write the 8-bit data as a real (uncompressed) vfsearch cache layer for streaming."""
     from .cache import synthetic_cache
 
-    root = synthetic_cache(path, n, channels=C, grid=(H, W))
-    g = root["layers/conv5"]
+    w = synthetic_cache(path, n, channels=C, grid=(H, W))
     for s in range(0, n, 16384):
         e = min(n, s + 16384)
-        g["features"][s:e] = d.u8[s:e]
-        g["scale"][s:e] = d.scale[s:e]
-        g["sqnorm"][s:e] = d.sqnorm8[s:e]
-        g["qerr2"][s:e] = d.qerr2[s:e]
-    root["images/status"][:] = 1
+        w.write_block(s, encoded={"conv5": {"features": d.u8[s:e], "scale": d.scale[s:e],
+                                            "sqnorm": d.sqnorm8[s:e], "qerr2": d.qerr2[s:e]}},
+                      status=1)
 
 
 def run_bench(sizes=(25_000, 50_000, 75_000, 100_000), repeat: int = 3, reference: bool = True,

@@ -103,16 +103,21 @@ def _bar(progress: bool, **kw):
 
 def pooled_features(cache, layer: str | None = None, normalize: bool = True,
                     block_bytes: int = 64 << 20, progress: bool = False,
-                    stop: int | None = None) -> np.ndarray:
-    """(N, C) float32: each row's dequantised features averaged over the feature grid.
-
-    Streams ``cache.read`` blocks of about ``block_bytes`` (as float32), so memory stays bounded
-    whatever N. Rows that are not indexed come back as zeros. ``normalize`` L2-normalises rows.
-    ``stop``: only rows [0, stop).
+                    stop: int | None = None, stored: bool = True) -> np.ndarray:
+    """(N, C) float32: each row's features averaged over the feature grid — the cache's stored
+    pooled vectors (format 2), else the dequantised features streamed in blocks of about
+    ``block_bytes`` (as float32), so memory stays bounded whatever N. Rows that are not indexed
+    come back as zeros. ``normalize`` L2-normalises rows. ``stop``: only rows [0, stop).
     """
     c = _open(cache)
     layer = layer or c.default_layer
     info = c.layer_info(layer)
+    if stored and c.has(layer, "pooled"):
+        out = np.array(c.pooled(layer)[:stop], dtype=np.float32)
+        if normalize:
+            nrm = np.linalg.norm(out, axis=1, keepdims=True)
+            np.divide(out, nrm, out=out, where=nrm > 0)
+        return out
     h, w = info["grid"]
     ch = info["channels"]
     n = len(c) if stop is None else max(0, min(len(c), int(stop)))
@@ -383,9 +388,6 @@ class MapResult:
         g[self.cell[ids, 1], self.cell[ids, 0]] = ids
         return g
 
-    @property
-    def group(self) -> str:
-        return f"map/{self.layer}/{self.method}"
 
 
 def compute_map(cache, layer: str | None = None, method: str = "tsne", seed: int = 0,
@@ -433,7 +435,7 @@ def compute_map(cache, layer: str | None = None, method: str = "tsne", seed: int
         "format": FORMAT, "method": method, "layer": layer, "seed": int(seed), "side": side,
         "n": len(ids), "rows": int(n_rows), "normalize": bool(normalize), "pca": int(pca),
         "gridify": "exact" if len(ids) <= exact_max else "tiled",
-        "knn_preservation": quality, "fingerprint": _fingerprint(c),
+        "knn_preservation": quality, "fingerprint": c.fingerprint(),
     }
     if method == "tsne":
         attrs["perplexity"] = float(max(1.0, min(perplexity, (len(ids) - 1) / 3.0)))
@@ -448,46 +450,16 @@ def compute_map(cache, layer: str | None = None, method: str = "tsne", seed: int
     return res
 
 
-def _fingerprint(c) -> str:
-    """Hash of the rows' status and (size, mtime) when indexed: changes when rows are added,
-    skipped or re-indexed."""
-    import hashlib
+def _writer(c):
+    from .cache import CacheWriter
 
-    h = hashlib.sha1(np.ascontiguousarray(c.root["images/status"][:]).tobytes())
-    if "images/stat" in c.root:
-        h.update(np.ascontiguousarray(c.root["images/stat"][:]).tobytes())
-    return h.hexdigest()[:16]
-
-
-def _writable(c):
-    import zarr
-
-    try:
-        return zarr.open_group(str(c.path), mode="r+")
-    except Exception as e:  # noqa: BLE001
-        from .errors import OutputError
-
-        raise OutputError(f"cannot write the map into {c.path}: {e}") from None
+    return CacheWriter.open(c.path)
 
 
 def _store(c, res: MapResult) -> None:
-    root = _writable(c)
-    g = root.create_group(res.group, overwrite=True)
-    n = res.rows
-    ch = max(1, min(n, 1 << 16))
-    g.create_array("xy", shape=(n, 2), chunks=(ch, 2), dtype=np.float32, fill_value=np.nan)[:] = res.xy
-    g.create_array("cell", shape=(n, 2), chunks=(ch, 2), dtype=np.int32, fill_value=-1)[:] = res.cell
-    s = res.side
-    g.create_array("grid", shape=(s, s), chunks=(s, s), dtype=np.int32, fill_value=-1)[:] = res.grid
-    g.attrs.update({**res.attrs, "complete": True})
-
-
-def _group(c, layer: str, method: str):
-    key = f"map/{layer}/{method}"
-    try:
-        return c.root[key] if key in c.root else None
-    except Exception:  # noqa: BLE001
-        return None
+    _writer(c).store("map", res.layer, res.method, {"xy": res.xy, "cell": res.cell,
+                                                    "grid": res.grid},
+                     res.attrs, fill={"xy": np.nan, "cell": -1, "grid": -1})
 
 
 def load_map(cache, layer: str | None = None, method: str = "tsne") -> MapResult | None:
@@ -497,19 +469,17 @@ def load_map(cache, layer: str | None = None, method: str = "tsne") -> MapResult
     c = _open(cache)
     layer = layer or c.default_layer
     c.layer_info(layer)  # NotFound for an unknown layer
-    g = _group(c, layer, method)
-    if g is None:
+    st = c.stored("map", layer, method)
+    if st is None:
         return None
-    attrs = dict(g.attrs)
-    if not attrs.get("complete"):
-        return None
-    cell = np.asarray(g["cell"][:], dtype=np.int32)
-    xy = np.asarray(g["xy"][:], dtype=np.float32)
+    attrs = dict(st.attrs)
+    cell = np.asarray(st.array("cell"), dtype=np.int32)
+    xy = np.asarray(st.array("xy"), dtype=np.float32)
     valid = np.asarray(c.valid, bool)
     stale = (len(valid) != len(cell) or not np.array_equal(valid, cell[:, 0] >= 0)
-             or attrs.get("fingerprint") != _fingerprint(c))
-    if "atlas" in g:
-        attrs["atlas"] = dict(g["atlas"].attrs)
+             or attrs.get("fingerprint") != c.fingerprint())
+    if st.has("atlas"):
+        attrs["atlas"] = st.blob_attrs("atlas")
     return MapResult(layer=layer, method=method, seed=int(attrs.get("seed", 0)),
                      side=int(attrs["side"]), xy=xy, cell=cell, attrs=attrs, stale=stale)
 
@@ -567,8 +537,7 @@ def build_atlas(cache, map: MapResult, tile: int = 32, page_tiles: int = 64, qua
         cur.append(p)
         size += b
     passes.append(cur)
-    thumbs = c.root["images/thumb"]
-    tch = int(thumbs.chunks[0]) if hasattr(thumbs, "chunks") else 64
+    tch = c.thumbnail_chunk
     block = max(tch, 1024 // tch * tch)
     pages: list[bytes] = [b""] * n_pages
     threads = threads or min(4, os.cpu_count() or 1)
@@ -587,8 +556,8 @@ def build_atlas(cache, map: MapResult, tile: int = 32, page_tiles: int = 64, qua
                 sel = np.flatnonzero((page_of[s:e] >= 0) & want[np.maximum(page_of[s:e], 0)]) + s
                 if len(sel) == 0:
                     continue
-                data = thumbs[s:e]
-                tiles = list(pool.map(_tile, [bytes(data[i - s]) for i in sel],
+                data = c.thumbnail_range(s, e)
+                tiles = list(pool.map(_tile, [data[i - s] for i in sel],
                                       [tile] * len(sel), [bg] * len(sel)))
                 for i, t in zip(sel, tiles):
                     p = int(page_of[i])
@@ -615,36 +584,28 @@ def build_atlas(cache, map: MapResult, tile: int = 32, page_tiles: int = 64, qua
 
 
 def _store_atlas(c, map: MapResult, pages: list[bytes], **attrs) -> None:
-    from zarr.core.dtype import VariableLengthBytes
-
-    root = _writable(c)
-    if map.group not in root or not dict(root[map.group].attrs).get("complete"):
-        raise CacheError(f"store the map ({map.group}) before its atlas")
-    g = root[map.group]
-    a = g.create_array("atlas", shape=(len(pages),), chunks=(1,), dtype=VariableLengthBytes(),
-                       fill_value=b"", compressors=None, overwrite=True)
-    a[:] = np.array(pages, dtype=object)
-    a.attrs.update({**attrs, "side": map.side, "format": "jpeg", "pages": len(pages),
-                    "bytes": int(sum(len(p) for p in pages)), "complete": True})
+    _writer(c).store_blobs("map", map.layer, map.method, "atlas", pages,
+                           {**attrs, "side": map.side, "format": "jpeg", "pages": len(pages),
+                            "bytes": int(sum(len(p) for p in pages))})
 
 
 def load_atlas(cache, layer: str | None = None, method: str = "tsne") -> list[bytes] | None:
     """All atlas pages (JPEG bytes, page order of the module docstring), or None."""
     c = _open(cache)
-    g = _group(c, layer or c.default_layer, method)
-    if g is None or "atlas" not in g or not dict(g["atlas"].attrs).get("complete"):
+    st = c.stored("map", layer or c.default_layer, method)
+    if st is None or not st.has("atlas"):
         return None
-    return [bytes(b) for b in g["atlas"][:]]
+    return st.blobs("atlas")
 
 
 def atlas_page(cache, layer: str | None, method: str, page: int) -> bytes:
     """One atlas page (JPEG bytes); NotFound when there is no atlas or no such page."""
     c = _open(cache)
     layer = layer or c.default_layer
-    g = _group(c, layer, method)
-    if g is None or "atlas" not in g or not dict(g["atlas"].attrs).get("complete"):
-        raise NotFound(f"no map atlas for layer {layer!r} ({method}); run: vfsearch map {c.path}")
-    a = g["atlas"]
-    if not 0 <= int(page) < a.shape[0]:
-        raise NotFound(f"no atlas page {page} (the atlas has {a.shape[0]} pages)")
-    return bytes(a[int(page):int(page) + 1][0])
+    st = c.stored("map", layer, method)
+    if st is None or not st.has("atlas"):
+        raise NotFound(f"no map atlas for layer {layer!r} ({method}); compute the map first")
+    n = st.count("atlas")
+    if not 0 <= int(page) < n:
+        raise NotFound(f"no atlas page {page} (the atlas has {n} pages)")
+    return st.blob("atlas", int(page))

@@ -40,7 +40,7 @@ def map_cmd(cache, layer, method, seed, perplexity, n_neighbors, jobs, tile, no_
                f"{res.side}×{res.side} grid ({a['gridify']}) in {a['seconds']:.1f} s "
                f"(pool {tm['pool']:.1f}, embed {tm['embed']:.1f}, gridify {tm['gridify']:.1f})")
     click.echo(f"  10-NN kept: embedding {q['embedding']:.3f}, grid {q['grid']:.3f} "
-               f"(random ≈ {10 / max(1, a['n'] - 1):.4f}); stored in {c.path}/{res.group}")
+               f"(random ≈ {10 / max(1, a['n'] - 1):.4f}); stored in {c.path}")
     if not no_atlas:
         t = time.perf_counter()
         pages = build_atlas(c, res, tile=tile, progress=not quiet)

@@ -4,7 +4,6 @@ exactly, and describe each match (score, offset, box in original pixels)."""
 from __future__ import annotations
 
 import concurrent.futures as cf
-import os
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
@@ -148,15 +147,12 @@ def _blocks(cache: FeatureCache, layer: str, memory: int | None) -> Iterable[Lay
     if memory is None:
         yield cache.load(layer)
         return
-    info = cache.layer_info(layer)
-    h, w = info["grid"]
-    item = np.dtype(cache.root[f"layers/{layer}/features"].dtype).itemsize
-    per_row = h * w * (info["channels"] * item + 12)
+    per_row = max(1, cache.feature_nbytes(layer) // max(1, len(cache)))
     rows = max(cache.chunk_len(), int(memory // (2 * per_row)))  # two blocks alive at once
     starts = list(range(0, len(cache), rows))
     with cf.ThreadPoolExecutor(1) as pool:
         fut = pool.submit(cache.read, layer, 0, min(len(cache), rows)) if starts else None
-        for j, s in enumerate(starts):
+        for j, _s in enumerate(starts):
             data = fut.result()
             if j + 1 < len(starts):
                 ns = starts[j + 1]
@@ -166,13 +162,7 @@ def _blocks(cache: FeatureCache, layer: str, memory: int | None) -> Iterable[Lay
 
 def _default_memory(cache: FeatureCache, layer: str) -> int | None:
     """None (load fully) when the layer fits comfortably in RAM, else a 1 GiB streaming budget."""
-    arr = cache.root[f"layers/{layer}/features"]
-    need = arr.nbytes + 3 * int(np.prod(arr.shape[:3])) * 4
-    try:
-        avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError):
-        avail = 8 << 30
-    return None if need < avail // 2 else 1 << 30
+    return None if cache.fits_in_memory(layer) else 1 << 30
 
 
 def _scan_all(cache, layer, pqs, *, memory, backend, threads, tighten_k: int | None = None):
@@ -356,7 +346,8 @@ def search_many(
         mem = _default_memory(cache, layer) if memory == "auto" else memory
         pqs = [kernel.PreparedQuery.from_grid(queries[j].features, queries[j].weights) for j in js]
         if scheduler:
-            from ..distributed import get_client, scan_distributed
+            from ..cluster import get_client
+            from .dask_backend import scan_distributed
 
             rows = None if mem is None else max(cache.chunk_len(), int(mem) // 4)
             outs = scan_distributed(cache, layer, pqs, get_client(scheduler), rows=rows, backend=backend,

@@ -163,7 +163,6 @@ class CacheEntry:
         self._lower: np.ndarray | None = None
         self._n: int | None = None
         self._transform = None
-        self._thumb_arr = None
 
     # -- fast per-row lookups (FeatureCache.__len__ goes through zarr on every call) ----------
     @property
@@ -190,11 +189,6 @@ class CacheEntry:
         if self._transform is None:
             self._transform = self.cache.transform
         return self._transform
-
-    def thumb_array(self):
-        if self._thumb_arr is None:
-            self._thumb_arr = self.cache.root["images/thumb"]
-        return self._thumb_arr
 
     def path(self, i: int) -> str:
         return str(self.cache.paths[i])
@@ -257,41 +251,20 @@ class CacheEntry:
                            f"{', '.join(self.cache.layers)}")
         return layer
 
-    def fits_in_memory(self, layer: str) -> bool:
-        arr = self.cache.root[f"layers/{layer}/features"]
-        need = arr.nbytes + 3 * int(np.prod(arr.shape[:3])) * 4
-        try:
-            avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (ValueError, OSError):
-            avail = 8 << 30
-        return need < avail // 2
-
     def warm_up(self, layer: str) -> None:
         """Load a layer into RAM once (searches then scan memory, not the disk)."""
         if layer in self.warm:
             return
         with self.lock:
             if layer not in self.warm:
-                if self.fits_in_memory(layer):
+                if self.cache.fits_in_memory(layer):
                     self.cache.load(layer)
                     self.in_ram.add(layer)
                 self.warm.add(layer)
 
     def rows_features(self, layer: str, ids: np.ndarray) -> np.ndarray:
         """Float32 feature maps (m, H, W, C) of a few rows, as exact as the cache allows."""
-        ids = np.asarray(ids, dtype=np.int64)
-        c = self.cache
-        ex = c.exact_rows(layer, ids)
-        if ex is not None:
-            return ex[0]
-        if layer in self.in_ram:
-            data = c.load(layer)
-            f = data.features[ids].astype(np.float32)
-            if data.scale is not None:
-                f *= data.scale[ids][..., None]
-            return f
-        return np.stack([c.features(int(i), layer, exact=False) for i in ids]) if len(ids) else \
-            np.zeros((0, *c.grid(layer), c.layer_info(layer)["channels"]), np.float32)
+        return self.cache.rows_features(layer, ids)
 
 
 # -- the application state ---------------------------------------------------------------------
@@ -412,13 +385,10 @@ class AppState:
         hit = self.thumbs.get(key)
         if hit is not None:
             return hit
-        arr = e.thumb_array()
-        ch = int(arr.chunks[0])
+        ch = e.cache.thumbnail_chunk
         s = i // ch * ch
-        rows = arr[s:min(e.n, s + ch)]
         out = None
-        for j, data in enumerate(rows):
-            data = bytes(data)
+        for j, data in enumerate(e.cache.thumbnail_range(s, min(e.n, s + ch))):
             etag = '"' + hashlib.blake2b(data, digest_size=10).hexdigest() + '"'
             self.thumbs.put((name, s + j), (data, etag))
             if s + j == i:
@@ -441,9 +411,7 @@ class AppState:
                 miss.append(i)
         if miss:
             miss = sorted(set(miss))
-            vals = e.thumb_array().get_orthogonal_selection((np.array(miss, dtype=np.int64),))
-            for i, data in zip(miss, vals):
-                data = bytes(data)
+            for i, data in zip(miss, e.cache.thumbnails(miss)):
                 if data:
                     v = (data, '"' + hashlib.blake2b(data, digest_size=10).hexdigest() + '"')
                     self.thumbs.put((name, i), v)
