@@ -1,0 +1,89 @@
+// API client: fetch wrapper with the server's JSON errors, image URLs and the image cache, toasts.
+import { $ } from "./util.js";
+
+// -- API ----------------------------------------------------------------------------------------
+export async function api(path, opts = {}) {
+  const init = { ...opts };
+  if (opts.json !== undefined) {
+    init.method = init.method || "POST";
+    init.body = JSON.stringify(opts.json);
+    init.headers = { "Content-Type": "application/json", ...(opts.headers || {}) };
+    delete init.json;
+  }
+  let r;
+  try {
+    r = await fetch(path, init);
+  } catch (e) {
+    if (e.name === "AbortError") throw e;
+    throw new Error("cannot reach the vfsearch server (is it still running?)");
+  }
+  const ct = r.headers.get("content-type") || "";
+  const body = ct.includes("json") ? await r.json().catch(() => null) : null;
+  if (!r.ok) {
+    const err = new Error(body && body.message ? body.message : `${r.status} ${r.statusText}`);
+    err.status = r.status;
+    err.code = body && body.error;
+    throw err;
+  }
+  return body;
+}
+
+export const enc = encodeURIComponent;
+export const thumbURL = (cache, id) => `/api/caches/${enc(cache)}/thumb/${id}`;
+export const originalURL = (cache, id) => `/api/caches/${enc(cache)}/image/${id}`;
+
+// image cache: url -> Promise<HTMLImageElement>
+const imgCache = new Map();
+export function loadImage(url) {
+  let p = imgCache.get(url);
+  if (p) return p;
+  p = new Promise((resolve, reject) => {
+    const im = new Image();
+    im.decoding = "async";
+    im.onload = () => resolve(im);
+    im.onerror = () => reject(new Error(`cannot load ${url}`));
+    im.src = url;
+  });
+  imgCache.set(url, p);
+  p.catch(() => imgCache.delete(url));
+  if (imgCache.size > 3000) imgCache.delete(imgCache.keys().next().value);
+  return p;
+}
+
+/** Thumbnails the server sent inline (base64 JPEG) go straight into the image cache. */
+export function primeThumbs(cache, thumbs) {
+  if (!thumbs) return;
+  for (const [id, b64] of Object.entries(thumbs)) {
+    const url = thumbURL(cache, id);
+    if (imgCache.has(url)) continue;
+    const p = new Promise((resolve, reject) => {
+      const im = new Image();
+      im.onload = () => resolve(im);
+      im.onerror = () => reject(new Error(`bad thumbnail ${id}`));
+      im.src = `data:image/jpeg;base64,${b64}`;
+    });
+    imgCache.set(url, p);
+    p.catch(() => imgCache.delete(url));
+  }
+}
+
+// -- toast / status -----------------------------------------------------------------------------
+let toastTimer;
+export function toast(msg, kind = "error") {
+  const t = $("#toast");
+  t.textContent = msg;
+  t.className = `toast ${kind === "error" ? "" : "info"}`;
+  t.hidden = false;
+  clearTimeout(toastTimer);
+  toastTimer = setTimeout(() => (t.hidden = true), kind === "error" ? 7000 : 2500);
+}
+export function status(text, busy = false) {
+  const s = $("#status");
+  s.textContent = text;
+  s.classList.toggle("busy", busy);
+}
+export function reportError(e) {
+  if (e && e.name === "AbortError") return;
+  console.warn(e);
+  toast(e.message || String(e));
+}

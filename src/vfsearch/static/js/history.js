@@ -1,0 +1,166 @@
+// History (each search, its curve shown or not, click to restore) and share URLs (the query and
+// settings in location.hash: written after each search, read at start, "Copy link").
+import { encodeMask, decodeMask } from "../brush.js";
+import { $, $$, clamp, el, basename, fitRect } from "./util.js";
+import { api, enc, toast, reportError } from "./api.js";
+import { S, choiceKey, parseChoice, choiceLabel } from "./state.js";
+import { brush, setQuery } from "./query.js";
+import { setChoiceUI, reloadDatasetIfNeeded } from "./dataset.js";
+import { drawDist } from "./curve.js";
+
+const PALETTE = ["#2f5bea", "#e8590c", "#2b8a3e", "#ae3ec9", "#c92a2a", "#0c8599", "#b08900", "#5f3dc4"];
+
+function historyKey(q, mask, choices) {
+  const m = S.whole ? "whole" : encodeMask(mask.data, mask.width, mask.height, 48);
+  return [q.kind, q.cache || "", q.id ?? q.upload, m, choices.map(choiceKey).join("|"), S.k, S.filter ? `${S.filter.column}=${S.filter.value}` : ""].join("/");
+}
+
+export function addHistory(q, mask, choices) {
+  const key = historyKey(q, mask, choices);
+  let h = S.history.find((x) => x.key === key);
+  if (h) {
+    S.history.splice(S.history.indexOf(h), 1);
+  } else {
+    const color = PALETTE[S.colorIx++ % PALETTE.length];
+    const name = q.kind === "dataset" ? `#${q.id} ${basename(q.path).replace(/\.[^.]+$/, "")}` : q.name || "upload";
+    S.qn = (S.qn || 0) + 1;
+    h = { key, color, q: { ...q }, mask, whole: S.whole, choices, ctxs: [], shown: true, pinned: false, label: `Q${S.qn} ${name}`, thumb: null };
+    h.thumb = historyThumb(mask);
+  }
+  h.ctxs = [];
+  S.history.unshift(h);
+  // at most 4 curves shown automatically; pinned ones stay
+  let auto = 0;
+  for (const x of S.history) if (x.shown && !x.pinned && ++auto > 4) x.shown = false;
+  if (S.history.length > 30) S.history.length = 30;
+  return h;
+}
+
+function historyThumb(mask) {
+  const c = document.createElement("canvas");
+  c.width = c.height = 128;
+  const g = c.getContext("2d");
+  const img = $("#q-img");
+  const R = fitRect(img.naturalWidth || 1, img.naturalHeight || 1, 128, 128);
+  g.fillStyle = "#eceef2";
+  g.fillRect(0, 0, 128, 128);
+  try { g.drawImage(img, R.x, R.y, R.w, R.h); } catch (_) { /* not loaded */ }
+  const tint = document.createElement("canvas");
+  tint.width = mask.width;
+  tint.height = mask.height;
+  const t = tint.getContext("2d");
+  t.drawImage(mask.canvas, 0, 0);
+  t.globalCompositeOperation = "source-in";
+  t.fillStyle = "rgba(255,90,31,0.6)";
+  t.fillRect(0, 0, mask.width, mask.height);
+  g.drawImage(tint, R.x, R.y, R.w, R.h);
+  return c.toDataURL("image/jpeg", 0.8);
+}
+
+export function renderHistory() {
+  const cur = S.history[0];
+  $("#history").replaceChildren(...S.history.map((h) => {
+    const dot = el("span", { class: "dot" + (h.shown ? "" : " off"), style: `background:${h.color}`, title: h.shown ? "hide its curve" : "show its curve" });
+    dot.addEventListener("click", (ev) => {
+      ev.stopPropagation();
+      h.shown = !h.shown;
+      h.pinned = h.shown;
+      renderHistory();
+      drawDist();
+    });
+    return el("div", { class: "hist" + (h === cur ? " current" : ""), title: `${h.label}\n${h.choices.map(choiceLabel).join(" vs ")}`, onclick: () => restoreHistory(h).catch(reportError) },
+      el("img", { src: h.thumb, alt: "" }), dot, el("div", { text: `${h.label.split(" ")[0]} ${h.choices.length > 1 ? "⇄" : ""}` }));
+  }));
+}
+
+async function restoreHistory(h) {
+  S.choice = h.choices[0];
+  S.compare = h.choices[1] || null;
+  setChoiceUI();
+  reloadDatasetIfNeeded();
+  await setQuery(h.q, h.whole ? { whole: true } : { mask: h.mask });
+}
+
+// -- URL state ------------------------------------------------------------------------------------
+export function writeHash() {
+  const q = S.query;
+  if (!q) return;
+  const p = new URLSearchParams();
+  p.set("c", S.choice.cache);
+  p.set("l", S.choice.layer);
+  if (q.kind === "dataset") {
+    if (q.cache !== S.choice.cache) p.set("qc", q.cache);
+    p.set("i", q.id);
+  } else p.set("u", q.upload);
+  if (S.whole) p.set("w", "1");
+  else if (S.box) p.set("b", S.box.map((v) => v.toFixed(1)).join(","));
+  else {
+    const m = brush.getMask();
+    p.set("m", encodeMask(m.data, m.width, m.height, 64));
+  }
+  if (S.k !== 24) p.set("k", S.k);
+  if (S.compare) p.set("cmp", choiceKey(S.compare));
+  if (S.overlay !== "region") p.set("ov", S.overlay);
+  if (S.filter) p.set("f", `${S.filter.column}=${S.filter.value}`);
+  if (!S.excludeSelf) p.set("self", "1");
+  const hash = "#" + p.toString();
+  if (location.hash !== hash) history.replaceState(null, "", hash);
+}
+
+export async function readHash() {
+  const h = location.hash.slice(1);
+  if (!h) return false;
+  const p = new URLSearchParams(h);
+  const c = p.get("c"), l = p.get("l");
+  if (c && S.byName[c]) {
+    const layer = S.byName[c].layers.some((x) => x.name === l) ? l : S.byName[c].default_layer;
+    S.choice = { cache: c, layer };
+  }
+  const cmp = parseChoice(p.get("cmp"));
+  S.compare = cmp && S.byName[cmp.cache] && choiceKey(cmp) !== choiceKey(S.choice) ? cmp : null;
+  if (p.get("k")) S.k = clamp(parseInt(p.get("k"), 10) || 24, 1, 500);
+  if (p.get("ov")) S.overlay = ["region", "heat", "none"].includes(p.get("ov")) ? p.get("ov") : "region";
+  if (p.get("f")) {
+    const [column, ...rest] = p.get("f").split("=");
+    S.filter = { column, value: rest.join("=") };
+  }
+  if (p.get("self")) S.excludeSelf = false;
+  syncControls();
+  setChoiceUI();
+  let q = null;
+  if (p.get("i") != null) q = { kind: "dataset", cache: p.get("qc") || S.choice.cache, id: parseInt(p.get("i"), 10) };
+  else if (p.get("u")) q = { kind: "upload", upload: p.get("u") };
+  if (!q) return false;
+  if (q.kind === "upload") {
+    const r = await api(`/api/uploads/${enc(q.upload)}`);
+    Object.assign(q, { size: r.size, name: r.name, geometries: r.geometry });
+  }
+  let opts = {};
+  if (p.get("w")) opts = { whole: true };
+  else if (p.get("b")) opts = { box: p.get("b").split(",").map(Number) };
+  else if (p.get("m")) opts = { mask: decodeMask(p.get("m")) };
+  await setQuery(q, opts);
+  return true;
+}
+
+export function syncControls() {
+  $("#k").value = String(S.k);
+  if ($("#k").value !== String(S.k)) {
+    $("#k").append(el("option", { text: String(S.k) }));
+    $("#k").value = String(S.k);
+  }
+  $("#exclude-self").checked = S.excludeSelf;
+  for (const b of $$("#overlay-mode button")) b.classList.toggle("on", b.dataset.mode === S.overlay);
+}
+
+export function wireHistory() {
+  $("#share").addEventListener("click", async () => {
+    writeHash();
+    try {
+      await navigator.clipboard.writeText(location.href);
+      toast("link copied", "info");
+    } catch (_) {
+      toast(`copy this link: ${location.href}`, "info");
+    }
+  });
+}
