@@ -24,7 +24,7 @@ pytest.importorskip("ipywidgets", reason="the widgets need ipywidgets")
 from conftest import photo
 
 from vfsearch import search
-from vfsearch.errors import BadMask
+from vfsearch.errors import BadMask, BadParameter
 from vfsearch.widget import (
     BRUSH_JS_PATH,
     HighlightWidget,
@@ -194,7 +194,7 @@ def test_search_widget_explains_a_result(small_cache):
     assert len(sw.explain_pick.options) == 2
     with pytest.raises(ValueError):
         sw.explain(5, "exact")
-    with pytest.raises(ValueError):
+    with pytest.raises(BadParameter):
         sw.explain(0, "no-such-method")
 
 

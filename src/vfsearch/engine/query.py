@@ -90,24 +90,31 @@ def _registered() -> list[str]:
     return available_models()
 
 
-def query_features(cache: FeatureCache, img: Image.Image, layer: str) -> np.ndarray:
-    """Run an external image through the cache's model, layer and transform."""
-    from ..extract import extract_image
-
+def model_for_cache(cache: FeatureCache):
+    """The model a cache was built with (a registered name, a registered ``nn.Module``, or a
+    torchvision/timm model whose weights file is still where the cache recorded it)."""
     lm = _EXTRA_MODELS.get((cache.model, cache.weights_hash))
     if lm is None:
-        wp = cache.meta.get("weights_path")
+        wp = cache.weights_path
         if cache.model.startswith(("torchvision:", "timm:")) and not (wp and Path(wp).exists()):
-            raise BadQuery(f"external query images need the weights of {cache.model} "
-                           f"(recorded at {wp}, not found); query with a dataset id instead")
+            raise BadQuery(f"this needs the weights of {cache.model} (recorded at {wp}, not "
+                           "found); query with a dataset id instead", param="image")
         if cache.model not in _registered() and not cache.model.startswith(("torchvision:", "timm:")):
-            raise BadQuery(f"external query images on a {cache.model!r} cache need the model: call "
-                           "vfsearch.engine.register_query_model(model) first")
+            raise BadQuery(f"external query images on a {cache.model!r} cache need the model: "
+                           "call vfsearch.engine.register_query_model(model) first",
+                           param="image")
         lm = _model_for(cache.model, wp)
     if lm.weights_hash != cache.weights_hash:
         raise CacheMismatch(f"installed {cache.model} weights ({lm.weights_hash}) differ from the "
                             f"cache's ({cache.weights_hash})")
-    return extract_image(img, lm, layer, cache.transform)
+    return lm
+
+
+def query_features(cache: FeatureCache, img: Image.Image, layer: str) -> np.ndarray:
+    """Run an external image through the cache's model, layer and transform."""
+    from ..extract import extract_image
+
+    return extract_image(img, model_for_cache(cache), layer, cache.transform)
 
 
 def query_from_features(cache: FeatureCache, features: np.ndarray, size: tuple[int, int],

@@ -29,6 +29,7 @@ import numpy as np
 from PIL import Image
 
 from .. import masks
+from ..errors import VfsError
 
 try:
     import anywidget
@@ -337,11 +338,11 @@ class SearchWidget(ipywidgets.VBox):
     def explain(self, rank: int | None = None, method: str | None = None, *, wait: bool = False,
                 **params) -> Future:
         """Explain why result ``rank`` (default: the one picked) matches the query region with
-        ``method`` (default: the one picked): "exact", "feature", "occlusion" or "rise"; ``params``
-        go to the explainer (e.g. ``n_masks=``, ``mode="both"``). Runs in a background thread and
+        ``method`` (default: the one picked; :data:`vfsearch.explain.METHODS`); ``params`` go to
+        the explainer (e.g. ``n_masks=``, ``mode="both"``). Runs in a background thread and
         shows the heat maps when done; returns a Future of the
         :class:`~vfsearch.explain.Explanation` (``wait=True`` blocks until it is done)."""
-        from ..explain import METHODS, explain
+        from ..explain import check_params, explain
 
         if self.results is None or not len(self.results):
             raise ValueError("no results to explain: brush a region first")
@@ -349,8 +350,12 @@ class SearchWidget(ipywidgets.VBox):
         if not 0 <= rank < len(self.results):
             raise ValueError(f"rank must be in 0..{len(self.results) - 1}")
         method = method or self.explain_method.value
-        if method not in METHODS:
-            raise ValueError(f"method must be one of {', '.join(METHODS)}")
+        try:
+            params = check_params(method, params)  # BadParameter (with its param) before any work
+        except VfsError as e:
+            self.explain_view.value = (f"<span style='color:#b00'>{html.escape(type(e).__name__)}: "
+                                       f"{html.escape(str(e))}</span>")
+            raise
         res, match = self.results, self.results[rank]
         with self._explain_lock:
             self._explain_seq += 1

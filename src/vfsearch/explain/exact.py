@@ -1,0 +1,109 @@
+"""Explainers that need no forward pass: the exact decomposition of the score into per-cell
+and per-channel shares, and occlusion of the cached feature map."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..cache import FeatureCache
+from ..engine.query import Query
+from ..engine.searcher import exact_scores
+from ..geometry import offset_rc
+from .base import Explainer, Explanation, Param, register
+
+__all__ = ["ExactExplainer", "FeatureOcclusionExplainer", "cell_shares", "top_patches"]
+
+
+def cell_shares(q: Query, feats: np.ndarray):
+    """Per-cell and per-channel shares of the best-offset score (each sums to the score)."""
+    best, off, maps = exact_scores(feats[None], q.weights, q.features)
+    ys, xs = np.nonzero(q.weights > 0)
+    r0, c0 = ys.min(), xs.min()
+    a, b = offset_rc(off[0], q.grid, int(xs.max() - c0 + 1))
+    m2 = q.weights[ys, xs].astype(np.float64) ** 2
+    qv = q.features[ys, xs].astype(np.float64)
+    xv = feats[ys - r0 + a, xs - c0 + b].astype(np.float64)
+    qnorm = np.sqrt((m2 * (qv * qv).sum(1)).sum())
+    xnorm = np.sqrt((m2 * (xv * xv).sum(1)).sum())
+    denom = qnorm * xnorm if qnorm * xnorm > 0 else 1.0
+    per = m2[:, None] * qv * xv / denom  # (K, C)
+    return float(best[0]), (a, b), ys, xs, per
+
+
+@register
+class ExactExplainer(Explainer):
+    """Signed share of each query cell / matched cell / channel in the score (they sum to it)."""
+
+    name = "exact"
+    title = "exact shares"
+    params_spec = (
+        Param("top_channels", int, 8, "channels listed with their top patches", 0, 64),
+        Param("patches", int, 6, "most-activating dataset patches per channel", 0, 32),
+    )
+
+    def _explain(self, q, rid, progress):
+        feats = self._result_features(q, rid)
+        score, (a, b), ys, xs, per = cell_shares(q, feats)
+        H, W = q.weights.shape
+        r0, c0 = ys.min(), xs.min()
+        qmap = np.zeros((H, W))
+        rmap = np.zeros((H, W))
+        cell = per.sum(1)
+        qmap[ys, xs] = cell
+        rmap[ys - r0 + a, xs - c0 + b] = cell
+        chan = per.sum(0)
+        top = np.argsort(-chan)[: self.params["top_channels"]]
+        channels = [{"channel": int(c), "share": float(chan[c]),
+                     "patches": top_patches(self.cache, q.layer, int(c), self.params["patches"])}
+                    for c in top]
+        return Explanation("exact", rid, score, (a, b), rmap, qmap, "grid", extra={
+            "cell_shares": [{"query_cell": [int(y), int(x)], "result_cell": [int(y - r0 + a), int(x - c0 + b)],
+                             "share": float(s)} for y, x, s in zip(ys, xs, cell)],
+            "channel_share_sum": float(chan.sum()), "top_channels": channels,
+        })
+
+
+def top_patches(cache: FeatureCache, layer: str, channel: int, n: int = 6) -> list[dict]:
+    """The dataset cells where ``channel`` is most active (from the cache, no forward pass)."""
+    d = cache.load(layer)
+    act = d.features[..., channel].astype(np.float32)
+    if d.scale is not None:
+        act = act * d.scale
+    act[~cache.valid] = -np.inf
+    flat = act.reshape(-1)
+    n = min(n, int(np.isfinite(flat).sum()))
+    idx = np.argpartition(-flat, n - 1)[:n] if n < flat.size else np.arange(flat.size)
+    idx = idx[np.argsort(-flat[idx])]
+    H, W = act.shape[1:]
+    out = []
+    for j in idx:
+        i, rem = divmod(int(j), H * W)
+        y, x = divmod(rem, W)
+        box = cache.transform.frame(*cache.image_size(i), (H, W)).cell_image_box(y, x)
+        out.append({"id": i, "cell": [y, x], "activation": float(flat[j]),
+                    "box": [round(v, 1) for v in box], "label": str(cache.labels[i])})
+    return out
+
+
+
+
+@register
+class FeatureOcclusionExplainer(Explainer):
+    """Drop in score when one cell of the result's feature map is zeroed (re-scored over all
+    offsets, so the match may move)."""
+
+    name = "feature"
+    title = "feature-map occlusion"
+
+    def _explain(self, q, rid, progress):
+        feats = self._result_features(q, rid)
+        best, off, maps = exact_scores(feats[None], q.weights, q.features)
+        H, W, _ = feats.shape
+        occluded = np.repeat(feats[None], H * W, axis=0)
+        for k in range(H * W):
+            occluded[k, k // W, k % W] = 0
+        s, _, _ = exact_scores(occluded, q.weights, q.features)
+        sal = (best[0] - s).reshape(H, W)
+        return Explanation("feature", rid, float(best[0]),
+                           offset_rc(off[0], q.grid, q.cell_box[3]), sal, None,
+                           "grid")
