@@ -25,7 +25,7 @@ from distributed import Client, LocalCluster
 
 from vfsearch.bench import _evict
 from vfsearch.cache import open_cache, synthetic_cache
-from vfsearch.distributed import scan_distributed
+from vfsearch.engine.dask_backend import scan_distributed
 from vfsearch.engine import kernel
 
 H = W = 7
@@ -33,22 +33,19 @@ C = 512
 
 
 def make_cache(path: Path, n: int) -> None:
-    if (path / "zarr.json").exists() and open_cache(path).root["images/status"].shape[0] == n:
+    if (path / "zarr.json").exists() and len(open_cache(path)) == n:
         return
-    root = synthetic_cache(path, n, channels=C, grid=(H, W))
-    g = root["layers/conv5"]
+    w = synthetic_cache(path, n, channels=C, grid=(H, W))
     rng = np.random.default_rng(0)
     block = 16384
     base = rng.integers(0, 255, (block, H, W, C), dtype=np.uint8)
     for s in range(0, n, block):
         e = min(n, s + block)
         x = np.roll(base[: e - s], s // block, axis=-1)
-        g["features"][s:e] = x
-        g["scale"][s:e] = np.full((e - s, H, W), 0.01, np.float32)
         sq = np.einsum("nhwc,nhwc->nhw", x.astype(np.float32) * 0.01, x.astype(np.float32) * 0.01)
-        g["sqnorm"][s:e] = sq
-        g["qerr2"][s:e] = np.full((e - s, H, W), 1e-4, np.float32)
-        root["images/status"][s:e] = 1
+        w.write_block(s, encoded={"conv5": {
+            "features": x, "scale": np.full((e - s, H, W), 0.01, np.float32), "sqnorm": sq,
+            "qerr2": np.full((e - s, H, W), 1e-4, np.float32)}}, status=1)
 
 
 def main() -> None:

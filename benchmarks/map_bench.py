@@ -132,28 +132,19 @@ def _photo_jpegs(count: int = 256, seed: int = 0) -> list[bytes]:
 def worker_atlas(n: int, workdir: str) -> dict:
     """A cache of n thumbnails (no features needed) + a random map → build_atlas."""
     import numpy as np
-    import zarr
-    from zarr.core.dtype import VariableLengthBytes
 
     from vfsearch import open_cache
-    from vfsearch.cache import FORMAT_VERSION
+    from vfsearch.cache import INDEXED, synthetic_cache
     from vfsearch.embed import MapResult, build_atlas
 
     path = Path(workdir) / f"atlas_{n}"
-    if not (path / "images" / "thumb").exists():
-        root = zarr.open_group(str(path), mode="w")
-        root.attrs["vfsearch"] = {"format_version": FORMAT_VERSION, "model": "synthetic",
-                                  "weights_hash": "-", "image_root": "/", "layers": [],
-                                  "layer_info": {}, "dtype": "f16", "chunk": 1024,
-                                  "transform": {}, "meta_columns": []}
-        root.create_array("images/status", shape=(n,), chunks=(1024,), dtype=np.uint8,
-                          fill_value=1)
-        th = root.create_array("images/thumb", shape=(n,), chunks=(64,), dtype=VariableLengthBytes(),
-                               fill_value=b"", compressors=None)
+    if not (path / "zarr.json").exists():
+        w = synthetic_cache(path, n, channels=8, grid=(2, 2), dtype="f16")
         pics = _photo_jpegs()
         for s in range(0, n, 4096):
             e = min(n, s + 4096)
-            th[s:e] = np.array([pics[i % len(pics)] for i in range(s, e)], dtype=object)
+            w.write_block(s, thumb=[pics[i % len(pics)] for i in range(s, e)],
+                          status=np.full(e - s, INDEXED, np.uint8))
     c = open_cache(path)
     base = rss_mb()
     side = math.ceil(math.sqrt(n))

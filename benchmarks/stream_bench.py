@@ -54,9 +54,8 @@ def build(path: Path, n: int, seed: int = 0) -> dict:
     if need * 1.05 > free:
         raise SystemExit(f"need {need / 1e9:.1f} GB on {path.parent}, {free / 1e9:.1f} GB free")
     t0 = time.perf_counter()
-    root = synthetic_cache(path, n, layer=LAYER, channels=C, grid=(H, W), chunk=CHUNK,
-                           compression="none")
-    g = root[f"layers/{LAYER}"]
+    w = synthetic_cache(path, n, layer=LAYER, channels=C, grid=(H, W), chunk=CHUNK,
+                        compression="none")
     rng = np.random.default_rng(seed)
     bank = np.maximum(rng.standard_normal((CHUNK, H, W, C), dtype=np.float32) - 0.8, 0)
     q, _mask = _query()
@@ -71,11 +70,8 @@ def build(path: Path, n: int, seed: int = 0) -> dict:
             x[i - s, a:a + 3, b:b + 3] = np.maximum(
                 0, q[2:5, 1:4] + noise * rng.standard_normal((3, 3, C), dtype=np.float32))
         u8, scale, sq, qe = quantize(x, "int8", True)
-        g["features"][s:e] = u8
-        g["scale"][s:e] = scale
-        g["sqnorm"][s:e] = sq
-        g["qerr2"][s:e] = qe
-        root["images/status"][s:e] = INDEXED
+        w.write_block(s, encoded={LAYER: {"features": u8, "scale": scale, "sqnorm": sq,
+                                          "qerr2": qe}}, status=INDEXED)
         if (s // CHUNK) % 16 == 0:
             print(f"  built {e:,}/{n:,} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
     return {"build_s": time.perf_counter() - t0, "bytes": need}

@@ -12,7 +12,6 @@ result thumbnail and overlay is drawn. Prints p50/p95. Target: p95 ≤ 300 ms.
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import os
 import shutil
@@ -69,16 +68,9 @@ def build_cache(path: Path, n: int, chunk: int = 1024, seed: int = 0) -> None:
         raise SystemExit(f"need about {need / 1e9:.1f} GB free for the cache, have {free / 1e9:.1f} GB")
     print(f"building a synthetic {n:,}-image cache at {path} (~{need / 1e9:.2f} GB)…", file=sys.stderr)
     t0 = time.time()
-    info = {LAYER: {"channels": C, "grid": [H, W], "stride": 224 / W, "nonnegative": False,
-                    "kind": "MBConvBlock"}}
-    kw = {"model": "efficientnet-lite0", "weights_hash": "synthetic", "transform": Transform(),
-              "image_root": path.parent / "no-images", "layer_info": info, "dtype": "int8", "refine": "none",
-              "chunk": chunk, "compression": "lz4", "meta_columns": ["domain"]}
-    if "weights_path" in inspect.signature(cm.create_cache).parameters:
-        kw["weights_path"] = None
-    root = cm.create_cache(path, **kw)
-    meta = dict(root.attrs["vfsearch"])
-    cm.ensure_arrays(root, n, meta)
+    w = cm.synthetic_cache(path, n, layer=LAYER, channels=C, grid=(H, W), nonnegative=False,
+                           chunk=chunk, compression="lz4", model="efficientnet-lite0",
+                           transform=Transform(), meta_columns=["domain"])
     thumbs = _thumbs()
     rng = np.random.default_rng(seed)
     # features: noisy copies of a few hundred prototype maps, so searches have structure
@@ -91,22 +83,12 @@ def build_cache(path: Path, n: int, chunk: int = 1024, seed: int = 0) -> None:
         which = rng.integers(0, len(protos), m)
         x = protos[which] + 0.8 * rng.standard_normal((m, H, W, C)).astype(np.float32)
         np.maximum(x, -0.5, out=x)  # a little asymmetric, like post-activation features
-        q, scale, sqn, qerr2 = cm.quantize(x, "int8", nonnegative=False)
-        g = f"layers/{LAYER}"
-        root[f"{g}/features"][s:e] = q
-        root[f"{g}/scale"][s:e] = scale
-        root[f"{g}/sqnorm"][s:e] = sqn
-        root[f"{g}/qerr2"][s:e] = qerr2
         t = [thumbs[(i * 7919) % len(thumbs)] for i in range(s, e)]
-        root["images/path"][s:e] = np.array([f"synthetic/{i // 1000:03d}/img_{i:06d}.jpg" for i in range(s, e)], dtype=object)
-        root["images/label"][s:e] = labels[which % len(labels)]
-        root["images/meta/domain"][s:e] = domains[np.arange(s, e) % 3]
-        root["images/error"][s:e] = np.array([""] * m, dtype=object)
-        root["images/thumb"][s:e] = np.array([tt[0] for tt in t], dtype=object)
-        root["images/size"][s:e] = np.array([tt[1] for tt in t], dtype=np.int32)
-        root["images/stat"][s:e] = np.zeros((m, 2), np.int64)
-        root["images/status"][s:e] = np.full(m, cm.INDEXED, np.uint8)  # the commit point
-    cm.update_attrs(root, updated=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        w.write_block(s, features={LAYER: x},
+                      path=[f"synthetic/{i // 1000:03d}/img_{i:06d}.jpg" for i in range(s, e)],
+                      label=labels[which % len(labels)], meta={"domain": domains[np.arange(s, e) % 3]},
+                      thumb=[tt[0] for tt in t], size=np.array([tt[1] for tt in t], np.int32),
+                      status=cm.INDEXED)  # status last: the commit point
     print(f"built in {time.time() - t0:.0f} s ({cm.disk_usage(path) / 1e9:.2f} GB)", file=sys.stderr)
 
 

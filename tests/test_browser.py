@@ -462,10 +462,10 @@ def big_map_cache(tmp_path_factory):
 
     from vfsearch import open_cache
     from vfsearch.cache import INDEXED, synthetic_cache
-    from vfsearch.embed import MapResult, _fingerprint, _store, build_atlas
+    from vfsearch.embed import MapResult, _store, build_atlas
 
     path = tmp_path_factory.mktemp("bigmap") / "c"
-    root = synthetic_cache(path, BIG_N, layer="conv5", channels=8, grid=(2, 2), dtype="f16")
+    w = synthetic_cache(path, BIG_N, layer="conv5", channels=8, grid=(2, 2), dtype="f16")
     rng = np.random.default_rng(0)
     jpegs = []
     for k in range(8):
@@ -475,13 +475,10 @@ def big_map_cache(tmp_path_factory):
         jpegs.append(buf.getvalue())
     lab = np.arange(BIG_N) % 8
     feats = rng.standard_normal((8, 2, 2, 8)).astype(np.float16)
-    root["layers/conv5/features"][:] = feats[lab]
-    root["layers/conv5/sqnorm"][:] = (feats[lab].astype(np.float32) ** 2).sum(-1)
-    root["images/thumb"][:] = np.array([jpegs[v] for v in lab], dtype=object)
-    root["images/label"][:] = np.array([f"class{v}" for v in lab], dtype=object)
-    root["images/path"][:] = np.array([f"img_{i:05d}.jpg" for i in range(BIG_N)], dtype=object)
-    root["images/size"][:] = np.tile(np.array([[64, 48]], np.int32), (BIG_N, 1))
-    root["images/status"][:] = INDEXED
+    w.write_block(0, features={"conv5": feats[lab].astype(np.float32)},
+                  thumb=[jpegs[v] for v in lab], label=[f"class{v}" for v in lab],
+                  path=[f"img_{i:05d}.jpg" for i in range(BIG_N)],
+                  size=np.tile(np.array([[64, 48]], np.int32), (BIG_N, 1)), status=INDEXED)
     c = open_cache(path)
     side = int(np.ceil(np.sqrt(BIG_N)))
     order = np.argsort(lab, kind="stable")  # grid cells in label order: one block per label
@@ -489,7 +486,7 @@ def big_map_cache(tmp_path_factory):
     cell[order, 0], cell[order, 1] = np.arange(BIG_N) % side, np.arange(BIG_N) // side
     m = MapResult(layer="conv5", method="tsne", seed=0, side=side, xy=cell.astype(np.float32),
                   cell=cell, attrs={"side": side, "n": BIG_N, "rows": BIG_N, "method": "tsne",
-                                    "layer": "conv5", "fingerprint": _fingerprint(c)})
+                                    "layer": "conv5", "fingerprint": c.fingerprint()})
     _store(c, m)
     build_atlas(c, m, progress=False)
     return open_cache(path)

@@ -203,5 +203,6 @@ class Unauthorized(VfsError):
 class NotFound(VfsError):
     """A requested item (image id, cache name, job) does not exist."""
 
+    exit_code = 2
     http_status = 404
     code = "not_found"

@@ -131,3 +131,28 @@ def info_cmd(cache, skipped, as_json):
     if skipped:
         for s in d["skipped_files"]:
             click.echo(f"skipped    {s['path']}: {s['reason']}")
+
+
+@click.command("upgrade")
+@click.argument("cache", type=click.Path(path_type=Path))
+@click.option("--quiet", "-q", is_flag=True)
+def upgrade_cmd(cache, quiet):
+    """Bring a cache written by an older vfsearch to this version's format, in place.
+
+    Adds what the older format lacks (e.g. pooled vectors for global search) chunk by chunk;
+    an interrupted upgrade resumes where it stopped.
+    """
+    from ..cache import FORMAT_VERSION, open_cache, upgrade
+
+    before = open_cache(cache).format_version
+
+    def progress(done, total):
+        if not quiet:
+            err(f"  {done}/{total} chunks")
+
+    added = upgrade(cache, progress=progress)
+    if added:
+        click.echo(f"upgraded {cache} from format {before} to {FORMAT_VERSION}: added "
+                   + ", ".join(added))
+    else:
+        click.echo(f"{cache} is already at format {FORMAT_VERSION}: nothing to do")

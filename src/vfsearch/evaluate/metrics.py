@@ -12,6 +12,8 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from ..geometry import Frame, Geometry, carry_box
+
 __all__ = [
     "AREA_BINS",
     "area_bin",
@@ -124,16 +126,6 @@ def area_bin(area: float) -> str:
     return AREA_BINS[-1][0]
 
 
-def _cell_edges(geometry, n: int, axis: int, limit: float) -> np.ndarray:
-    """Feature-cell boundaries along one axis, in original pixels (clipped to the image)."""
-    step = geometry.size / n
-    if axis == 0:
-        e = [geometry.to_image(j * step, 0)[0] for j in range(n + 1)]
-    else:
-        e = [geometry.to_image(0, j * step)[1] for j in range(n + 1)]
-    return np.clip(np.asarray(e, dtype=np.float64), 0.0, float(limit))
-
-
 def cell_ceiling(box, geometry, grid: tuple[int, int], image_size: tuple[int, int]) -> float:
     """The best IoU with ``box`` that any box aligned to feature-cell boundaries can reach.
 
@@ -141,9 +133,8 @@ def cell_ceiling(box, geometry, grid: tuple[int, int], image_size: tuple[int, in
     transform's ``geometry`` (and clipped to the image). 1.0 for a cell-aligned box.
     """
     gh, gw = grid
-    w, h = image_size
-    xe = _cell_edges(geometry, gw, 0, w)
-    ye = _cell_edges(geometry, gh, 1, h)
+    frame = Frame.of(_sized(geometry, image_size), grid)
+    xe, ye = frame.cell_edges(0), frame.cell_edges(1)
     xi, xj = np.triu_indices(gw + 1, k=1)
     yi, yj = np.triu_indices(gh + 1, k=1)
     x0, x1 = xe[xi], xe[xj]
@@ -154,22 +145,18 @@ def cell_ceiling(box, geometry, grid: tuple[int, int], image_size: tuple[int, in
     return float(_iou_many(boxes, box).max())
 
 
+def _sized(geometry: Geometry, image_size) -> Geometry:
+    w, h = image_size
+    return geometry if tuple(geometry.image) == (w, h) else geometry.scaled(w, h)
+
+
 def match_box(query, offset: tuple[int, int], geometry, grid: tuple[int, int],
               image_size: tuple[int, int]) -> tuple[float, float, float, float]:
     """The box a match at grid ``offset`` (row, col) stands for in a result image: the query's
-    box in model-input pixels, moved by whole cells (what the search engine reports)."""
-    gh, gw = grid
+    box moved by whole cells (:func:`vfsearch.geometry.carry_box`, what the engine reports)."""
     r0, c0, _, _ = query.cell_box
-    qg = query.geometry
-    ux0, uy0 = qg.to_input(query.box[0], query.box[1])
-    ux1, uy1 = qg.to_input(query.box[2], query.box[3])
-    cw, ch = qg.size / gw, qg.size / gh
-    dx, dy = (offset[1] - c0) * cw, (offset[0] - r0) * ch
-    x0, y0 = geometry.to_image(ux0 + dx, uy0 + dy)
-    x1, y1 = geometry.to_image(ux1 + dx, uy1 + dy)
-    w, h = image_size
-    return (float(min(max(x0, 0.0), w)), float(min(max(y0, 0.0), h)),
-            float(min(max(x1, 0.0), w)), float(min(max(y1, 0.0), h)))
+    return carry_box(query.frame, query.box, (r0, c0), Frame.of(_sized(geometry, image_size), grid),
+                     offset)
 
 
 def shift_ceiling(query, box, geometry, grid: tuple[int, int], image_size: tuple[int, int]) -> float:
