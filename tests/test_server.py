@@ -19,6 +19,8 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient
 
+LOCAL = "http://127.0.0.1"  # the Host the app answers to (testserver is refused)
+
 import itertools
 
 from vfsearch import open_cache
@@ -34,7 +36,7 @@ def app(small_cache):
 
 @pytest.fixture(scope="module")
 def client(app):
-    with TestClient(app) as c:
+    with TestClient(app, base_url=LOCAL) as c:
         yield c
 
 
@@ -185,7 +187,7 @@ def test_search_with_result_filter(client, small_cache):
 def test_errors_are_json(client, small_cache):
     base = {"cache": "small", "image": {"id": 0}, "box": [10, 10, 200, 200]}
     assert_json_error(client.post("/api/search", json={**base, "image": {"id": 999}}), 404, "not_found")
-    assert_json_error(client.post("/api/search", json={**base, "image": {"id": "abc"}}), 404)
+    assert_json_error(client.post("/api/search", json={**base, "image": {"id": "abc"}}), 400, "bad_parameter")
     assert_json_error(client.post("/api/search", json={**base, "cache": "nope"}), 404, "not_found")
     assert_json_error(client.post("/api/search", json={**base, "layer": "blocks.99"}), 404)
     empty = {"cache": "small", "image": {"id": 0}, "mask": {"png": png_b64(np.zeros((64, 64)))}}
@@ -248,7 +250,7 @@ def test_symlink_out_of_image_root_refused(small_cache, tmp_path):
     inner.symlink_to(target)  # a symlink that stays inside the root is fine
     (root / str(small_cache.paths[2])).unlink()  # a missing original
     c = open_cache(tmp_path / "cache", image_root=root)
-    with TestClient(create_app({"copy": c})) as cl:
+    with TestClient(create_app({"copy": c}), base_url=LOCAL) as cl:
         assert_json_error(cl.get("/api/caches/copy/image/0"), 403, "forbidden")
         assert cl.get("/api/caches/copy/image/1").status_code == 200
         assert_json_error(cl.get("/api/caches/copy/image/2"), 404)
@@ -256,7 +258,7 @@ def test_symlink_out_of_image_root_refused(small_cache, tmp_path):
 
 
 def test_token_required_when_configured(small_cache):
-    with TestClient(create_app({"small": small_cache}, token="s3cret-token")) as cl:
+    with TestClient(create_app({"small": small_cache}, token="s3cret-token"), base_url=LOCAL) as cl:
         for url in ("/api/caches", "/", "/static/app.js", "/api/caches/small/thumb/0"):
             assert_json_error(cl.get(url), 401, "unauthorized")
         assert_json_error(cl.get("/api/caches", params={"token": "wrong"}), 401)
@@ -351,7 +353,7 @@ def test_compare_across_caches(small_cache, tmp_path):
     paths[0] = "renamed/elsewhere.jpg"
     g["images/path"][:] = paths
     other = open_cache(tmp_path / "other")
-    with TestClient(create_app({"a": small_cache, "b": other})) as cl:
+    with TestClient(create_app({"a": small_cache, "b": other}), base_url=LOCAL) as cl:
         body = {"cache": "b", "layer": "blocks.10", "image": {"id": 1, "cache": "a"}, "box": [50, 50, 250, 250], "k": 3}
         r = cl.post("/api/search", json=body)
         assert r.status_code == 200 and r.json()["query"]["image"]["id"] == 1

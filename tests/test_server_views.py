@@ -13,6 +13,8 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient
 
+LOCAL = "http://127.0.0.1"  # the Host the app answers to (testserver is refused)
+
 from vfsearch.server import create_app
 
 
@@ -29,7 +31,7 @@ def map_cache(small_cache, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client(map_cache):
-    with TestClient(create_app({"small": map_cache})) as c:
+    with TestClient(create_app({"small": map_cache}), base_url=LOCAL) as c:
         yield c
 
 

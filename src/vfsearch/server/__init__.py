@@ -1,9 +1,12 @@
 """The local web app: ``vfsearch serve CACHE [CACHE...]``.
 
-``create_app(caches, token=None)`` builds the FastAPI app (for tests, or to mount elsewhere);
-``serve(paths, ...)`` opens the caches, prints the URL and runs uvicorn.
+``create_app(caches, token=None, host=None, allow_hosts=())`` builds the FastAPI app (for tests,
+or to mount elsewhere); ``serve(paths, ...)`` opens the caches, prints the URL and runs uvicorn.
 
-JSON API (errors are always ``{"error": code, "message": ...}`` with a 4xx/5xx status):
+The API is declared: ``GET /api/openapi.json`` is its OpenAPI document (every route, its
+request and response models, binary media types). Every error is
+``{"error": code, "message": ..., "param"?: field}`` with a 4xx status for bad input (5xx only
+for faults of the server itself).
 
     GET  /api/caches                               caches, layers (grid, channels), column summaries
     GET  /api/caches/{cache}/images?q&column&value&offset&limit   filtered dataset listing
@@ -12,31 +15,33 @@ JSON API (errors are always ``{"error": code, "message": ...}`` with a 4xx/5xx s
     GET  /api/caches/{cache}/lookup?from_cache&id  the same file in another cache
     GET  /api/caches/{cache}/thumb/{id}            JPEG thumbnail (ETag, Cache-Control, 304)
     GET  /api/caches/{cache}/image/{id}            the original file (only inside the image root)
-    POST /api/uploads  (multipart "file")          an external query image → {upload, size}
+    POST /api/uploads  (multipart "file")          an external query image → {upload, size, …}
     GET  /api/uploads/{upload}[/image]             its size / the image
     POST /api/search   {cache, layer?, image: {id[, cache]} | {upload}, box | mask | whole,
                         k?, exclude_self?, filter?: {column, value}, thumbs?}
                        → {search_id, query, matches, total, curve (≤ 2000 points), timing}
-                       mask: {png: base64} | {u8: base64, width, height} | {data: [[...]]}
-                             | {rle: "w.h.runs"} at any size with the image's aspect ratio (±2 %)
     GET  /api/searches/{sid}/window?start&stop&limit&column&value&thumbs   images at ranks
     GET  /api/searches/{sid}/heat?ids=1,2,3        score maps (every offset) for heat overlays
     GET  /api/searches/{sid}/export?format=csv|json&k
-    GET  /api/searches/{sid}/scores                every image's score, float32 little-endian
-    POST /api/searches/{sid}/explain {id, method: exact|feature|occlusion|rise, params?}
-                       → 200 {status: "done", result} | 202 {job} (occlusion / RISE, memoised)
-    GET  /api/caches/{cache}/map?layer&method      dataset map: side, atlas pages, grid (or status
-                                                   "missing" | "no_atlas" | "computing")
-    POST /api/caches/{cache}/map?layer&method      compute the map + atlas in the background → 202 {job}
+    GET  /api/searches/{sid}/scores | /order       float32 scores / int32 rank order (LE)
+    GET  /api/explain/methods                      explain methods, their parameters
+    POST /api/searches/{sid}/explain {id, method, params?}
+                       → 200 {status: "done", result} | 202 {job} (model-running, memoised)
+    GET  /api/caches/{cache}/map?layer&method      dataset map (or status missing | no_atlas |
+                                                   computing); POST computes it → 202 {job}
     GET  /api/caches/{cache}/map/grid.bin          the grid as int32 (X-Side header)
     GET  /api/caches/{cache}/map/atlas/{page}      atlas page JPEG (ETag, 304)
-    GET  /api/jobs/{job}                           background job: status, progress, result
+    GET  /api/jobs/{job}                           background job: status, progress, result,
+                                                   error + code
     GET  /api/overlap?a=sid&b=sid                  shared images of two searches' top-k sets
+
+Trust (:mod:`.security`): requests must name a loopback host, the bound address or an allowed
+host (``--allow-host``, for a reverse proxy); POSTs must be JSON (multipart for uploads) and
+come from the app's own origin; off loopback a token is required.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import secrets
 import sys
 import threading
@@ -45,18 +50,10 @@ from pathlib import Path
 
 from ..errors import VfsError
 from .app import create_app
+from .security import is_loopback
 from .state import AppState
 
 __all__ = ["AppState", "create_app", "is_loopback", "serve"]
-
-
-def is_loopback(host: str) -> bool:
-    if host in ("localhost", "ip6-localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def _url(host: str, port: int, token: str | None) -> str:
@@ -69,11 +66,14 @@ def _url(host: str, port: int, token: str | None) -> str:
 
 
 def serve(paths, host: str = "127.0.0.1", port: int = 8000, token: str | None = None,
-          open_browser: bool = False, image_root=None, *, log_level: str = "warning") -> None:
+          open_browser: bool = False, image_root=None, *, allow_hosts=(),
+          log_level: str = "warning") -> None:
     """Open the caches at ``paths``, print the URL and serve the app until interrupted.
 
     Bound to a non-loopback address, the server requires a token (one is generated when none is
-    given), accepted as ``?token=``, a cookie, or ``Authorization: Bearer``.
+    given), accepted as ``?token=``, a cookie, or ``Authorization: Bearer``. Requests must name
+    a loopback host, ``host`` or one of ``allow_hosts`` (e.g. a reverse proxy's name,
+    ``"*.example.org"``, or ``"*"``) in their ``Host`` header (against DNS rebinding).
     """
     import uvicorn
 
@@ -89,7 +89,7 @@ def serve(paths, host: str = "127.0.0.1", port: int = 8000, token: str | None = 
     if token is None and not is_loopback(host):
         token = secrets.token_urlsafe(24)
     state = AppState(caches, token=token)
-    app = create_app(state, token=token)
+    app = create_app(state, token=token, host=host, allow_hosts=allow_hosts or ())
     threading.Thread(target=state.warm_all, name="vfsearch-warm", daemon=True).start()
     url = _url(host, port, token)
     names = ", ".join(f"{n} ({len(e.cache)} images)" for n, e in state.caches.items())

@@ -1,8 +1,10 @@
 """Server-side state of the web app: the open caches, uploaded query images, recent searches
-(with every image's score, for the distribution curve and rank windows) and a thumbnail LRU.
+and the thumbnail / original / query-feature LRUs, with the operations the routes call.
 
 Everything here is plain Python (no FastAPI), so it can be tested and reused on its own. All
 blocking work (searches, zarr reads, image decoding) is meant to run in a worker thread.
+Geometry and query building are the engine's (:mod:`vfsearch.geometry`, :mod:`vfsearch.masks`,
+``Query.with_region``, ``query_from_features``); this module only wires them together.
 """
 
 from __future__ import annotations
@@ -16,11 +18,7 @@ import re
 import threading
 import time
 import uuid
-from collections import OrderedDict
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -28,246 +26,30 @@ from PIL import Image
 from ..cache import FeatureCache, open_cache
 from ..engine import Query, exact_scores, make_query, search
 from ..engine.query import query_from_features
-from ..errors import BadImage, BadQuery, Forbidden, NotFound, PayloadTooLarge, VfsError
-from ..geometry import carry_affine, carry_box, offset_rc
+from ..errors import (
+    BadImage,
+    BadParameter,
+    BadQuery,
+    Forbidden,
+    NotFound,
+    PayloadTooLarge,
+    VfsError,
+)
 from ..images import load_image
-from ..masks import box_mask, decode_rle, decode_spec, encode_rle, fit_mask
+from ..masks import box_mask, decode_spec, fit_mask
+from .entry import CacheEntry
+from .lru import LRU
+from .records import curve, image_record, match_boxes, match_record, query_record
+from .stored import StoredSearch, Upload
 
 log = logging.getLogger("vfsearch.server")
 
-__all__ = ["LRU", "AppState", "CacheEntry", "decode_rle", "encode_rle"]  # codec: vfsearch.masks
+__all__ = ["MAX_K", "MAX_UPLOAD_BYTES", "MAX_WINDOW", "AppState", "CacheEntry"]
 
 MAX_UPLOAD_BYTES = 20 << 20  # 20 MB per uploaded file
 MAX_UPLOAD_PIXELS = 40_000_000  # refuse larger uploads (decompression bombs)
-MAX_CURVE_POINTS = 2000
 MAX_WINDOW = 200  # most images one rank-window request returns
 MAX_K = 500
-
-
-
-
-# -- a small thread-safe LRU ---------------------------------------------------------------------
-
-
-class LRU:
-    """Least-recently-used mapping bounded by item count and (optionally) total size in bytes."""
-
-    def __init__(self, max_items: int, max_bytes: int | None = None,
-                 sizeof: Callable[[Any], int] | None = None):
-        self.max_items = max_items
-        self.max_bytes = max_bytes
-        self.sizeof = sizeof or (lambda v: 0)
-        self._d: OrderedDict = OrderedDict()
-        self._bytes = 0
-        self._lock = threading.Lock()
-
-    def get(self, key, default=None):
-        with self._lock:
-            if key not in self._d:
-                return default
-            self._d.move_to_end(key)
-            return self._d[key][0]
-
-    def put(self, key, value) -> None:
-        size = int(self.sizeof(value))
-        with self._lock:
-            if key in self._d:
-                self._bytes -= self._d.pop(key)[1]
-            self._d[key] = (value, size)
-            self._bytes += size
-            while self._d and (len(self._d) > self.max_items
-                               or (self.max_bytes is not None and self._bytes > self.max_bytes
-                                   and len(self._d) > 1)):
-                _, (_, s) = self._d.popitem(last=False)
-                self._bytes -= s
-
-    def __contains__(self, key) -> bool:
-        with self._lock:
-            return key in self._d
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._d)
-
-    @property
-    def nbytes(self) -> int:
-        return self._bytes
-
-
-# -- records ---------------------------------------------------------------------------------
-
-
-@dataclass
-class Upload:
-    id: str
-    name: str
-    image: Image.Image  # upright RGB
-    display: bytes  # JPEG or PNG for the browser
-    media_type: str
-    base: dict = field(default_factory=dict)  # (cache key, layer) -> whole-image Query
-
-    @property
-    def size(self) -> tuple[int, int]:
-        return self.image.size
-
-    def nbytes(self) -> int:
-        w, h = self.image.size
-        return w * h * 3 + len(self.display)
-
-
-@dataclass
-class StoredSearch:
-    id: str
-    cache: str
-    layer: str
-    query: Query
-    scores: np.ndarray  # (N,) float32, -inf for excluded rows
-    top: list  # engine matches
-    created: float
-    image: dict  # the query image reference
-    _order: np.ndarray | None = None
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    @property
-    def order(self) -> np.ndarray:
-        """Ids with finite scores, best first; the engine's (exact) top-k first. Computed on the
-        first rank-window request, not for every search."""
-        if self._order is None:
-            with self._lock:
-                if self._order is None:
-                    top_ids = np.array([m.id for m in self.top], dtype=np.int64)
-                    s = self.scores.copy()
-                    s[top_ids] = -np.inf
-                    rest = np.flatnonzero(np.isfinite(s))
-                    rest = rest[np.argsort(-s[rest], kind="stable")]
-                    self._order = np.concatenate([top_ids, rest]).astype(np.int64)
-        return self._order
-
-    def nbytes(self) -> int:
-        return 2 * self.scores.nbytes + self.query.features.nbytes + (
-            self.query.mask.nbytes if self.query.mask is not None else 0)
-
-
-class CacheEntry:
-    """One open cache plus what the server derives from it (string columns, path index)."""
-
-    def __init__(self, name: str, cache: FeatureCache):
-        self.name = name
-        self.cache = cache
-        self.lock = threading.Lock()
-        self.warm: set[str] = set()
-        self.in_ram: set[str] = set()
-        self._path_index: dict[str, int] | None = None
-        self._columns: dict[str, np.ndarray] = {}
-        self._summary: dict | None = None
-        self._lower: np.ndarray | None = None
-        self._n: int | None = None
-        self._transform = None
-
-    # -- fast per-row lookups (FeatureCache.__len__ goes through zarr on every call) ----------
-    @property
-    def n(self) -> int:
-        if self._n is None:
-            self._n = len(self.cache)
-        return self._n
-
-    def check_id(self, i) -> int:
-        try:
-            i = int(i)
-        except (TypeError, ValueError):
-            raise NotFound(f"image id must be an integer, got {i!r}") from None
-        if not 0 <= i < self.n:
-            raise NotFound(f"no image with id {i} (cache has ids 0–{self.n - 1})")
-        return i
-
-    def size(self, i: int) -> tuple[int, int]:
-        w, h = self.cache.sizes[i]
-        return int(w), int(h)
-
-    @property
-    def transform(self):
-        if self._transform is None:
-            self._transform = self.cache.transform
-        return self._transform
-
-    def path(self, i: int) -> str:
-        return str(self.cache.paths[i])
-
-    def label(self, i: int) -> str:
-        return str(self.cache.labels[i])
-
-    # -- metadata ---------------------------------------------------------------------------
-    @property
-    def columns(self) -> list[str]:
-        return ["label"] + [c for c in self.cache.meta_columns if c != "label"]
-
-    def column(self, name: str) -> np.ndarray:
-        if name not in self._columns:
-            self._columns[name] = np.asarray(self.cache.column(name), dtype=object)
-        return self._columns[name]
-
-    def path_index(self) -> dict[str, int]:
-        if self._path_index is None:
-            self._path_index = {str(p): i for i, p in enumerate(self.cache.paths)}
-        return self._path_index
-
-    def searchable(self) -> np.ndarray:
-        """Lower-cased "label path" strings for the dataset text filter."""
-        if self._lower is None:
-            self._lower = np.array([f"{lab} {p}".lower() for lab, p in
-                                    zip(self.cache.labels, self.cache.paths)], dtype=object)
-        return self._lower
-
-    def summary(self) -> dict:
-        if self._summary is None:
-            c = self.cache
-            valid = c.valid
-            cols = {}
-            for name in self.columns:
-                vals = self.column(name)[valid]
-                uniq, counts = np.unique(vals.astype(str), return_counts=True) if len(vals) else ([], [])
-                order = np.argsort(-np.asarray(counts), kind="stable")[:60]
-                cols[name] = {
-                    "n_unique": len(uniq),
-                    "values": [[str(uniq[i]), int(counts[i])] for i in order],
-                }
-            layers = []
-            for layer in c.layers:
-                info = c.layer_info(layer)
-                layers.append({"name": layer, "grid": list(info["grid"]),
-                               "channels": info["channels"], "stride": info.get("stride")})
-            self._summary = {
-                "name": self.name, "model": c.model, "images": len(c), "indexed": int(valid.sum()),
-                "dtype": c.dtype, "refine": c.meta.get("refine", "none"),
-                "transform": c.meta["transform"], "layers": layers,
-                "default_layer": c.default_layer, "columns": cols,
-            }
-        return self._summary
-
-    def check_layer(self, layer: str | None) -> str:
-        layer = layer or self.cache.default_layer
-        if layer not in self.cache.layers:
-            raise NotFound(f"cache {self.name!r} has no layer {layer!r}; it has: "
-                           f"{', '.join(self.cache.layers)}")
-        return layer
-
-    def warm_up(self, layer: str) -> None:
-        """Load a layer into RAM once (searches then scan memory, not the disk)."""
-        if layer in self.warm:
-            return
-        with self.lock:
-            if layer not in self.warm:
-                if self.cache.fits_in_memory(layer):
-                    self.cache.load(layer)
-                    self.in_ram.add(layer)
-                self.warm.add(layer)
-
-    def rows_features(self, layer: str, ids: np.ndarray) -> np.ndarray:
-        """Float32 feature maps (m, H, W, C) of a few rows, as exact as the cache allows."""
-        return self.cache.rows_features(layer, ids)
-
-
-# -- the application state ---------------------------------------------------------------------
 
 
 def _safe_name(name: str) -> str:
@@ -295,24 +77,25 @@ class AppState:
         self.uploads = LRU(64, max_bytes=1 << 30, sizeof=lambda u: u.nbytes())
         self.searches = LRU(128, max_bytes=512 << 20, sizeof=lambda s: s.nbytes())
         self.thumbs = LRU(100_000, max_bytes=96 << 20, sizeof=lambda t: len(t[0]))
-        self.bases = LRU(256, max_bytes=256 << 20,
-                         sizeof=lambda q: q.features.nbytes + (0 if q.mask is None else q.mask.nbytes))
+        self.bases = LRU(256, max_bytes=256 << 20, sizeof=lambda q: q.features.nbytes + (
+            0 if q.mask is None else q.mask.nbytes))
         self.originals = LRU(16, max_bytes=128 << 20, sizeof=lambda t: len(t[0]))
         self.sem = threading.Semaphore(max_concurrent or max(2, (os.cpu_count() or 2)))
         self.started = time.time()
 
     # -- lookups ------------------------------------------------------------------------------
-    def entry(self, name: str) -> CacheEntry:
+    def entry(self, name: str, param: str | None = "cache") -> CacheEntry:
         e = self.caches.get(name)
         if e is None:
-            raise NotFound(f"no cache named {name!r}; open caches: {', '.join(self.caches)}")
+            raise NotFound(f"no cache named {name!r}; open caches: {', '.join(self.caches)}",
+                           param=param)
         return e
 
-    def upload(self, uid: str) -> Upload:
+    def upload(self, uid: str, param: str | None = "upload") -> Upload:
         u = self.uploads.get(uid)
         if u is None:
             raise NotFound(f"upload {uid!r} is gone (the server keeps the latest uploads in "
-                           "memory only); upload the image again")
+                           "memory only); upload the image again", param=param)
         return u
 
     def warm_all(self) -> None:
@@ -326,11 +109,12 @@ class AppState:
         return [e.summary() for e in self.caches.values()]
 
     # -- dataset browsing -----------------------------------------------------------------------
-    def _filter(self, e: CacheEntry, q: str | None, column: str | None, value: str | None) -> np.ndarray:
+    def _filter(self, e: CacheEntry, q: str | None, column: str | None,
+                value: str | None) -> np.ndarray:
         keep = e.cache.valid.copy()
         if column:
             if value is None:
-                raise BadQuery("a column filter needs a value")
+                raise BadQuery("a column filter needs a value", param="value")
             keep &= e.column(column).astype(str) == str(value)
         if q:
             terms = q.lower().split()
@@ -346,7 +130,7 @@ class AppState:
         limit = max(1, min(1000, int(limit)))
         sel = ids[offset:offset + limit]
         return {"total": len(ids), "offset": offset,
-                "items": [self.image_record(e, int(i), brief=True) for i in sel]}
+                "items": [image_record(e, int(i), brief=True) for i in sel]}
 
     def random_image(self, name: str, q=None, column=None, value=None) -> dict:
         e = self.entry(name)
@@ -354,20 +138,10 @@ class AppState:
         if not len(ids):
             raise NotFound("no indexed image matches the filter")
         i = int(ids[np.random.default_rng().integers(len(ids))])
-        return self.image_record(e, i)
+        return image_record(e, i)
 
-    def image_record(self, e: CacheEntry, i: int, brief: bool = False) -> dict:
-        c = e.cache
-        i = e.check_id(i)
-        size = e.size(i)
-        rec = {"id": i, "path": e.path(i), "label": e.label(i),
-               "size": list(size)}
-        if brief:
-            return rec
-        rec["valid"] = bool(c.valid[i])
-        rec["meta"] = {col: str(e.column(col)[i]) for col in e.columns if col != "label"}
-        rec["geometry"] = e.transform.geometry(*size).to_dict()
-        return rec
+    def image_info(self, name: str, i: int) -> dict:
+        return image_record(self.entry(name), i)
 
     def find_image(self, name: str, path: str) -> dict:
         """Look an image up by its recorded relative path (used to carry a query across caches)."""
@@ -375,7 +149,12 @@ class AppState:
         i = e.path_index().get(path)
         if i is None:
             raise NotFound(f"cache {name!r} has no image {path!r}")
-        return self.image_record(e, i)
+        return image_record(e, i)
+
+    def lookup(self, name: str, from_cache: str, i: int) -> dict:
+        """Image ``i`` of cache ``from_cache`` as it is in cache ``name`` (the same file)."""
+        src = self.entry(from_cache, param="from_cache")
+        return self.find_image(name, src.path(src.check_id(i)))
 
     # -- files -------------------------------------------------------------------------------
     def thumbnail(self, name: str, i: int) -> tuple[bytes, str]:
@@ -411,7 +190,7 @@ class AppState:
                 miss.append(i)
         if miss:
             miss = sorted(set(miss))
-            for i, data in zip(miss, e.cache.thumbnails(miss)):
+            for i, data in zip(miss, e.cache.thumbnails(miss), strict=False):
                 if data:
                     v = (data, '"' + hashlib.blake2b(data, digest_size=10).hexdigest() + '"')
                     self.thumbs.put((name, i), v)
@@ -497,25 +276,28 @@ class AppState:
         """A query image reference → (dataset id in ``e`` | Upload, echo for the client)."""
         ref = ref or {}
         if ref.get("upload"):
-            u = self.upload(str(ref["upload"]))
+            u = self.upload(str(ref["upload"]), param="image.upload")
             return u, {"upload": u.id, "name": u.name, "size": list(u.size)}
         if ref.get("id") is None:
-            raise BadQuery("the query image needs an 'id' (dataset image) or an 'upload'")
+            raise BadQuery("the query image needs an 'id' (dataset image) or an 'upload'",
+                           param="image")
         try:
             i = int(ref["id"])
         except (TypeError, ValueError):
-            raise NotFound(f"image id must be an integer, got {ref['id']!r}") from None
+            raise BadParameter(f"image id must be an integer, got {ref['id']!r}",
+                               param="image.id") from None
         src = ref.get("cache")
         if src and src != e.name:
-            se = self.entry(str(src))
-            i = se.check_id(i)
+            se = self.entry(str(src), param="image.cache")
+            i = se.check_id(i, param="image.id")
             path = se.path(i)
             j = e.path_index().get(path)
             if j is None:
                 raise NotFound(f"cache {e.name!r} does not contain the query image {path!r}; "
-                               "compare needs the same image in both caches (or an upload)")
+                               "compare needs the same image in both caches (or an upload)",
+                               param="image")
             i = j
-        i = e.check_id(i)
+        i = e.check_id(i, param="image.id")
         return i, {"id": i, "cache": e.name, "path": e.path(i), "size": list(e.size(i))}
 
     @staticmethod
@@ -526,7 +308,7 @@ class AppState:
     def build_query(self, e: CacheEntry, layer: str, image, region: dict) -> Query:
         n = sum(1 for k in ("mask", "box", "whole") if region.get(k) not in (None, False))
         if n != 1:
-            raise BadQuery("give exactly one of 'mask', 'box' or 'whole': true")
+            raise BadQuery("give exactly one of 'mask', 'box' or 'whole': true", param="box")
         if isinstance(image, Upload):
             key = (str(e.cache.path), e.cache.weights_hash, layer)
             base = image.base.get(key)
@@ -567,8 +349,9 @@ class AppState:
         e = self.entry(str(body.get("cache", "")))
         layer = e.check_layer(body.get("layer"))
         k = body.get("k", 20)
-        if isinstance(k, bool) or not isinstance(k, (int, float)) or int(k) != k or not 1 <= k <= MAX_K:
-            raise BadQuery(f"k must be an integer between 1 and {MAX_K}")
+        if (isinstance(k, bool) or not isinstance(k, (int, float)) or int(k) != k
+                or not 1 <= k <= MAX_K):
+            raise BadParameter(f"k must be an integer between 1 and {MAX_K}", param="k")
         k = int(k)
         image, echo = self.resolve_image(e, body.get("image") or {})
         q = self.build_query(e, layer, image, body)
@@ -588,52 +371,30 @@ class AppState:
             page = self.window(sid, 0, k, column=flt["column"], value=flt.get("value"))
             matches, total = page["items"], page["total"]
         else:
-            matches = [self.match_record(e, q, m.id, m.rank, m.score, m.offset, m.box)
+            matches = [match_record(e, q, m.id, m.rank, m.score, m.offset, m.box)
                        for m in res.matches]
             total = int(np.isfinite(scores).sum())
-        thumbs = self.inline_thumbs(e.name, [m["id"] for m in matches]) if body.get("thumbs") else None
+        thumbs = (self.inline_thumbs(e.name, [m["id"] for m in matches]) if body.get("thumbs")
+                  else None)
         t4 = time.perf_counter()
         return {
             "thumbs": thumbs,
             "search_id": sid, "cache": e.name, "layer": layer, "k": k,
-            "query": self.query_record(e, q, echo),
+            "query": query_record(q, echo),
             "matches": matches, "total": total,
             "curve": curve(scores),
             "stats": dict(res.stats),
-            "timing": {"query_ms": round((t1 - t0) * 1e3, 1), "wait_ms": round((t2 - t1) * 1e3, 1),
-                       "search_ms": round((t3 - t2) * 1e3, 1), "total_ms": round((t4 - t0) * 1e3, 1)},
+            "timing": {"query_ms": round((t1 - t0) * 1e3, 1),
+                       "wait_ms": round((t2 - t1) * 1e3, 1),
+                       "search_ms": round((t3 - t2) * 1e3, 1),
+                       "total_ms": round((t4 - t0) * 1e3, 1)},
         }
 
-    def query_record(self, e: CacheEntry, q: Query, echo: dict) -> dict:
-        r0, c0, h, w = q.cell_box
-        return {
-            "image": echo, "layer": q.layer, "grid": list(q.grid), "cell_box": [r0, c0, h, w],
-            "weights": np.round(q.weights[r0:r0 + h, c0:c0 + w].astype(np.float64), 4).tolist(),
-            "n_cells": q.n_cells, "box": [round(v, 2) for v in q.box],
-            "image_size": list(q.image_size), "geometry": q.geometry.to_dict(),
-            "label": q.label,
-        }
-
-    def match_record(self, e: CacheEntry, q: Query, i: int, rank: int, score: float,
-                     offset, box) -> dict:
-        size = e.size(i)
-        frame = e.transform.frame(*size, q.grid)
-        r0, c0, _h, _w = q.cell_box
-        return {
-            "id": int(i), "rank": int(rank), "score": round(float(score), 6),
-            "path": e.path(i), "label": e.label(i),
-            "offset": [int(offset[0]), int(offset[1])], "box": [round(float(v), 2) for v in box],
-            "image_size": list(size),
-            "geometry": frame.geometry.to_dict(),
-            "carry": carry_affine(q.frame, (r0, c0), frame, (int(offset[0]), int(offset[1]))),
-            "meta": {col: str(e.column(col)[i]) for col in e.columns if col != "label"},
-        }
-
-    def stored(self, sid: str) -> StoredSearch:
+    def stored(self, sid: str, param: str | None = "sid") -> StoredSearch:
         st = self.searches.get(sid)
         if st is None:
             raise NotFound(f"search {sid!r} has expired (the server keeps the latest searches); "
-                           "run it again")
+                           "run it again", param=param)
         return st
 
     def _offsets(self, e: CacheEntry, st: StoredSearch, ids: np.ndarray):
@@ -670,7 +431,8 @@ class AppState:
         for j, i in enumerate(ids):
             m = top.get(int(i))
             if m is not None and not column:
-                items[j] = self.match_record(e, st.query, m.id, int(ranks[j]), m.score, m.offset, m.box)
+                items[j] = match_record(e, st.query, m.id, int(ranks[j]), m.score, m.offset,
+                                        m.box)
         if need:
             nids = ids[need]
             _best, off, _ = self._offsets(e, st, nids)
@@ -679,8 +441,8 @@ class AppState:
                 i = int(ids[j])
                 m = top.get(i)
                 score = m.score if m is not None else float(st.scores[i])
-                items[j] = self.match_record(e, st.query, i, int(ranks[j]), score,
-                                             boxes[jj][0], boxes[jj][1])
+                items[j] = match_record(e, st.query, i, int(ranks[j]), score,
+                                        boxes[jj][0], boxes[jj][1])
         out = {"search_id": sid, "start": start, "stop": stop, "total": total, "items": items}
         if thumbs:
             out["thumbs"] = self.inline_thumbs(e.name, ids.tolist(), limit=MAX_WINDOW)
@@ -690,12 +452,15 @@ class AppState:
         st = self.stored(sid)
         e = self.entry(st.cache)
         if len(ids) > MAX_WINDOW:
-            raise BadQuery(f"at most {MAX_WINDOW} heat maps per request")
-        arr = np.array([e.check_id(i) for i in ids], dtype=np.int64)
-        _, _, maps = self._offsets(e, st, arr)
+            raise BadParameter(f"at most {MAX_WINDOW} heat maps per request", param="ids")
+        arr = np.array([e.check_id(i, param="ids") for i in ids], dtype=np.int64)
         r0, c0, h, w = st.query.cell_box
-        return {"search_id": sid, "cell_box": [r0, c0, h, w], "grid": list(st.query.grid),
-                "maps": {str(int(i)): np.round(maps[j], 4).tolist() for j, i in enumerate(arr)}}
+        out = {"search_id": sid, "cell_box": [r0, c0, h, w], "grid": list(st.query.grid),
+               "maps": {}}
+        if len(arr):
+            _, _, maps = self._offsets(e, st, arr)
+            out["maps"] = {str(int(i)): np.round(maps[j], 4).tolist() for j, i in enumerate(arr)}
+        return out
 
     def export(self, sid: str, k: int | None = None) -> tuple[dict, list[dict]]:
         st = self.stored(sid)
@@ -707,29 +472,5 @@ class AppState:
                 items += self.window(sid, s, min(k, s + MAX_WINDOW))["items"]
         e = self.entry(st.cache)
         head = {"search_id": sid, "cache": st.cache, "model": e.cache.model, "layer": st.layer,
-                "query": self.query_record(e, st.query, st.image)}
+                "query": query_record(st.query, st.image)}
         return head, items
-
-
-def match_boxes(e: CacheEntry, q: Query, ids, offsets) -> list[tuple]:
-    """((row, col), box in the result image's pixels) for offset indices, as the engine does."""
-    r0, c0, _h, w = q.cell_box
-    qframe = q.frame
-    out = []
-    for i, o in zip(ids, offsets):
-        a, b = offset_rc(o, q.grid, w)
-        frame = e.transform.frame(*e.size(int(i)), q.grid)
-        out.append(((a, b), carry_box(qframe, q.box, (r0, c0), frame, (a, b))))
-    return out
-
-
-def curve(scores: np.ndarray, max_points: int = MAX_CURVE_POINTS) -> dict:
-    """The sorted score curve (best first), downsampled to at most ``max_points``."""
-    s = scores[np.isfinite(scores)]
-    s = -np.sort(-s)
-    n = len(s)
-    if n <= max_points:
-        idx = np.arange(n)
-    else:
-        idx = np.unique(np.round(np.linspace(0, n - 1, max_points)).astype(np.int64))
-    return {"n": int(n), "ranks": idx.tolist(), "scores": np.round(s[idx].astype(np.float64), 5).tolist()}

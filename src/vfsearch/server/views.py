@@ -1,21 +1,10 @@
-"""Extra views of the web app: the dataset map, result explanations and compare overlap.
+"""Extra views of the web app over :class:`~vfsearch.server.state.AppState`: the dataset map
+(its grid and atlas pages), result explanations, the raw score / rank-order vectors and the
+overlap of two searches.
 
-Long computations (computing a map + its atlas, occlusion / RISE explanations) run as background
-jobs in daemon threads; ``GET /api/jobs/{job}`` polls them. Everything here is plain Python over
-:class:`~vfsearch.server.state.AppState`; ``add_routes`` wires the endpoints into the FastAPI app.
-
-    GET  /api/caches/{cache}/map?layer&method&grid=1   map metadata (+ grid, flat JSON list) or
-                                                       {"status": "missing"|"computing"|"no_atlas"}
-    GET  /api/caches/{cache}/map/grid.bin?layer&method the grid, int32 little-endian (side×side)
-    GET  /api/caches/{cache}/map/atlas/{page}?layer&method   atlas page JPEG (ETag, 304)
-    POST /api/caches/{cache}/map?layer&method          compute map (+ atlas) in the background → 202
-    GET  /api/jobs/{job}                               {status, progress, error?, result?}
-    GET  /api/searches/{sid}/scores                    every image's score, float32 LE (-inf = none)
-    GET  /api/searches/{sid}/order                     ids best first (the rank order of the
-                                                       curve and its windows), int32 LE
-    POST /api/searches/{sid}/explain  {id, method, params?}  exact/feature → 200 explanation;
-                                                       occlusion/rise → 202 {job} (memoised)
-    GET  /api/overlap?a=sid&b=sid                      shared images of two searches' top-k
+The explain methods, their parameters and which of them run the model (a background job) are
+the explainers' own declarations (:data:`vfsearch.explain.METHODS`,
+:func:`~vfsearch.explain.check_params`); nothing is repeated here.
 """
 
 from __future__ import annotations
@@ -23,24 +12,17 @@ from __future__ import annotations
 import hashlib
 import math
 import threading
-import time
-import traceback
-import uuid
 
 import numpy as np
-from fastapi import Request
-from fastapi.responses import JSONResponse, Response
-from starlette.concurrency import run_in_threadpool
 
-from ..errors import BadQuery, NotFound, VfsError
+from ..embed import METHODS as MAP_METHODS
+from ..errors import BadParameter, BadQuery, NotFound
+from .jobs import Jobs
+from .state import AppState
 
-MAP_METHODS = ("tsne", "umap")
-EXPLAIN_METHODS = ("exact", "feature", "occlusion", "rise")
-SLOW_METHODS = ("occlusion", "rise")
-PARAMS = {"occlusion": {"window": int, "stride": int, "mode": str, "batch_size": int, "auc_steps": int},
-          "rise": {"n_masks": int, "p": float, "cells": int, "seed": int, "mode": str,
-                   "batch_size": int, "auc_steps": int},
-          "exact": {"top_channels": int, "patches": int}, "feature": {}}
+__all__ = ["MAP_METHODS", "Views"]
+
+MAX_CELL_SHARES = 2000  # larger per-cell share tables are left out of the JSON
 
 
 def _clean(v):
@@ -59,83 +41,21 @@ def _clean(v):
     return v
 
 
-class Job:
-    def __init__(self, kind: str, key):
-        self.id = uuid.uuid4().hex[:12]
-        self.kind, self.key = kind, key
-        self.status = "running"
-        self.progress = 0.0
-        self.error: str | None = None
-        self.result = None
-        self.started = time.time()
-        self.finished: float | None = None
-
-    def to_json(self, with_result: bool = True) -> dict:
-        d = {"job": self.id, "kind": self.kind, "status": self.status,
-             "progress": round(float(self.progress), 4),
-             "seconds": round((self.finished or time.time()) - self.started, 2)}
-        if self.error:
-            d["error"] = self.error
-        if with_result and self.status == "done" and self.result is not None:
-            d["result"] = self.result
-        return d
-
-
 class Views:
-    def __init__(self, state):
+    def __init__(self, state: AppState, jobs: Jobs | None = None):
         self.state = state
-        self.jobs: dict[str, Job] = {}
-        self.by_key: dict = {}
-        self.lock = threading.Lock()
-        self.maps: dict = {}  # (cache, layer, method) -> (MapResult, atlas attrs) | None
+        self.jobs = jobs or Jobs()
+        self.maps: dict = {}  # (cache, layer, method) -> (MapResult, atlas attrs)
         self.pages: dict = {}  # (cache, layer, method, page) -> (bytes, etag)
-        self.slow = threading.Semaphore(1)
-
-    # -- jobs -----------------------------------------------------------------------------
-    def start_job(self, kind: str, key, fn) -> Job:
-        """Run ``fn(job)`` in a daemon thread unless a job with ``key`` is running or done."""
-        with self.lock:
-            old = self.by_key.get(key)
-            if old is not None and old.status in ("running", "done"):
-                return old
-            job = Job(kind, key)
-            self.jobs[job.id] = job
-            self.by_key[key] = job
-            if len(self.jobs) > 256:  # forget the oldest finished jobs
-                for jid in [j.id for j in self.jobs.values() if j.status != "running"][:64]:
-                    jj = self.jobs.pop(jid)
-                    if self.by_key.get(jj.key) is jj:
-                        del self.by_key[jj.key]
-
-        def run():
-            try:
-                job.result = fn(job)
-                job.progress = 1.0
-                job.status = "done"
-            except Exception as e:  # noqa: BLE001
-                job.status = "error"
-                job.error = e.message if isinstance(e, VfsError) and getattr(e, "message", None) else \
-                    f"{type(e).__name__}: {e}"
-                if not isinstance(e, VfsError):
-                    traceback.print_exc()
-            finally:
-                job.finished = time.time()
-
-        threading.Thread(target=run, name=f"vfsearch-{kind}", daemon=True).start()
-        return job
-
-    def job(self, jid: str) -> dict:
-        j = self.jobs.get(jid)
-        if j is None:
-            raise NotFound(f"no job {jid!r} (jobs are kept in memory only)")
-        return j.to_json()
+        self.slow = threading.Semaphore(1)  # one model-running explanation at a time
 
     # -- map --------------------------------------------------------------------------------
     def _key(self, name, layer, method):
         e = self.state.entry(name)
         layer = e.check_layer(layer)
         if method not in MAP_METHODS:
-            raise BadQuery(f"map method must be one of {', '.join(MAP_METHODS)}")
+            raise BadParameter(f"map method must be one of {', '.join(MAP_METHODS)}",
+                               param="method")
         return e, layer, method
 
     def _load(self, e, layer, method):
@@ -154,32 +74,32 @@ class Views:
         self.maps[key] = (m, atlas)
         return self.maps[key]
 
-    def map_info(self, name, layer=None, method="tsne", grid: bool = True) -> tuple[int, dict]:
+    def map_info(self, name, layer=None, method="tsne", grid: bool = True) -> dict:
         e, layer, method = self._key(name, layer, method)
-        job = self.by_key.get(("map", e.name, layer, method))
+        job = self.jobs.get(("map", e.name, layer, method))
         running = job is not None and job.status == "running"
         hit = None if running else self._load(e, layer, method)
         base = {"cache": e.name, "layer": layer, "method": method}
         if running:
-            return 200, {**base, "status": "computing", "job": job.to_json(False)}
+            return {**base, "status": "computing", "job": job.to_json(False)}
         if hit is None or hit[1] is None:
-            st = "missing" if hit is None else "no_atlas"
-            out = {**base, "status": st}
+            out = {**base, "status": "missing" if hit is None else "no_atlas"}
             if job is not None and job.status == "error":
                 out["job"] = job.to_json(False)
-            return 200, out
+            return out
         m, atlas = hit
         out = {**base, "status": "ready", "side": m.side, "n": m.n, "rows": m.rows,
                "stale": bool(m.stale), "tile": int(atlas.get("tile", 32)),
                "page_tiles": int(atlas.get("page_tiles", 64)),
                "pages_x": int(atlas.get("pages_x", 1)), "pages_y": int(atlas.get("pages_y", 1)),
                "background": list(atlas.get("background", [24, 24, 24])),
-               "seconds": m.attrs.get("seconds"), "knn_preservation": m.attrs.get("knn_preservation"),
+               "seconds": m.attrs.get("seconds"),
+               "knn_preservation": m.attrs.get("knn_preservation"),
                "version": str(m.attrs.get("fingerprint", ""))}
         out["pages"] = out["pages_x"] * out["pages_y"]
         if grid:
             out["grid"] = m.grid.reshape(-1).tolist()
-        return 200, out
+        return _clean(out)
 
     def map_grid(self, name, layer=None, method="tsne") -> tuple[bytes, int]:
         e, layer, method = self._key(name, layer, method)
@@ -222,11 +142,8 @@ class Views:
             return {"side": m.side, "n": m.n}
 
         key = ("map", e.name, layer, method)
-        with self.lock:
-            old = self.by_key.get(key)
-            if old is not None and old.status == "done":  # recompute on request
-                del self.by_key[key]
-        return self.start_job("map", key, work).to_json(False)
+        self.jobs.forget(key, "done")  # a finished map is recomputed on request
+        return self.jobs.start("map", key, work).to_json(False)
 
     # -- scores -----------------------------------------------------------------------------
     def scores(self, sid: str) -> bytes:
@@ -237,90 +154,84 @@ class Views:
         return np.ascontiguousarray(self.state.stored(sid).order, dtype="<i4").tobytes()
 
     # -- explain ----------------------------------------------------------------------------
-    def _params(self, method, params) -> dict:
-        if params is None:
-            return {}
-        if not isinstance(params, dict):
-            raise BadQuery("params must be an object")
-        out = {}
-        for k, v in params.items():
-            typ = PARAMS[method].get(k)
-            if typ is None:
-                raise BadQuery(f"unknown parameter {k!r} for {method}; known: "
-                               f"{', '.join(PARAMS[method]) or 'none'}")
-            try:
-                out[k] = typ(v)
-            except (TypeError, ValueError):
-                raise BadQuery(f"parameter {k!r} must be {typ.__name__}") from None
-        if method == "occlusion" and (out.get("window", 56) < 4 or out.get("stride", 28) < 4):
-            raise BadQuery("occlusion window and stride must be ≥ 4 px")
-        if method == "rise" and not 1 <= out.get("n_masks", 256) <= 4000:
-            raise BadQuery("rise n_masks must be 1–4000")
-        return out
+    @staticmethod
+    def explain_methods() -> dict:
+        from ..explain import method_info
+
+        return {"methods": _clean(method_info())}
+
+    @staticmethod
+    def check_explain(method: str, params: dict | None) -> dict:
+        """The method's parameters, typed and checked, defaults filled in; a bad one is named
+        as the request field (``params.window``)."""
+        from ..explain import METHODS, check_params
+
+        if method not in METHODS:
+            raise BadParameter(f"explain method must be one of {', '.join(METHODS)}",
+                               param="method")
+        try:
+            return check_params(method, params)
+        except BadParameter as exc:
+            name = f"params.{exc.param}" if exc.param else "params"
+            raise BadParameter(exc.message, param=name) from None
 
     def _explain_record(self, e, st, rid, ex) -> dict:
-
         d = ex.to_dict()
         rs = e.size(rid)
-        d["result"] = {"id": rid, "image_size": list(rs), "path": e.path(rid), "label": e.label(rid),
-                       "geometry": e.transform.geometry(*rs).to_dict()}
+        d["result"] = {"id": rid, "image_size": list(rs), "path": e.path(rid),
+                       "label": e.label(rid), "geometry": e.transform.geometry(*rs).to_dict()}
         q = st.query
         d["query"] = {"image_size": list(q.image_size), "geometry": q.geometry.to_dict(),
                       "image": st.image}
         for ch in d.get("top_channels", []):
             for p in ch.get("patches", []):
                 p["image_size"] = list(e.size(int(p["id"])))
-        if len(d.get("cell_shares", [])) > 2000:
+        if len(d.get("cell_shares", [])) > MAX_CELL_SHARES:
             d.pop("cell_shares")
         return _clean(d)
 
-    def explain(self, sid: str, body: dict) -> tuple[int, dict]:
-        from ..explain import explain
+    def explain(self, sid: str, rid, method: str = "exact",
+                params: dict | None = None) -> tuple[int, dict]:
+        """Explain result ``rid`` of search ``sid``: (200, done) at once for the methods that
+        only read the cache, else (202 | 200 when finished, the job) for those that run the
+        model (memoised per search, result, method and parameters)."""
+        from ..explain import METHODS, explain, needs_query_image
 
         st = self.state.stored(sid)
         e = self.state.entry(st.cache)
-        method = body.get("method", "exact")
-        if method not in EXPLAIN_METHODS:
-            raise BadQuery(f"explain method must be one of {', '.join(EXPLAIN_METHODS)}")
-        rid = e.check_id(body.get("id"))
-        params = self._params(method, body.get("params"))
-        if method in SLOW_METHODS and params.get("mode") == "both" and st.query.source_id is None:
+        checked = self.check_explain(method, params)
+        rid = e.check_id(rid)
+        query_image = None
+        if needs_query_image(method, checked) and st.query.source_id is None:
             u = st.image.get("upload") if isinstance(st.image, dict) else None
-            if u:
-                params_img = self.state.upload(u).image
-            else:
-                raise BadQuery("mode 'both' needs the query image")
-        else:
-            params_img = None
-        if method not in SLOW_METHODS:
+            if not u:
+                raise BadQuery("mode 'both' needs the query image", param="params.mode")
+            query_image = self.state.upload(u).image
+        if not METHODS[method].runs_model:
             with self.state.sem:
-                ex = explain(e.cache, st.query, rid, method, **params)
+                ex = explain(e.cache, st.query, rid, method, **checked)
             return 200, {"status": "done", "result": self._explain_record(e, st, rid, ex)}
 
         def work(job):
-            kw = dict(params)
-            if params_img is not None:
-                kw["query_image"] = params_img
-
-            def prog(f):
-                job.progress = float(min(1.0, max(0.0, f)))
+            kw = dict(checked)
+            if query_image is not None:
+                kw["query_image"] = query_image
             with self.slow:  # one model-running explanation at a time; searches stay free
-                ex = explain(e.cache, st.query, rid, method, progress=prog, **kw)
+                ex = explain(e.cache, st.query, rid, method, progress=job.set_progress, **kw)
             return self._explain_record(e, st, rid, ex)
 
-        key = ("explain", sid, rid, method, tuple(sorted(params.items())))
-        job = self.start_job("explain", key, work)
-        code = 200 if job.status == "done" else 202
-        return code, job.to_json()
+        key = ("explain", sid, rid, method, tuple(sorted(checked.items())))
+        job = self.jobs.start("explain", key, work)
+        return (200 if job.status == "done" else 202), job.to_json()
 
     # -- compare overlap ----------------------------------------------------------------------
     def overlap(self, a: str, b: str) -> dict:
-        sa, sb = self.state.stored(a), self.state.stored(b)
+        sa, sb = self.state.stored(a, param="a"), self.state.stored(b, param="b")
         ea, eb = self.state.entry(sa.cache), self.state.entry(sb.cache)
         ta = [m.id for m in sa.top]
         tb = [m.id for m in sb.top]
         if ea is eb:
-            kb = {i: i for i in tb}
+            kb = set(tb)
             pairs = [[i, i] for i in ta if i in kb]
         else:  # different caches: the same file (by path)
             pb = {eb.path(i): i for i in tb}
@@ -328,65 +239,3 @@ class Views:
         n = max(1, len(set(ta) | set(tb)) if ea is eb else len(ta) + len(tb) - len(pairs))
         return {"a": a, "b": b, "k": [len(ta), len(tb)], "count": len(pairs), "shared": pairs,
                 "jaccard": round(len(pairs) / n, 4)}
-
-
-def add_routes(app, state) -> Views:
-    """Register the views' endpoints on ``app`` (before the static mount)."""
-    views = Views(state)
-    app.state.views = views
-
-    @app.get("/api/caches/{name}/map")
-    async def map_info(name: str, layer: str | None = None, method: str = "tsne", grid: bool = True):
-        code, body = await run_in_threadpool(views.map_info, name, layer, method, grid)
-        return JSONResponse(body, status_code=code)
-
-    @app.post("/api/caches/{name}/map")
-    async def map_compute(name: str, layer: str | None = None, method: str = "tsne"):
-        return JSONResponse(await run_in_threadpool(views.compute_map, name, layer, method),
-                            status_code=202)
-
-    @app.get("/api/caches/{name}/map/grid.bin")
-    async def map_grid(name: str, layer: str | None = None, method: str = "tsne"):
-        data, side = await run_in_threadpool(views.map_grid, name, layer, method)
-        return Response(data, media_type="application/octet-stream",
-                        headers={"X-Side": str(side), "Cache-Control": "no-cache"})
-
-    @app.get("/api/caches/{name}/map/atlas/{page}")
-    async def map_atlas(name: str, page: int, request: Request, layer: str | None = None,
-                        method: str = "tsne"):
-        data, etag = await run_in_threadpool(views.atlas, name, page, layer, method)
-        headers = {"ETag": etag, "Cache-Control": "private, no-cache"}
-        inm = request.headers.get("if-none-match")
-        if inm and etag in [t.strip().removeprefix("W/") for t in inm.split(",")]:
-            return Response(status_code=304, headers=headers)
-        return Response(data, media_type="image/jpeg", headers=headers)
-
-    @app.get("/api/jobs/{jid}")
-    async def job(jid: str):
-        return views.job(jid)
-
-    @app.get("/api/searches/{sid}/scores")
-    async def scores(sid: str):
-        data = await run_in_threadpool(views.scores, sid)
-        return Response(data, media_type="application/octet-stream",
-                        headers={"X-Count": str(len(data) // 4)})
-
-    @app.get("/api/searches/{sid}/order")
-    async def order(sid: str):
-        data = await run_in_threadpool(views.order, sid)
-        return Response(data, media_type="application/octet-stream",
-                        headers={"X-Count": str(len(data) // 4)})
-
-    @app.post("/api/searches/{sid}/explain")
-    async def explain(sid: str, request: Request):
-        from .app import json_body
-
-        body = await json_body(request)
-        code, out = await run_in_threadpool(views.explain, sid, body)
-        return JSONResponse(out, status_code=code)
-
-    @app.get("/api/overlap")
-    async def overlap(a: str, b: str):
-        return await run_in_threadpool(views.overlap, a, b)
-
-    return views

@@ -1,0 +1,371 @@
+"""The web API's wire format, declared once: request models (FastAPI validates every body with
+them) and response models (published in the OpenAPI document; the tests check real responses
+against it). Field names and shapes are the ones the front-end uses.
+
+Request bodies are strict (``"k": "5"`` or ``"whole": ""`` is refused, not coerced), reject
+unknown fields and non-finite numbers; every refusal names the field.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "MAX_INT",
+    "CachesResponse",
+    "ErrorBody",
+    "ExplainMethods",
+    "ExplainRequest",
+    "ExplainResponse",
+    "ExportResponse",
+    "Health",
+    "HeatResponse",
+    "ImageList",
+    "ImageRecord",
+    "Job",
+    "MapInfo",
+    "Overlap",
+    "SearchRequest",
+    "SearchResponse",
+    "UploadRecord",
+    "WindowResponse",
+]
+
+MAX_INT = 2**31 - 1  # bound for every integer a client sends (ids, ranks, offsets)
+MAX_K = 500  # most matches one search returns (AppState checks the same)
+Int = Annotated[int, Field(ge=-MAX_INT, le=MAX_INT)]
+Name = Annotated[str, Field(max_length=200)]
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
+
+
+class _Response(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+# -- requests --------------------------------------------------------------------------------
+
+
+class ImageRef(_Request):
+    """The query image: a dataset image (``id``, in ``cache`` or the searched one) or an
+    ``upload``."""
+
+    id: Int | None = None
+    cache: Name | None = None
+    upload: Name | None = None
+
+
+class MaskSpec(_Request):
+    """A mask at any size with the image's aspect ratio (±2 %): a PNG (base64 or data URL),
+    raw bytes (``u8`` + ``width`` + ``height``), a nested list (0–1 or 0–255) or ``rle``
+    ("w.h.runs", brush.js's run-length code)."""
+
+    png: str | None = None
+    u8: str | None = None
+    width: Annotated[int, Field(ge=1, le=1 << 16)] | None = None
+    height: Annotated[int, Field(ge=1, le=1 << 16)] | None = None
+    data: list[list[float]] | None = None
+    rle: str | None = None
+
+
+class ResultFilter(_Request):
+    """Keep only results whose ``column`` equals ``value`` (compared as text)."""
+
+    column: Name | None = None
+    value: str | int | float | None = None
+
+
+class SearchRequest(_Request):
+    """One search: exactly one region (``box`` in image pixels, ``mask``, or ``whole: true``)."""
+
+    cache: Name
+    layer: Name | None = None
+    image: ImageRef
+    box: Annotated[list[float], Field(min_length=4, max_length=4)] | None = None
+    mask: MaskSpec | None = None
+    whole: bool | None = None
+    k: Annotated[int, Field(ge=1, le=MAX_K)] = 20
+    exclude_self: bool = True
+    filter: ResultFilter | None = None
+    thumbs: bool = False
+
+
+ParamValue = str | int | float | bool | None
+
+
+class ExplainRequest(_Request):
+    """Explain why image ``id`` matches the search; ``params`` as ``GET /api/explain/methods``
+    lists them for ``method``."""
+
+    id: Int
+    method: Name = "exact"
+    params: dict[Annotated[str, Field(max_length=64)], ParamValue] | None = None
+
+
+# -- responses -------------------------------------------------------------------------------
+
+
+class ErrorBody(BaseModel):
+    """Every error: a machine code, a one-line message, and the field it is about."""
+
+    error: str
+    message: str
+    param: str | None = None
+
+
+class Health(_Response):
+    ok: bool
+    caches: list[str]
+
+
+class Geometry(_Response):
+    """Where the original image lands in the model input (``u = x * sx - left``)."""
+
+    sx: float
+    sy: float
+    left: float
+    top: float
+    input: list[int]
+    image: list[int]
+    size: int
+    crop: list[float]
+
+
+class LayerInfo(_Response):
+    name: str
+    grid: list[int]
+    channels: int
+    stride: int | None = None
+
+
+class ColumnSummary(_Response):
+    n_unique: int
+    values: list[tuple[str, int]]
+
+
+class CacheSummary(_Response):
+    name: str
+    model: str
+    images: int
+    indexed: int
+    dtype: str
+    refine: str
+    transform: dict[str, Any]
+    layers: list[LayerInfo]
+    default_layer: str
+    columns: dict[str, ColumnSummary]
+
+
+class Limits(_Response):
+    upload_bytes: int
+
+
+class CachesResponse(_Response):
+    caches: list[CacheSummary]
+    limits: Limits
+
+
+class ImageBrief(_Response):
+    id: int
+    path: str
+    label: str
+    size: list[int]
+
+
+class ImageRecord(ImageBrief):
+    valid: bool
+    meta: dict[str, str]
+    geometry: Geometry
+
+
+class ImageList(_Response):
+    total: int
+    offset: int
+    items: list[ImageBrief]
+
+
+class UploadRecord(_Response):
+    upload: str
+    name: str
+    size: list[int]
+    geometry: dict[str, Geometry] = Field(description="the model's view of it, per cache name")
+
+
+class QueryRecord(_Response):
+    image: dict[str, Any]
+    layer: str
+    grid: list[int]
+    cell_box: list[int]
+    weights: list[list[float]]
+    n_cells: int
+    box: list[float]
+    image_size: list[int]
+    geometry: Geometry
+    label: str | None = None
+
+
+class Carry(_Response):
+    """The query carried to the match: query-image pixels → result-image pixels."""
+
+    matrix: list[float] = Field(description="[a, 0, 0, d, e, f] as canvas setTransform takes it")
+    clip: list[float]
+
+
+class Match(_Response):
+    id: int
+    rank: int
+    score: float
+    path: str
+    label: str
+    offset: list[int]
+    box: list[float]
+    image_size: list[int]
+    geometry: Geometry
+    carry: Carry
+    meta: dict[str, str]
+
+
+class Curve(_Response):
+    n: int
+    ranks: list[int]
+    scores: list[float]
+
+
+class Timing(_Response):
+    query_ms: float
+    wait_ms: float
+    search_ms: float
+    total_ms: float
+
+
+class SearchResponse(_Response):
+    search_id: str
+    cache: str
+    layer: str
+    k: int
+    query: QueryRecord
+    matches: list[Match]
+    total: int
+    curve: Curve
+    stats: dict[str, Any]
+    timing: Timing
+    thumbs: dict[str, str] | None = Field(None, description="id → base64 JPEG thumbnail")
+
+
+class WindowResponse(_Response):
+    search_id: str
+    start: int
+    stop: int
+    total: int
+    items: list[Match]
+    thumbs: dict[str, str] | None = None
+
+
+class HeatResponse(_Response):
+    search_id: str
+    cell_box: list[int]
+    grid: list[int]
+    maps: dict[str, list[list[float]]]
+
+
+class ExportResponse(_Response):
+    search_id: str
+    cache: str
+    model: str
+    layer: str
+    query: QueryRecord
+    matches: list[Match]
+
+
+class Overlap(_Response):
+    a: str
+    b: str
+    k: list[int]
+    count: int
+    shared: list[list[int]]
+    jaccard: float
+
+
+class Job(_Response):
+    """A background job (a map, a model-running explanation)."""
+
+    job: str
+    kind: str
+    status: Literal["running", "done", "error"]
+    progress: float
+    seconds: float
+    error: str | None = Field(None, description="what went wrong (status 'error')")
+    code: str | None = Field(None, description="the error's machine code (status 'error')")
+    param: str | None = Field(None, description="the field the error is about, if any")
+    result: Any = None
+
+
+class MapInfo(_Response):
+    cache: str
+    layer: str
+    method: str
+    status: Literal["missing", "no_atlas", "computing", "ready"]
+    job: Job | None = None
+    side: int | None = None
+    n: int | None = None
+    rows: int | None = None
+    stale: bool | None = None
+    tile: int | None = None
+    page_tiles: int | None = None
+    pages_x: int | None = None
+    pages_y: int | None = None
+    pages: int | None = None
+    background: list[int] | None = None
+    seconds: float | None = None
+    knn_preservation: dict[str, Any] | None = None
+    version: str | None = None
+    grid: list[int] | None = Field(None, description="side × side image ids, -1 = empty")
+
+
+class Explanation(_Response):
+    method: str
+    result_id: int
+    score: float | None
+    offset: list[int]
+    space: Literal["grid", "input"]
+    saliency: list[list[float | None]]
+    query_saliency: list[list[float | None]] | None = None
+    insertion_auc: float | None = None
+    deletion_auc: float | None = None
+    seconds: float | None = None
+    params: dict[str, Any]
+    result: dict[str, Any]
+    query: dict[str, Any]
+
+
+class ExplainDone(_Response):
+    status: Literal["done"]
+    result: Explanation
+
+
+ExplainResponse = ExplainDone | Job
+
+
+class ParamInfo(_Response):
+    name: str
+    type: Literal["int", "float", "str", "bool"]
+    default: Any = None
+    help: str = ""
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: list[Any] | None = None
+
+
+class MethodInfo(_Response):
+    name: str
+    title: str
+    runs_model: bool = Field(description="slow: runs as a background job (202 + job)")
+    params: list[ParamInfo]
+
+
+class ExplainMethods(_Response):
+    methods: list[MethodInfo]
