@@ -17,12 +17,15 @@ from .index import index_log
 @click.option("--open/--no-open", "open_browser", default=False, help="Open a browser tab.")
 @click.option("--image-root", type=click.Path(path_type=Path), default=None,
               help="Re-point the image root of the (single) cache.")
-def serve_cmd(caches, host, port, token, open_browser, image_root):
+@click.option("--allow-host", "allow_hosts", multiple=True, metavar="NAME",
+              help="Also answer to this Host name (a reverse proxy's; '*.example.org' or '*' "
+                   "for any); repeatable. Loopback names and --host always work.")
+def serve_cmd(caches, host, port, token, open_browser, image_root, allow_hosts):
     """Open the web app on one or more caches."""
     from ..server import serve
 
     serve(list(caches), host=host, port=port, token=token, open_browser=open_browser,
-          image_root=image_root)
+          image_root=image_root, allow_hosts=list(allow_hosts))
 
 
 @click.command("demo")
