@@ -217,6 +217,23 @@ class FeatureCache:
         h.update(np.ascontiguousarray(self.root[image_key("stat")][:]).tobytes())
         return h.hexdigest()[:16]
 
+    def to_pandas(self):
+        """The images as a pandas DataFrame: id, path, label, metadata columns, status
+        ("pending" / "indexed" / "skipped"), width, height, error (pandas is optional)."""
+        from .._tables import frame
+
+        names = {PENDING: "pending", INDEXED: "indexed", SKIPPED: "skipped"}
+        sizes = self.sizes
+        text = lambda a: [str(v) for v in a]  # noqa: E731
+        cols = {"id": np.arange(len(self)), "path": text(self.paths), "label": text(self.labels)}
+        cols.update({c: text(self.column(c)) for c in self.meta_columns})
+        cols.update({"status": np.array([names.get(int(s), "?") for s in self.status]),
+                     "width": sizes[:, 0], "height": sizes[:, 1],
+                     "error": text(self._col(image_key("error")))})
+        return frame(cols, ints=("id", "width", "height"),
+                     strings=("path", "label", *self.meta_columns, "error"),
+                     categories=("status",))
+
     def abspath(self, i: int) -> Path:
         """Absolute path of image ``i`` under the (possibly re-pointed) image root."""
         return self.image_root / str(self.paths[self._check_id(i)])

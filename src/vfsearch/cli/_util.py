@@ -44,3 +44,25 @@ def parse_bytes(text: str, param: str = "memory") -> int:
     except ValueError:
         raise BadParameter(f"cannot read a size from {text!r} (use e.g. 512M or 2G)",
                            param=param) from None
+
+
+def write_csv(rows: list[dict], dest) -> None:
+    """Rows of a table (dicts with the same keys) as CSV to a file, or stdout for ``-``."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    if rows:
+        w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    if str(dest) == "-":
+        click.echo(buf.getvalue(), nl=False)
+        return
+    try:
+        with open(dest, "w", newline="", encoding="utf-8") as f:
+            f.write(buf.getvalue())
+    except OSError as e:
+        from ..errors import OutputError
+
+        raise OutputError(f"cannot write {dest}: {e.strerror or e}", param="csv") from None

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ._util import echo_json, parse_box, parse_bytes
+from ._util import echo_json, parse_box, parse_bytes, write_csv
 
 
 @click.command("search")
@@ -15,7 +15,10 @@ from ._util import echo_json, parse_box, parse_bytes
 @click.option("--mask", type=click.Path(path_type=Path), default=None,
               help="Mask image at the query image's size (alpha or gray = weight).")
 @click.option("--box", default=None, help="x0,y0,x1,y1 in the query image's pixels.")
-@click.option("--whole", is_flag=True, help="Query with the whole image.")
+@click.option("--whole", is_flag=True,
+              help="The paper's rigid whole-image query (cell (i, j) against cell (i, j)).")
+@click.option("--global", "global_", is_flag=True,
+              help="Similar images: cosine of mean-pooled features (content anywhere).")
 @click.option("--layer", "-l", default=None, help="Layer (default: the cache's first layer).")
 @click.option("--k", "-k", default=10, show_default=True, type=click.IntRange(1, 100000))
 @click.option("--include-self", is_flag=True, help="Keep the query image in the results.")
@@ -27,9 +30,11 @@ from ._util import echo_json, parse_box, parse_bytes
 @click.option("--backend", default="auto", show_default=True,
               help="auto | avx512 | avx2 | generic | numpy | torch | torch:cuda")
 @click.option("--json", "as_json", is_flag=True)
-def search_cmd(cache, image, mask, box, whole, layer, k, include_self, dedup, memory, image_root,
-               scheduler, backend, as_json):
-    """Find the K most similar regions to a query region."""
+@click.option("--csv", "csv_out", default=None, type=click.Path(path_type=Path),
+              help="Write the results table here ('-' for stdout).")
+def search_cmd(cache, image, mask, box, whole, global_, layer, k, include_self, dedup, memory,
+               image_root, scheduler, backend, as_json, csv_out):
+    """Find the K most similar regions to a query region (or, with --global, similar images)."""
     import time
 
     from .. import open_cache
@@ -39,19 +44,25 @@ def search_cmd(cache, image, mask, box, whole, layer, k, include_self, dedup, me
     query = int(image) if image.isdigit() else image
     t0 = time.perf_counter()
     res = search(c, query, mask=str(mask) if mask else None, box=parse_box(box), whole=whole,
-                 layer=layer, k=k, exclude_self=not include_self, dedup=dedup,
+                 mode="global" if global_ else None, layer=layer, k=k, exclude_self=not include_self, dedup=dedup,
                  memory=parse_bytes(memory) if memory else "auto", scheduler=scheduler,
                  backend=backend)
     dt = time.perf_counter() - t0
+    if csv_out is not None:
+        write_csv(res.rows(), csv_out)
+        if str(csv_out) == "-":
+            return
     if as_json:
         d = res.to_dict()
         d["seconds"] = round(dt, 4)
         echo_json(d)
         return
     q = res.query
-    click.echo(f"query {image} box {tuple(round(v) for v in q.box)} → {q.n_cells} cells on "
-               f"{q.layer} ({c.grid(q.layer)[0]}×{c.grid(q.layer)[1]}); {int(c.valid.sum())} images "
-               f"in {dt * 1000:.0f} ms")
+    what = (f"the pooled features of {q.layer}" if q.mode == "global" else
+            f"box {tuple(round(v) for v in q.box)} → {q.n_cells} cells on {q.layer} "
+            f"({c.grid(q.layer)[0]}×{c.grid(q.layer)[1]})")
+    click.echo(f"query {image} ({q.mode}): {what}; {int(c.valid.sum())} images in "
+               f"{dt * 1000:.0f} ms")
     click.echo(f"{'rank':>4} {'id':>7} {'score':>7}  {'label':<20} {'box (x0,y0,x1,y1)':<24} path")
     for m in res:
         bx = ",".join(str(round(v)) for v in m.box)

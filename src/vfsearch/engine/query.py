@@ -18,13 +18,21 @@ from ..geometry import Frame, Geometry, cell_box
 from ..images import load_image
 from ..masks import box_mask, load_mask
 
-__all__ = ["Query", "box_mask", "load_mask", "make_query", "query_from_features",
+__all__ = ["MODES", "Query", "box_mask", "load_mask", "make_query", "query_from_features",
            "register_query_model"]
+
+
+MODES = ("region", "whole", "global")
 
 
 @dataclass
 class Query:
-    """A region query, already on a cache's feature grid."""
+    """A query on a cache's feature grid.
+
+    ``mode``: "region" (a mask or box, matched at every offset), "whole" (the paper's all-ones
+    mask: cell (i, j) against cell (i, j)) or "global" (cosine of mean-pooled features: similar
+    images, wherever their content sits).
+    """
 
     features: np.ndarray  # (H, W, C) float32, the query image's feature map
     weights: np.ndarray  # (H, W) float32, mask weights on the grid (area average)
@@ -37,6 +45,8 @@ class Query:
     source_id: int | None = None  # dataset id when the query image is in the cache
     mask: np.ndarray | None = None  # image-resolution mask (for drawing), float32 0–1
     label: str = ""
+    mode: str = "region"
+    pooled: np.ndarray | None = None  # (C,) mean-pooled features (global mode)
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -61,11 +71,19 @@ class Query:
         whole of what the model sees (an all-ones grid)."""
         if mask is None:
             return dataclasses.replace(self, weights=np.ones(self.grid, np.float32),
-                                       box=self.geometry.crop, mask=None)
+                                       box=self.geometry.crop, mask=None, mode="whole")
         weights = self.frame.mask_weights(mask)
         ys, xs = np.nonzero(mask > 0)
         box = (float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1))
-        return dataclasses.replace(self, weights=weights, box=box, mask=mask)
+        return dataclasses.replace(self, weights=weights, box=box, mask=mask, mode="region")
+
+    def as_global(self, pooled: np.ndarray | None = None) -> Query:
+        """This query image as a global query (its mean-pooled features)."""
+        from ..cache.layout import pooled as mean_pool
+
+        p = mean_pool(self.features[None])[0] if pooled is None else np.asarray(pooled, np.float32)
+        return dataclasses.replace(self, weights=np.ones(self.grid, np.float32),
+                                   box=self.geometry.crop, mask=None, mode="global", pooled=p)
 
 
 _EXTRA_MODELS: dict[tuple[str, str], object] = {}
@@ -129,7 +147,7 @@ def query_from_features(cache: FeatureCache, features: np.ndarray, size: tuple[i
     return Query(features=np.ascontiguousarray(features, dtype=np.float32),
                  weights=np.ones(grid, np.float32), image_size=size, geometry=geom,
                  box=geom.crop, layer=layer, model=cache.model, weights_hash=cache.weights_hash,
-                 source_id=source_id, mask=None, label=label)
+                 source_id=source_id, mask=None, label=label, mode="whole")
 
 
 def make_query(
@@ -139,19 +157,23 @@ def make_query(
     mask=None,
     box=None,
     whole: bool = False,
+    mode: str | None = None,
     layer: str | None = None,
 ) -> Query:
     """Build a :class:`Query` for ``cache``.
 
-    ``image``: a dataset id (int), an image path, a PIL image, or image bytes. Give exactly one of
-    ``mask`` (array/PIL/file at the image's resolution, soft values 0–1), ``box`` (x0, y0, x1, y1
-    in image pixels) or ``whole=True``.
+    ``image``: a dataset id (int), an image path, a PIL image, or image bytes. ``mode``:
+    "region" — give exactly one of ``mask`` (array/PIL/file at the image's resolution, soft
+    values 0–1) or ``box`` (x0, y0, x1, y1 in image pixels); "whole" (``whole=True`` is an alias)
+    — the paper's rigid all-ones mask; "global" — similar images by pooled features (no mask).
     """
     layer = layer or cache.default_layer
     cache.layer_info(layer)
-    n_region = sum(x is not None and x is not False for x in (mask, box, whole or None))
-    if n_region != 1:
-        raise BadQuery("give exactly one of a mask, a box or whole=True")
+    mode = _mode(mode, whole, mask, box)
+    if mode == "global" and not cache.has(layer, "pooled"):
+        from ..cache import versions
+
+        versions.require(cache, layer, "pooled")
     source_id = None
     label = ""
     if isinstance(image, (int, np.integer)) and not isinstance(image, bool):
@@ -174,11 +196,35 @@ def make_query(
         feats = query_features(cache, img, layer)
         size = img.size
     base = query_from_features(cache, feats, size, layer, source_id=source_id, label=label)
-    if whole:
+    if mode == "global":
+        stored = cache.pooled(layer, [source_id])[0] if source_id is not None else None
+        return base.as_global(stored)
+    if mode == "whole":
         return dataclasses.replace(base, mask=np.ones((base.image_size[1], base.image_size[0]),
-                                                      np.float32))
+                                                      np.float32), mode="whole")
     m = box_mask(box, base.image_size) if box is not None else load_mask(mask, base.image_size)
     return base.with_region(m)
+
+
+def _mode(mode: str | None, whole: bool, mask, box) -> str:
+    """The query mode from the arguments, refusing contradictions."""
+    if mode is not None and mode not in MODES:
+        raise BadQuery(f"mode must be one of {', '.join(MODES)}, got {mode!r}", param="mode")
+    if whole:
+        if mode not in (None, "whole"):
+            raise BadQuery(f"whole=True is the 'whole' mode; it cannot be combined with mode "
+                           f"{mode!r}", param="whole")
+        mode = "whole"
+    regions = [name for name, v in (("mask", mask), ("box", box)) if v is not None]
+    if mode in ("whole", "global"):
+        if regions:
+            raise BadQuery(f"a {mode} query takes the whole image: give no {regions[0]}",
+                           param=regions[0])
+        return mode
+    if len(regions) != 1:
+        raise BadQuery("give exactly one of a mask, a box, whole=True or mode='global'",
+                       param="mask" if not regions else regions[1])
+    return "region"
 
 
 def check_query(cache: FeatureCache, q: Query) -> None:
@@ -189,4 +235,9 @@ def check_query(cache: FeatureCache, q: Query) -> None:
         raise BadQuery(f"query layer {q.layer!r} is not in this cache ({', '.join(cache.layers)})")
     if tuple(q.weights.shape) != cache.grid(q.layer) or q.features.shape[-1] != cache.layer_info(q.layer)["channels"]:
         raise BadQuery("query features do not match the cache's layer shape")
+    if q.mode not in MODES:
+        raise BadQuery(f"query mode must be one of {', '.join(MODES)}", param="mode")
+    if q.mode == "global" and q.pooled is None:
+        raise BadQuery("a global query needs its pooled features (use make_query(mode='global') "
+                       "or Query.as_global())", param="mode")
 

@@ -70,7 +70,12 @@ class SearchResult:
         return self.query.weights[r0:r0 + h, c0:c0 + w]
 
     def score_map(self, i: int) -> np.ndarray:
-        """Exact score at every offset of image ``i`` (rows × cols of offsets) for heat overlays."""
+        """Exact score at every offset of image ``i`` (rows × cols of offsets) for heat overlays;
+        for a global query, each cell's share of the pooled cosine (H × W, summing to it)."""
+        if self.query.mode == "global":
+            from .global_search import cell_shares
+
+            return cell_shares(self.query.pooled, self.cache.features(i, self.query.layer))[0]
         feats = self.cache.features(i, self.query.layer)[None]
         _, _, maps = exact_scores(feats, self.query.weights, self.query.features)
         return maps[0]
@@ -82,10 +87,34 @@ class SearchResult:
         s = self.scores[np.isfinite(self.scores)]
         return -np.sort(-s)
 
+    def rows(self) -> list[dict]:
+        """The results as table rows: rank, id, path, label, metadata columns, score, the
+        matched box (x0, y0, x1, y1, original pixels), the offset (row, col), image size."""
+        cols = self.cache.meta_columns
+        meta = {c: self.cache.column(c) for c in cols}
+        out = []
+        for m in self.matches:
+            r = {"rank": m.rank, "id": m.id, "path": m.path, "label": m.label}
+            r.update({c: str(meta[c][m.id]) for c in cols})
+            r.update({"score": m.score, "x0": m.box[0], "y0": m.box[1], "x1": m.box[2],
+                      "y1": m.box[3], "row": m.offset[0], "col": m.offset[1],
+                      "width": m.image_size[0], "height": m.image_size[1]})
+            out.append(r)
+        return out
+
+    def to_pandas(self):
+        """The results as a pandas DataFrame (the columns of :meth:`rows`; pandas is optional:
+        ``pip install vfsearch[pandas]``)."""
+        from .._tables import frame
+
+        return frame(self.rows(), ints=("rank", "id", "row", "col", "width", "height"),
+                     floats=("score", "x0", "y0", "x1", "y1"),
+                     strings=("path", "label", *self.cache.meta_columns))
+
     def to_dict(self) -> dict:
         r0, c0, h, w = self.query.cell_box
         return {
-            "model": self.cache.model, "layer": self.query.layer,
+            "model": self.cache.model, "layer": self.query.layer, "mode": self.query.mode,
             "query": {"id": self.query.source_id, "box": [round(v, 2) for v in self.query.box],
                       "cells": [r0, c0, h, w], "n_cells": self.query.n_cells},
             "matches": [m.to_dict() for m in self.matches],
@@ -254,11 +283,15 @@ def _want(k: int, dedup: float | None) -> int:
 
 
 def _dedup(cache: FeatureCache, layer: str, top: np.ndarray, threshold: float) -> np.ndarray:
-    """Greedy near-duplicate suppression on mean-pooled features (cosine ≥ threshold)."""
+    """Greedy near-duplicate suppression on mean-pooled features (cosine ≥ threshold): the
+    cache's stored pooled vectors (those of global search)."""
     kept: list[int] = []
     vecs: list[np.ndarray] = []
-    for i in top:
-        v = cache.features(int(i), layer, exact=False).mean(axis=(0, 1))
+    stored = cache.has(layer, "pooled")
+    pooled = cache.pooled(layer, top) if stored and len(top) else None
+    for j, i in enumerate(top):
+        v = pooled[j].astype(np.float64) if pooled is not None else \
+            cache.features(int(i), layer, exact=False).mean(axis=(0, 1))
         v = v / (np.linalg.norm(v) + 1e-12)
         if any(float(v @ u) >= threshold for u in vecs):
             continue
@@ -267,15 +300,42 @@ def _dedup(cache: FeatureCache, layer: str, top: np.ndarray, threshold: float) -
     return np.array(kept, dtype=np.int64)
 
 
-def _as_query(cache: FeatureCache, query, image, mask, box, whole, layer) -> Query:
+def _as_query(cache: FeatureCache, query, image, mask, box, whole, layer, mode=None) -> Query:
     if isinstance(query, Query):
         check_query(cache, query)
         return query
     if query is not None and image is None:
         image = query
     if image is None:
-        raise BadQuery("give a query (dataset id, image file or Query)")
-    return make_query(cache, image, mask=mask, box=box, whole=whole, layer=layer)
+        raise BadQuery("give a query (dataset id, image file or Query)", param="image")
+    return make_query(cache, image, mask=mask, box=box, whole=whole, mode=mode, layer=layer)
+
+
+def _finish_global(cache: FeatureCache, q: Query, *, k: int, exclude_self: bool,
+                   return_scores: bool, dedup: float | None) -> SearchResult:
+    """Top-k by pooled cosine (exact in float64); each match is the result's whole view."""
+    from .global_search import global_scores, global_top
+
+    score = global_scores(cache, q.layer, q.pooled)
+    valid = cache.valid.copy()
+    if exclude_self and q.source_id is not None:
+        valid[q.source_id] = False
+    score[~valid] = -np.inf
+    top, exact, n_checked = global_top(cache, q.layer, q.pooled, score, _want(k, dedup))
+    score[top] = exact.astype(np.float32)
+    if dedup:
+        top = _dedup(cache, q.layer, top, dedup)
+    top = top[:k]
+    best = dict(zip(top.tolist(), exact.tolist()))
+    paths, labels = cache.paths, cache.labels
+    matches = []
+    for rank, i in enumerate(top):
+        size = cache.image_size(int(i))
+        box = cache.transform.geometry(*size).crop
+        matches.append(Match(int(i), float(best[int(i)]), rank, str(paths[i]), str(labels[i]),
+                             (0, 0), box, size))
+    stats = {"refined": n_checked, "candidates": n_checked}
+    return SearchResult(q, cache, matches, score if return_scores else None, stats)
 
 
 def search(
@@ -286,6 +346,7 @@ def search(
     mask=None,
     box=None,
     whole: bool = False,
+    mode: str | None = None,
     layer: str | None = None,
     k: int = 10,
     exclude_self: bool = True,
@@ -299,8 +360,10 @@ def search(
 ) -> SearchResult:
     """Find the ``k`` images whose best same-shaped window is most similar to the query region.
 
-    ``query`` is a :class:`Query`, a dataset id or an image file (then give ``mask``, ``box`` or
-    ``whole``). With an 8-bit cache and its refine copy, every candidate whose score could reach
+    ``query`` is a :class:`Query`, a dataset id or an image file (then give ``mask`` or ``box``,
+    or ``mode``: "whole" — the paper's rigid all-ones mask, ``whole=True`` — or "global" —
+    similar images by the cosine of mean-pooled features, one product over the stored pooled
+    vectors). With an 8-bit cache and its refine copy, every candidate whose score could reach
     the top k (given its quantisation error bound) is re-scored exactly, so the result equals an
     exact search. ``return_scores`` adds every image's score (for the distribution curve).
     ``memory`` bounds RAM by streaming the cache in blocks (bytes; "auto" streams only when the
@@ -309,7 +372,7 @@ def search(
     features have cosine ≥ ``dedup`` with a better result. ``scheduler`` (``"local:N"`` or a Dask address) maps the scan over the
     cache's chunks on Dask workers; the results are identical.
     """
-    return search_many(cache, [_as_query(cache, query, image, mask, box, whole, layer)], k=k,
+    return search_many(cache, [_as_query(cache, query, image, mask, box, whole, layer, mode)], k=k,
                        exclude_self=exclude_self, return_scores=return_scores, dedup=dedup,
                        exact=exact, memory=memory, backend=backend, threads=threads,
                        scheduler=scheduler)[0]
@@ -333,11 +396,15 @@ def search_many(
     RAM) is scanned for every query while it is in memory. Queries may use different layers;
     each layer is read once."""
     if k < 1:
-        raise BadQuery("k must be at least 1")
+        raise BadQuery("k must be at least 1", param="k")
     results: list[SearchResult | None] = [None] * len(queries)
     by_layer: dict[str, list[int]] = {}
     for j, q in enumerate(queries):
         check_query(cache, q)
+        if q.mode == "global":
+            results[j] = _finish_global(cache, q, k=k, exclude_self=exclude_self,
+                                        return_scores=return_scores, dedup=dedup)
+            continue
         by_layer.setdefault(q.layer, []).append(j)
     # images that can still reach the top `want` get tight bounds during the scan (+1: the query's
     # own image may be among them and is excluded afterwards)
