@@ -95,7 +95,7 @@ def fit(mode: str, size: int, resize: int, width: int, height: int) -> Geometry:
     ``squash``: the whole image resized to ``size × size`` (aspect not kept).
     """
     s = int(size)
-    if mode in ("squash", "whole"):  # "whole": the old name of squash
+    if mode == "squash":
         return Geometry(s / width, s / height, 0.0, 0.0, (s, s), (s, s), (width, height))
     scale = resize / min(width, height)
     rw = max(s, round(width * scale))

@@ -117,6 +117,10 @@ def discover(
                 if line and not line.startswith("#"):
                     rows.append((line, None, {}))
 
+    if image_root is None and not src.is_dir() and rows and \
+            all(Path(g).expanduser().is_absolute() for g, _l, _m in rows):
+        # a list of absolute paths: their common folder is the root
+        root = _abs(os.path.commonpath([str(_abs(Path(g).expanduser()).parent) for g, _l, _m in rows]))
     items: list[ImageItem] = []
     seen: set[str] = set()
     for given, label, meta in rows:

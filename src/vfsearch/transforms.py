@@ -14,7 +14,10 @@ from PIL import Image
 from .errors import BadParameter
 from .geometry import Frame, Geometry, fit
 
-__all__ = ["Transform"]
+__all__ = ["MODES", "Transform"]
+
+#: index modes: the model's centre crop, or the whole image squashed to a square
+MODES = ("crop", "squash")
 
 _INTERP = {
     "bicubic": Image.Resampling.BICUBIC,
@@ -30,8 +33,9 @@ class Transform:
     """Model preprocessing.
 
     ``mode="crop"``: resize the shorter side to ``resize`` then centre-crop ``size`` (the usual
-    ImageNet evaluation transform). ``mode="whole"``: resize the whole image to ``size``×``size``
-    (keeps the borders a crop hides, distorts the aspect ratio).
+    ImageNet evaluation transform). ``mode="squash"``: resize the whole image to
+    ``size``×``size`` (keeps the borders a crop hides, distorts the aspect ratio; ``"whole"`` is
+    its deprecated old name).
     """
 
     size: int = 224
@@ -42,9 +46,11 @@ class Transform:
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
 
     def __post_init__(self):
-        if self.mode not in ("crop", "whole"):
-            raise BadParameter(f"unknown preprocessing mode {self.mode!r} (use 'crop' or 'whole')",
-                               param="mode")
+        if self.mode == "whole":  # the deprecated name of squash
+            object.__setattr__(self, "mode", "squash")
+        if self.mode not in MODES:
+            raise BadParameter(f"unknown preprocessing mode {self.mode!r} (use "
+                               f"{', '.join(MODES)})", param="mode")
         if self.interpolation not in _INTERP:
             raise BadParameter(f"unknown interpolation {self.interpolation!r}",
                                param="interpolation")

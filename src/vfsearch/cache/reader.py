@@ -428,7 +428,7 @@ class FeatureCache:
             problems.append(f"model {model!r} ≠ cache model {self.model!r}")
         elif weights_hash != self.weights_hash:
             problems.append(f"weights {weights_hash} ≠ cache weights {self.weights_hash}")
-        if transform.to_dict() != self.meta["transform"]:
+        if transform.to_dict() != self.transform.to_dict():
             problems.append(f"transform {transform.to_dict()} ≠ cache transform {self.meta['transform']}")
         if dtype is not None and dtype != self.dtype:
             problems.append(f"dtype {dtype!r} ≠ cache dtype {self.dtype!r}")

@@ -19,6 +19,7 @@ from ._util import CONTEXT, err
 from .bench import bench_cmd
 from .eval import eval_cmd
 from .explain import explain_cmd
+from .importing import import_cmd
 from .index import index_cmd, info_cmd, layers_cmd, upgrade_cmd
 from .map import map_cmd
 from .search import search_cmd
@@ -71,6 +72,6 @@ def main():
     """vfsearch: brush a region of an image, find the most similar regions in a whole dataset."""
 
 
-for _cmd in (index_cmd, layers_cmd, info_cmd, upgrade_cmd, search_cmd, explain_cmd, serve_cmd,
-             demo_cmd, bench_cmd, eval_cmd, map_cmd):
+for _cmd in (index_cmd, layers_cmd, info_cmd, upgrade_cmd, import_cmd, search_cmd, explain_cmd,
+             serve_cmd, demo_cmd, bench_cmd, eval_cmd, map_cmd):
     main.add_command(_cmd)

@@ -21,8 +21,10 @@ from ._util import echo_json, err
               help="Feature storage; int8 = uint8 for non-negative layers, int8 for signed ones.")
 @click.option("--refine", type=click.Choice(["f32", "f16", "none"]), default="f32", show_default=True,
               help="Higher-precision copy kept with int8 so search results are exact.")
-@click.option("--mode", type=click.Choice(["crop", "whole"]), default="crop", show_default=True,
-              help="crop = the model's centre crop; whole = resize the whole image (keeps borders).")
+@click.option("--mode", type=click.Choice(["crop", "squash", "whole"]), default="crop",
+              show_default=True,
+              help="crop = the model's centre crop; squash = the whole image resized to a square "
+                   "(keeps borders, not the aspect; 'whole' is its old name).")
 @click.option("--image-root", type=click.Path(path_type=Path), default=None,
               help="Store paths relative to this folder (default: the source folder).")
 @click.option("--label-from", type=click.Choice(["parent", "none"]), default="parent",
