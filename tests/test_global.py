@@ -16,7 +16,7 @@ from vfsearch.engine.global_search import cell_shares, pooled_cosine
 def views(tmp_path_factory, model):
     """Each sample photo cut into two views: its left 75 % and its right 75 % (the content is
     shifted by a quarter of the width between partners)."""
-    from vfsearch.datasets import SAMPLE_PHOTOS, _FILES, _source_dir
+    from vfsearch.datasets import _FILES, SAMPLE_PHOTOS, _source_dir
 
     src = tmp_path_factory.mktemp("views")
     names = [n for n in SAMPLE_PHOTOS if n not in ("chessboard", "color", "logo", "page", "text")]

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from vfsearch import open_cache, search
 from vfsearch.errors import BadParameter, CacheMismatch, DatasetError
-from vfsearch.importing import import_reference, imagefolder, parse_transform
+from vfsearch.importing import imagefolder, import_reference, parse_transform
 
 
 def _reference_cache(path: Path, arrays: dict[str, np.ndarray], chunk: int = 500) -> None:
