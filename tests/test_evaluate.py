@@ -291,3 +291,21 @@ def test_metadata_column_and_two_caches(sample_dir, small_cache, model, tmp_path
     site = E.run_precision([b], n=6, k=2, n_boot=50, column="site", kinds=("whole",))
     assert [r["mean"] for r in site["column_rows"]] == [1.0]
     assert "Fraction of the top-2 with the query's own `site`" in E.to_markdown(site)
+
+
+def test_global_queries_in_the_protocols(small_cache):
+    """`--queries global` runs the protocols with the pooled-feature cosine; the same images as
+    the other kinds (paired)."""
+    c = small_cache
+    arms = [E.Arm("s", c, "blocks.10")]
+    specs = E.sample_queries(arms, 5, seed=3, kinds=("whole", "global"))
+    assert [s.kind for s in specs] == ["whole", "global"] * 5
+    assert [s.path for s in specs[::2]] == [s.path for s in specs[1::2]]
+    lab = E.run_labels(arms, n=5, k=3, seed=3, n_boot=100, kinds=("global",))
+    assert [r["queries"] for r in lab["rows"]] == ["global"]
+    ids = E.run_arm(arms[0], [s for s in specs if s.kind == "global"], k=2)
+    from vfsearch import search
+
+    for s, got in zip([s for s in specs if s.kind == "global"], ids):
+        i = list(c.paths).index(s.path)
+        assert list(got) == list(search(c, i, mode="global", layer="blocks.10", k=2).ids)

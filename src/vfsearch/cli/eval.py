@@ -73,9 +73,11 @@ def arms_from_paths(protocol: str, cache_path: str, cache2_path: str | None, lay
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--boot", default=1000, show_default=True, type=click.IntRange(0, 100_000),
               help="Bootstrap resamples for the 95 % confidence intervals.")
-@click.option("--queries", "kinds", type=click.Choice(["both", "whole", "region"]), default="both",
+@click.option("--queries", "kinds", type=click.Choice(["both", "whole", "region", "global", "all"]),
+              default="both",
               show_default=True,
-              help="Query kinds: whole images, random regions of 2–4 cells, or both.")
+              help="Query kinds: whole images (the paper's rigid mask), random regions of 2–4 "
+                   "cells, both (whole + region), global (pooled-feature cosine) or all three.")
 @click.option("--column", default=None, help="precision: metadata column for the spread analysis.")
 @click.option("--out", "-o", "out", default=None, type=click.Path(path_type=Path),
               help="Output folder (default: eval-PROTOCOL).")
@@ -108,7 +110,8 @@ def eval_cmd(protocol, cache, cache2, layer, layer2, n, k, seed, boot, kinds, co
     from ..evaluate import run_labels, run_localize, run_overlap, run_precision, write_report
 
     out = out or Path(f"eval-{protocol}")
-    kind_list = ("whole", "region") if kinds == "both" else (kinds,)
+    kind_list = {"both": ("whole", "region"), "all": ("whole", "region", "global")}.get(
+        kinds, (kinds,))
     log = None if quiet else err
     if protocol == "localize":
         if cache2 is not None:

@@ -42,7 +42,7 @@ class QuerySpec:
     """One query, independent of any cache: an image (by its cache path) and a region."""
 
     path: str
-    kind: str  # "whole" | "region"
+    kind: str  # "whole" | "region" | "global"
     box: tuple[float, float, float, float] | None = None  # original pixels, for kind="region"
 
     def to_dict(self) -> dict:
@@ -115,12 +115,13 @@ def sample_queries(arms: Sequence[Arm], n: int, seed: int = 0, kinds: Sequence[s
         if y1 <= y0:
             y0, y1 = math.floor((y0 + y1) / 2), math.floor((y0 + y1) / 2) + 1
         for kind in kinds:
-            if kind == "whole":
-                specs.append(QuerySpec(str(paths[i]), "whole"))
+            if kind in ("whole", "global"):
+                specs.append(QuerySpec(str(paths[i]), kind))
             elif kind == "region":
                 specs.append(QuerySpec(str(paths[i]), "region", (float(x0), float(y0), float(x1), float(y1))))
             else:
-                raise EvalError(f"unknown query kind {kind!r} (use whole or region)")
+                raise EvalError(f"unknown query kind {kind!r} (use whole, region or global)",
+                                param="kinds")
     return specs
 
 
@@ -133,8 +134,8 @@ def run_arm(arm: Arm, specs: Sequence[QuerySpec], k: int, log: Log | None = None
         i = idx.get(s.path)
         if i is None:
             raise EvalError(f"image {s.path} is not in cache {arm.cache.path}")
-        if s.kind == "whole":
-            queries.append(_make_query(arm.cache, i, whole=True, layer=arm.layer))
+        if s.kind in ("whole", "global"):
+            queries.append(_make_query(arm.cache, i, mode=s.kind, layer=arm.layer))
         else:
             queries.append(_make_query(arm.cache, i, box=s.box, layer=arm.layer))
     from .. import search_many
