@@ -93,6 +93,7 @@ class FeatureCache:
         self.meta = attrs
         self.image_root = Path(image_root).expanduser().resolve() if image_root else Path(attrs["image_root"])
         self._cols: dict[str, np.ndarray] = {}
+        self._has: dict[str, bool] = {}
         self._loaded: dict[str, LayerData] = {}
         self._n: int | None = None
 
@@ -166,7 +167,9 @@ class FeatureCache:
     def refresh(self) -> None:
         self._n = None
         self._cols.clear()
+        self._has.clear()
         self._loaded.clear()
+        self.__dict__.pop("_unit_pooled", None)
 
     @property
     def status(self) -> np.ndarray:
@@ -300,7 +303,10 @@ class FeatureCache:
 
     def has(self, layer: str, name: str) -> bool:
         """Whether ``layer`` stores the array ``name`` (e.g. "refine", "pooled")."""
-        return layer_key(layer, name) in self.root
+        key = layer_key(layer, name)
+        if key not in self._has:
+            self._has[key] = key in self.root
+        return self._has[key]
 
     def chunk_len(self) -> int:
         return int(self.meta["chunk"])
@@ -398,11 +404,11 @@ class FeatureCache:
         layer = layer or self.default_layer
         self.layer_info(layer)
         versions.require(self, layer, "pooled")
-        a = self._arr(layer, "pooled")
-        if ids is None:
-            key = layer_key(layer, "pooled")
-            return self._col(key)
-        return take_rows(a, np.asarray(ids, dtype=np.int64))
+        key = layer_key(layer, "pooled")
+        if ids is None or key in self._cols:
+            col = self._col(key)
+            return col if ids is None else col[np.asarray(ids, dtype=np.int64)]
+        return take_rows(self._arr(layer, "pooled"), np.asarray(ids, dtype=np.int64))
 
     # -- stored results ---------------------------------------------------------------------------
     def stored(self, kind: str, layer: str, name: str) -> Stored | None:

@@ -26,18 +26,26 @@ def pooled_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return _unit(a) @ _unit(b)
 
 
+def _unit_rows(cache: FeatureCache, layer: str) -> np.ndarray:
+    """The layer's pooled vectors scaled to unit length (float32; zero rows stay zero), kept
+    with the cache after the first global query."""
+    memo = cache.__dict__.setdefault("_unit_pooled", {})
+    if layer not in memo:
+        P = np.asarray(cache.pooled(layer), np.float32)
+        U = np.empty_like(P)
+        for s in range(0, len(P), _BLOCK):
+            blk = P[s:s + _BLOCK].astype(np.float64)
+            U[s:s + len(blk)] = _unit(blk)
+        memo[layer] = U
+    return memo[layer]
+
+
 def global_scores(cache: FeatureCache, layer: str, qvec: np.ndarray) -> np.ndarray:
-    """(N,) float32 cosine of every image's pooled vector with ``qvec`` (float32 arithmetic,
-    streamed in blocks; rows with a zero vector score 0)."""
-    P = cache.pooled(layer)
-    q = _unit(qvec).astype(np.float32)
-    out = np.empty(len(P), np.float32)
-    for s in range(0, len(P), _BLOCK):
-        blk = np.asarray(P[s:s + _BLOCK], np.float32)
-        nrm = np.sqrt(np.einsum("nc,nc->n", blk, blk))
-        dots = blk @ q
-        out[s:s + len(blk)] = np.divide(dots, nrm, out=np.zeros_like(dots), where=nrm > 0)
-    return out
+    """(N,) float32 cosine of every image's pooled vector with ``qvec`` (one float32
+    matrix–vector product over the unit pooled vectors; rows with a zero vector score 0)."""
+    # einsum, not BLAS: a matrix-vector product is memory-bound, and BLAS threads cost more
+    # than they bring on a small busy machine (12 ms vs 1 ms at 50k here)
+    return np.einsum("nc,c->n", _unit_rows(cache, layer), _unit(qvec).astype(np.float32))
 
 
 def global_top(cache: FeatureCache, layer: str, qvec: np.ndarray, scores: np.ndarray,
