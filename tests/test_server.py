@@ -4,29 +4,22 @@ from __future__ import annotations
 
 import base64
 import io
+import itertools
 import shutil
 import socket
 import statistics
 import threading
 import time
-import warnings
 
 import numpy as np
 import pytest
 from PIL import Image
-
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    from fastapi.testclient import TestClient
-
-LOCAL = "http://127.0.0.1"  # the Host the app answers to (testserver is refused)
-
-import itertools
+from server_schema import checked_client
 
 from vfsearch import open_cache
 from vfsearch.errors import BadMask
-from vfsearch.server import create_app, serve
 from vfsearch.masks import decode_rle, encode_rle
+from vfsearch.server import create_app, serve
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +29,7 @@ def app(small_cache):
 
 @pytest.fixture(scope="module")
 def client(app):
-    with TestClient(app, base_url=LOCAL) as c:
+    with checked_client(app) as c:
         yield c
 
 
@@ -67,7 +60,7 @@ def test_list_caches(client, small_cache):
     assert r.status_code == 200
     (c,) = r.json()["caches"]
     assert c["name"] == "small" and c["images"] == len(small_cache) == 18
-    assert [l["name"] for l in c["layers"]] == ["blocks.15", "blocks.10"]
+    assert [la["name"] for la in c["layers"]] == ["blocks.15", "blocks.10"]
     assert c["layers"][0]["grid"] == [7, 7] and c["layers"][1]["grid"] == [14, 14]
     labels = dict(c["columns"]["label"]["values"])
     assert labels["cat"] == 3 and len(labels) == 6
@@ -110,8 +103,10 @@ def test_original_image(client, small_cache):
 
 def test_search_box(client, small_cache):
     astro = ids_of(small_cache, "astronaut")
-    r = client.post("/api/search", json={"cache": "small", "image": {"id": astro[0]},
-                                         "box": [150, 80, 330, 260], "k": 5})
+    r = client.post(
+        "/api/search",
+        json={"cache": "small", "image": {"id": astro[0]}, "box": [150, 80, 330, 260], "k": 5},
+    )
     assert r.status_code == 200, r.text
     j = r.json()
     m = j["matches"]
@@ -137,24 +132,38 @@ def test_search_mask_png_and_array_match_box(client, small_cache):
     i = ids_of(small_cache, "cat")[0]
     w, h = small_cache.image_size(i)
     box = [w * 0.3, h * 0.25, w * 0.6, h * 0.7]
-    ref = client.post("/api/search", json={"cache": "small", "image": {"id": i}, "box": box, "k": 6}).json()
+    ref = client.post(
+        "/api/search", json={"cache": "small", "image": {"id": i}, "box": box, "k": 6}
+    ).json()
     for scale in (1.0, 0.5):
         mw, mh = round(w * scale), round(h * scale)
         m = np.zeros((mh, mw), np.float32)
-        m[round(box[1] * scale):round(box[3] * scale), round(box[0] * scale):round(box[2] * scale)] = 1
-        for spec in ({"png": png_b64(m)},
-                     {"u8": base64.b64encode((m * 255).astype(np.uint8).tobytes()).decode(),
-                      "width": mw, "height": mh},
-                     {"rle": encode_rle(m, max_side=4096)}):
-            r = client.post("/api/search", json={"cache": "small", "image": {"id": i}, "mask": spec, "k": 6})
+        m[
+            round(box[1] * scale) : round(box[3] * scale),
+            round(box[0] * scale) : round(box[2] * scale),
+        ] = 1
+        for spec in (
+            {"png": png_b64(m)},
+            {
+                "u8": base64.b64encode((m * 255).astype(np.uint8).tobytes()).decode(),
+                "width": mw,
+                "height": mh,
+            },
+            {"rle": encode_rle(m, max_side=4096)},
+        ):
+            r = client.post(
+                "/api/search", json={"cache": "small", "image": {"id": i}, "mask": spec, "k": 6}
+            )
             assert r.status_code == 200, r.text
             got = r.json()
             assert [x["id"] for x in got["matches"]][:3] == [x["id"] for x in ref["matches"]][:3]
             assert got["query"]["cell_box"] == ref["query"]["cell_box"]
     small = np.zeros((30, round(30 * w / h)), np.float32)
     small[8:21, 9:18] = 0.8  # soft values, a nested list
-    r = client.post("/api/search", json={"cache": "small", "image": {"id": i},
-                                         "mask": {"data": small.tolist()}, "k": 3})
+    r = client.post(
+        "/api/search",
+        json={"cache": "small", "image": {"id": i}, "mask": {"data": small.tolist()}, "k": 3},
+    )
     assert r.status_code == 200, r.text
     assert r.json()["matches"][0]["label"] == "cat"
 
@@ -162,43 +171,72 @@ def test_search_mask_png_and_array_match_box(client, small_cache):
 def test_search_whole_and_layers(client, small_cache):
     i = ids_of(small_cache, "horse")[0]
     for layer, grid in (("blocks.15", [7, 7]), ("blocks.10", [14, 14])):
-        r = client.post("/api/search", json={"cache": "small", "layer": layer, "image": {"id": i},
-                                             "whole": True, "k": 4})
+        r = client.post(
+            "/api/search",
+            json={"cache": "small", "layer": layer, "image": {"id": i}, "whole": True, "k": 4},
+        )
         assert r.status_code == 200, r.text
         j = r.json()
         assert j["layer"] == layer and j["query"]["grid"] == grid
         assert j["query"]["n_cells"] == grid[0] * grid[1]
         assert j["matches"][0]["label"] == "horse"
-    r = client.post("/api/search", json={"cache": "small", "image": {"id": i}, "whole": True,
-                                         "k": 20, "exclude_self": False})
-    assert r.json()["matches"][0]["id"] == i and r.json()["matches"][0]["score"] == pytest.approx(1, abs=1e-5)
+    r = client.post(
+        "/api/search",
+        json={"cache": "small", "image": {"id": i}, "whole": True, "k": 20, "exclude_self": False},
+    )
+    assert r.json()["matches"][0]["id"] == i and r.json()["matches"][0]["score"] == pytest.approx(
+        1, abs=1e-5
+    )
 
 
 def test_search_with_result_filter(client, small_cache):
     i = ids_of(small_cache, "astronaut")[0]
-    r = client.post("/api/search", json={"cache": "small", "image": {"id": i}, "box": [150, 80, 330, 260],
-                                         "k": 10, "filter": {"column": "label", "value": "coffee"}})
+    r = client.post(
+        "/api/search",
+        json={
+            "cache": "small",
+            "image": {"id": i},
+            "box": [150, 80, 330, 260],
+            "k": 10,
+            "filter": {"column": "label", "value": "coffee"},
+        },
+    )
     j = r.json()
     assert r.status_code == 200 and j["total"] == 3
     assert [x["label"] for x in j["matches"]] == ["coffee"] * 3
-    assert all(a["score"] >= b["score"] for a, b in zip(j["matches"], j["matches"][1:]))
+    assert all(a["score"] >= b["score"] for a, b in itertools.pairwise(j["matches"]))
 
 
 def test_errors_are_json(client, small_cache):
     base = {"cache": "small", "image": {"id": 0}, "box": [10, 10, 200, 200]}
-    assert_json_error(client.post("/api/search", json={**base, "image": {"id": 999}}), 404, "not_found")
-    assert_json_error(client.post("/api/search", json={**base, "image": {"id": "abc"}}), 400, "bad_parameter")
+    assert_json_error(
+        client.post("/api/search", json={**base, "image": {"id": 999}}), 404, "not_found"
+    )
+    assert_json_error(
+        client.post("/api/search", json={**base, "image": {"id": "abc"}}), 400, "bad_parameter"
+    )
     assert_json_error(client.post("/api/search", json={**base, "cache": "nope"}), 404, "not_found")
     assert_json_error(client.post("/api/search", json={**base, "layer": "blocks.99"}), 404)
     empty = {"cache": "small", "image": {"id": 0}, "mask": {"png": png_b64(np.zeros((64, 64)))}}
     assert_json_error(client.post("/api/search", json=empty), 400, "bad_mask")
     wrong = np.ones((64, 100))  # aspect ratio ≠ the image's
-    assert_json_error(client.post("/api/search", json={**empty, "mask": {"png": png_b64(wrong)}}), 400, "bad_mask")
-    assert_json_error(client.post("/api/search", json={**empty, "mask": {"png": "!!notpng"}}), 400, "bad_mask")
-    assert_json_error(client.post("/api/search", json={**base, "box": [50, 50, 10, 10]}), 400, "bad_mask")
+    assert_json_error(
+        client.post("/api/search", json={**empty, "mask": {"png": png_b64(wrong)}}), 400, "bad_mask"
+    )
+    assert_json_error(
+        client.post("/api/search", json={**empty, "mask": {"png": "!!notpng"}}), 400, "bad_mask"
+    )
+    assert_json_error(
+        client.post("/api/search", json={**base, "box": [50, 50, 10, 10]}), 400, "bad_mask"
+    )
     assert_json_error(client.post("/api/search", json={**base, "whole": True}), 400, "bad_query")
     assert_json_error(client.post("/api/search", json={**base, "k": 0}), 400)
-    assert_json_error(client.post("/api/search", content=b"{not json", headers={"content-type": "application/json"}), 400)
+    assert_json_error(
+        client.post(
+            "/api/search", content=b"{not json", headers={"content-type": "application/json"}
+        ),
+        400,
+    )
     assert_json_error(client.post("/api/search", json=[1, 2]), 400)
     assert_json_error(client.get("/api/caches/nope/thumb/1"), 404, "not_found")
     assert_json_error(client.get("/api/caches/small/thumb/18"), 404, "not_found")
@@ -206,7 +244,9 @@ def test_errors_are_json(client, small_cache):
     assert_json_error(client.get("/api/nothing/here"), 404)
     assert_json_error(client.get("/api/searches/deadbeef/window"), 404)
     assert_json_error(client.get("/api/uploads/nope/image"), 404)
-    assert_json_error(client.get("/api/caches/small/images", params={"column": "colour", "value": "x"}), 404)
+    assert_json_error(
+        client.get("/api/caches/small/images", params={"column": "colour", "value": "x"}), 404
+    )
     assert_json_error(client.delete("/api/caches"), 405)
 
 
@@ -250,7 +290,7 @@ def test_symlink_out_of_image_root_refused(small_cache, tmp_path):
     inner.symlink_to(target)  # a symlink that stays inside the root is fine
     (root / str(small_cache.paths[2])).unlink()  # a missing original
     c = open_cache(tmp_path / "cache", image_root=root)
-    with TestClient(create_app({"copy": c}), base_url=LOCAL) as cl:
+    with checked_client(create_app({"copy": c})) as cl:
         assert_json_error(cl.get("/api/caches/copy/image/0"), 403, "forbidden")
         assert cl.get("/api/caches/copy/image/1").status_code == 200
         assert_json_error(cl.get("/api/caches/copy/image/2"), 404)
@@ -258,7 +298,7 @@ def test_symlink_out_of_image_root_refused(small_cache, tmp_path):
 
 
 def test_token_required_when_configured(small_cache):
-    with TestClient(create_app({"small": small_cache}, token="s3cret-token"), base_url=LOCAL) as cl:
+    with checked_client(create_app({"small": small_cache}, token="s3cret-token")) as cl:
         for url in ("/api/caches", "/", "/static/app.js", "/api/caches/small/thumb/0"):
             assert_json_error(cl.get(url), 401, "unauthorized")
         assert_json_error(cl.get("/api/caches", params={"token": "wrong"}), 401)
@@ -266,7 +306,10 @@ def test_token_required_when_configured(small_cache):
         r = cl.get("/api/caches", params={"token": "s3cret-token"})
         assert r.status_code == 200 and "vfsearch_token=s3cret-token" in r.headers["set-cookie"]
         assert "HttpOnly" in r.headers["set-cookie"]
-        assert cl.get("/api/caches", headers={"Authorization": "Bearer s3cret-token"}).status_code == 200
+        assert (
+            cl.get("/api/caches", headers={"Authorization": "Bearer s3cret-token"}).status_code
+            == 200
+        )
         cl.cookies.set("vfsearch_token", "s3cret-token")
         assert cl.get("/api/caches").status_code == 200
         assert cl.get("/").status_code == 200
@@ -274,8 +317,10 @@ def test_token_required_when_configured(small_cache):
 
 def test_rank_window(client, small_cache):
     i = ids_of(small_cache, "rocket")[0]
-    j = client.post("/api/search", json={"cache": "small", "image": {"id": i},
-                                         "box": [100, 50, 300, 300], "k": 4}).json()
+    j = client.post(
+        "/api/search",
+        json={"cache": "small", "image": {"id": i}, "box": [100, 50, 300, 300], "k": 4},
+    ).json()
     sid = j["search_id"]
     top = client.get(f"/api/searches/{sid}/window", params={"start": 0, "stop": 4}).json()
     assert [x["id"] for x in top["items"]] == [x["id"] for x in j["matches"]]
@@ -288,14 +333,21 @@ def test_rank_window(client, small_cache):
     for x in w["items"]:  # each has its own match location
         x0, y0, x1, y1 = x["box"]
         assert 0 <= x0 < x1 <= x["image_size"][0] and 0 <= y0 < y1 <= x["image_size"][1]
-    tail = client.get(f"/api/searches/{sid}/window", params={"start": 0, "stop": 17, "limit": 5}).json()
+    tail = client.get(
+        f"/api/searches/{sid}/window", params={"start": 0, "stop": 17, "limit": 5}
+    ).json()
     assert [x["rank"] for x in tail["items"]] == [0, 4, 8, 12, 16]
     past = client.get(f"/api/searches/{sid}/window", params={"start": 30, "stop": 40}).json()
     assert past["items"] == []
-    only = client.get(f"/api/searches/{sid}/window", params={"start": 0, "stop": 10, "column": "label",
-                                                              "value": "cat"}).json()
+    only = client.get(
+        f"/api/searches/{sid}/window",
+        params={"start": 0, "stop": 10, "column": "label", "value": "cat"},
+    ).json()
     assert only["total"] == 3 and {x["label"] for x in only["items"]} == {"cat"}
-    heat = client.get(f"/api/searches/{sid}/heat", params={"ids": f"{j['matches'][0]['id']},{w['items'][0]['id']}"}).json()
+    heat = client.get(
+        f"/api/searches/{sid}/heat",
+        params={"ids": f"{j['matches'][0]['id']},{w['items'][0]['id']}"},
+    ).json()
     _r0, _c0, h, ww = heat["cell_box"]
     mp = np.array(heat["maps"][str(j["matches"][0]["id"])])
     assert mp.shape == (7 - h + 1, 7 - ww + 1)
@@ -306,8 +358,10 @@ def test_rank_window(client, small_cache):
 
 
 def test_export(client):
-    j = client.post("/api/search", json={"cache": "small", "image": {"id": 6}, "box": [100, 80, 300, 250],
-                                         "k": 5}).json()
+    j = client.post(
+        "/api/search",
+        json={"cache": "small", "image": {"id": 6}, "box": [100, 80, 300, 250], "k": 5},
+    ).json()
     r = client.get(f"/api/searches/{j['search_id']}/export", params={"format": "csv"})
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
     assert "attachment" in r.headers["content-disposition"]
@@ -317,7 +371,9 @@ def test_export(client):
     body = r.json()
     assert body["layer"] == "blocks.15" and len(body["matches"]) == 12
     assert [m["id"] for m in body["matches"][:5]] == [m["id"] for m in j["matches"]]
-    assert_json_error(client.get(f"/api/searches/{j['search_id']}/export", params={"format": "xml"}), 400)
+    assert_json_error(
+        client.get(f"/api/searches/{j['search_id']}/export", params={"format": "xml"}), 400
+    )
 
 
 def test_upload_and_search(client, small_cache, sample_dir):
@@ -331,16 +387,28 @@ def test_upload_and_search(client, small_cache, sample_dir):
     img = client.get(f"/api/uploads/{up['upload']}/image")
     assert img.status_code == 200 and img.headers["content-type"] == "image/jpeg"
     w, h = up["size"]
-    for region in ({"box": [w * 0.25, h * 0.2, w * 0.65, h * 0.8]}, {"whole": True},
-                   {"mask": {"png": png_b64(np.pad(np.ones((40, 60)), ((20, 40), (30, 60))))}}):
-        r = client.post("/api/search", json={"cache": "small", "image": {"upload": up["upload"]}, "k": 3, **region})
+    for region in (
+        {"box": [w * 0.25, h * 0.2, w * 0.65, h * 0.8]},
+        {"whole": True},
+        {"mask": {"png": png_b64(np.pad(np.ones((40, 60)), ((20, 40), (30, 60))))}},
+    ):
+        r = client.post(
+            "/api/search",
+            json={"cache": "small", "image": {"upload": up["upload"]}, "k": 3, **region},
+        )
         assert r.status_code == 200, (region, r.text)
         m = r.json()["matches"]
         assert m[0]["id"] == i and m[0]["score"] > 0.95  # the same picture, not excluded
         assert {x["label"] for x in m} == {"cat"}
-    assert_json_error(client.post("/api/uploads", files={"file": ("x.jpg", b"not an image", "image/jpeg")}), 400, "bad_image")
+    assert_json_error(
+        client.post("/api/uploads", files={"file": ("x.jpg", b"not an image", "image/jpeg")}),
+        400,
+        "bad_image",
+    )
     big = b"\0" * (20 * 2**20 + 10)
-    assert_json_error(client.post("/api/uploads", files={"file": ("big.jpg", big, "image/jpeg")}), 413)
+    assert_json_error(
+        client.post("/api/uploads", files={"file": ("big.jpg", big, "image/jpeg")}), 413
+    )
 
 
 def test_compare_across_caches(small_cache, tmp_path):
@@ -353,11 +421,19 @@ def test_compare_across_caches(small_cache, tmp_path):
     paths[0] = "renamed/elsewhere.jpg"
     g["images/path"][:] = paths
     other = open_cache(tmp_path / "other")
-    with TestClient(create_app({"a": small_cache, "b": other}), base_url=LOCAL) as cl:
-        body = {"cache": "b", "layer": "blocks.10", "image": {"id": 1, "cache": "a"}, "box": [50, 50, 250, 250], "k": 3}
+    with checked_client(create_app({"a": small_cache, "b": other})) as cl:
+        body = {
+            "cache": "b",
+            "layer": "blocks.10",
+            "image": {"id": 1, "cache": "a"},
+            "box": [50, 50, 250, 250],
+            "k": 3,
+        }
         r = cl.post("/api/search", json=body)
         assert r.status_code == 200 and r.json()["query"]["image"]["id"] == 1
-        assert_json_error(cl.post("/api/search", json={**body, "image": {"id": 0, "cache": "a"}}), 404)
+        assert_json_error(
+            cl.post("/api/search", json={**body, "image": {"id": 0, "cache": "a"}}), 404
+        )
         assert cl.get("/api/caches/b/lookup", params={"from_cache": "a", "id": 3}).json()["id"] == 3
 
 
@@ -434,9 +510,13 @@ def test_concurrent_clients(live_server, small_cache):
                 i = int(rng.integers(len(small_cache)))
                 w, hh = small_cache.image_size(i)
                 x0, y0 = rng.uniform(0.15, 0.5) * w, rng.uniform(0.15, 0.5) * hh
-                body = {"cache": "small", "image": {"id": i}, "k": 10,
-                        "layer": "blocks.15" if rng.random() < 0.7 else "blocks.10",
-                        "box": [x0, y0, x0 + 0.3 * w, y0 + 0.3 * hh]}
+                body = {
+                    "cache": "small",
+                    "image": {"id": i},
+                    "k": 10,
+                    "layer": "blocks.15" if rng.random() < 0.7 else "blocks.10",
+                    "box": [x0, y0, x0 + 0.3 * w, y0 + 0.3 * hh],
+                }
                 t = time.perf_counter()
                 try:
                     r = h.post("/api/search", json=body)
@@ -461,8 +541,10 @@ def test_concurrent_clients(live_server, small_cache):
     assert len(lat) == n_clients * n_each
     ms = sorted(x * 1e3 for x in lat)
     p50, p95 = statistics.median(ms), ms[int(0.95 * len(ms)) - 1]
-    print(f"\n{n_clients} clients × {n_each} searches: p50 {p50:.1f} ms, p95 {p95:.1f} ms, "
-          f"{len(ms) / wall:.0f} searches/s")
+    print(
+        f"\n{n_clients} clients × {n_each} searches: p50 {p50:.1f} ms, p95 {p95:.1f} ms, "
+        f"{len(ms) / wall:.0f} searches/s"
+    )
     # the server stays responsive while searches run: a health check answers promptly
     import httpx as _h
 

@@ -4,16 +4,10 @@ from __future__ import annotations
 
 import shutil
 import time
-import warnings
 
 import numpy as np
 import pytest
-
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    from fastapi.testclient import TestClient
-
-LOCAL = "http://127.0.0.1"  # the Host the app answers to (testserver is refused)
+from server_schema import checked_client
 
 from vfsearch.server import create_app
 
@@ -31,7 +25,7 @@ def map_cache(small_cache, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client(map_cache):
-    with TestClient(create_app({"small": map_cache}), base_url=LOCAL) as c:
+    with checked_client(create_app({"small": map_cache})) as c:
         yield c
 
 
@@ -48,8 +42,10 @@ def poll(client, job, timeout=120):
 
 
 def search(client, image=0, layer="blocks.10", k=5):
-    r = client.post("/api/search", json={"cache": "small", "layer": layer, "image": {"id": image},
-                                         "whole": True, "k": k})
+    r = client.post(
+        "/api/search",
+        json={"cache": "small", "layer": layer, "image": {"id": image}, "whole": True, "k": k},
+    )
     assert r.status_code == 200, r.text
     return r.json()
 
@@ -85,10 +81,16 @@ def test_map_missing_compute_and_atlas(client, map_cache):
     ra = client.get("/api/caches/small/map/atlas/0", params={"layer": "blocks.10"})
     assert ra.status_code == 200 and ra.headers["content-type"] == "image/jpeg", ra.text
     assert ra.content[:2] == b"\xff\xd8"
-    r304 = client.get("/api/caches/small/map/atlas/0", params={"layer": "blocks.10"},
-                      headers={"If-None-Match": ra.headers["etag"]})
+    r304 = client.get(
+        "/api/caches/small/map/atlas/0",
+        params={"layer": "blocks.10"},
+        headers={"If-None-Match": ra.headers["etag"]},
+    )
     assert r304.status_code == 304
-    assert client.get("/api/caches/small/map/atlas/7", params={"layer": "blocks.10"}).status_code == 404
+    assert (
+        client.get("/api/caches/small/map/atlas/7", params={"layer": "blocks.10"}).status_code
+        == 404
+    )
     assert client.get("/api/jobs/nope").status_code == 404
 
 
@@ -109,12 +111,14 @@ def test_rank_order_matches_the_top_k_and_the_windows(client, small_cache):
     r = client.get(f"/api/searches/{sid}/order")
     order = np.frombuffer(r.content, "<i4")
     assert r.status_code == 200 and len(order) == int(r.headers["x-count"]) == len(small_cache) - 1
-    assert sorted(order.tolist()) == [i for i in range(len(small_cache)) if i != 0]  # all but the query
+    assert sorted(order.tolist()) == [
+        i for i in range(len(small_cache)) if i != 0
+    ]  # all but the query
     assert order[: len(s["matches"])].tolist() == [m["id"] for m in s["matches"]]
     w = client.get(f"/api/searches/{sid}/window", params={"start": 3, "stop": 9}).json()
     assert [m["id"] for m in w["items"]] == order[3:9].tolist()
     v = np.frombuffer(client.get(f"/api/searches/{sid}/scores").content, "<f4")
-    rest = order[len(s["matches"]):]
+    rest = order[len(s["matches"]) :]
     assert np.all(np.diff(v[rest]) <= 0)  # beyond the exact top-k: by score, best first
     assert client.get("/api/searches/nope/order").status_code == 404
 
@@ -134,22 +138,34 @@ def test_explain_exact_and_feature(client):
     assert ch and ch[0]["patches"] and len(ch[0]["patches"][0]["box"]) == 4
     assert "image_size" in ch[0]["patches"][0] and "crop" in ex["query"]["geometry"]
 
-    r = client.post(f"/api/searches/{s['search_id']}/explain", json={"id": rid, "method": "feature"})
+    r = client.post(
+        f"/api/searches/{s['search_id']}/explain", json={"id": rid, "method": "feature"}
+    )
     assert r.status_code == 200 and np.array(r.json()["result"]["saliency"]).shape == (H, W)
 
     bad = client.post(f"/api/searches/{s['search_id']}/explain", json={"id": rid, "method": "x"})
     assert bad.status_code == 400
-    bad = client.post(f"/api/searches/{s['search_id']}/explain",
-                      json={"id": rid, "method": "rise", "params": {"bogus": 1}})
+    bad = client.post(
+        f"/api/searches/{s['search_id']}/explain",
+        json={"id": rid, "method": "rise", "params": {"bogus": 1}},
+    )
     assert bad.status_code == 400
-    assert client.post(f"/api/searches/{s['search_id']}/explain",
-                       json={"id": 9999, "method": "exact"}).status_code == 404
+    assert (
+        client.post(
+            f"/api/searches/{s['search_id']}/explain", json={"id": 9999, "method": "exact"}
+        ).status_code
+        == 404
+    )
 
 
 def test_explain_background_job(client):
     s = search(client, layer="blocks.15")
     rid = s["matches"][0]["id"]
-    body = {"id": rid, "method": "occlusion", "params": {"window": 112, "stride": 112, "auc_steps": 2}}
+    body = {
+        "id": rid,
+        "method": "occlusion",
+        "params": {"window": 112, "stride": 112, "auc_steps": 2},
+    }
     r = client.post(f"/api/searches/{s['search_id']}/explain", json=body)
     assert r.status_code in (200, 202), r.text
     j = poll(client, r.json()["job"])

@@ -75,36 +75,51 @@ def conditional(request: Request, data: bytes, media_type: str, etag: str,
     return Response(data, media_type=media_type, headers=headers)
 
 
-def _loc(loc) -> tuple[str, str | None]:
-    """(where, dotted field) of a pydantic error location such as ``("body", "image", "id")``."""
-    where = str(loc[0]) if loc else "request"
-    rest = ".".join(str(x) for x in loc[1:])
-    return where, rest or None
+def _field(loc, body, kind: str) -> str | None:
+    """The dotted request field of a pydantic error location such as ``("body", "image",
+    "id")``, without the union-member tags pydantic appends (``filter.value.str``)."""
+    where, rest = (str(loc[0]) if loc else "request"), list(loc[1:])
+    if where == "body" and kind != "missing":
+        node, kept = body, []
+        for part in rest:
+            if isinstance(node, dict) and part in node:
+                node = node[part]
+            elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+                node = node[part]
+            else:
+                break
+            kept.append(part)
+        rest = kept
+    return ".".join(str(x) for x in rest) or None
 
 
 def validation_error(exc: RequestValidationError) -> VfsError:
     """A request that did not validate → a 400 naming its field (404 for a path parameter:
     ``/thumb/abc`` names no resource)."""
     errs = list(exc.errors())
-    parts, first = [], None
-    for e in errs[:3]:
-        where, field = _loc(e.get("loc", ()))
-        kind = e.get("type", "")
+    body = getattr(exc, "body", None)
+    fields: dict[tuple[str, str | None], list[str]] = {}
+    for e in errs:
+        loc, kind = e.get("loc", ()), e.get("type", "")
+        where = str(loc[0]) if loc else "request"
+        field = _field(loc, body, kind)
         if where == "body" and field is None:
             msg = ("the request needs a JSON object body" if kind == "missing" else
                    "the request body is not valid JSON" if kind == "json_invalid" else
                    f"the request body must be a JSON object ({e.get('msg', 'invalid')})")
-            parts.append(msg)
         else:
-            parts.append(f"{field or where}: {e.get('msg', 'invalid')}")
-        if first is None:
-            first = (where, field)
-    where, field = first or ("request", None)
-    message = "invalid request: " + "; ".join(parts) + (f" (and {len(errs) - 3} more)"
-                                                         if len(errs) > 3 else "")
+            msg = e.get("msg", "invalid")
+        msgs = fields.setdefault((where, field), [])
+        if msg not in msgs:
+            msgs.append(msg)
+    parts = [(f"{field}: " if field else "") + "; ".join(m)
+             for (_where, field), m in list(fields.items())[:3]]
+    if len(fields) > 3:
+        parts.append(f"and {len(fields) - 3} more")
+    where, field = next(iter(fields), ("request", None))
     if where == "path":
         return NotFound(f"no such resource ({'; '.join(parts)})", param=field)
-    return BadParameter(message, param=field)
+    return BadParameter("invalid request: " + "; ".join(parts), param=field)
 
 
 _BY_STATUS = {401: Unauthorized, 403: Forbidden, 404: NotFound, 405: MethodNotAllowed,

@@ -10,7 +10,7 @@ from starlette.routing import Mount
 
 from .models import ErrorBody
 
-__all__ = ["ERRORS", "OPENAPI_URL", "binary", "install_openapi"]
+__all__ = ["ERRORS", "GUARD_ERRORS", "OPENAPI_URL", "binary", "install_openapi"]
 
 OPENAPI_URL = "/api/openapi.json"
 
@@ -28,6 +28,8 @@ _ERROR_TEXT = {
 
 #: the error responses every route can give (FastAPI's ``responses=``)
 ERRORS = {code: {"model": ErrorBody, "description": text} for code, text in _ERROR_TEXT.items()}
+#: what the guards answer before any route runs (the page and static files have no other errors)
+GUARD_ERRORS = {code: ERRORS[code] for code in (401, 403)}
 
 
 def binary(media_type: str, description: str, headers: dict[str, str] | None = None,
@@ -55,6 +57,8 @@ def _mount_op(mount: Mount, doc: dict) -> dict:
             "200": {"description": "the file",
                     "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}}},
             "304": {"description": "not modified"},
+            "401": {"description": _ERROR_TEXT[401], **err},
+            "403": {"description": _ERROR_TEXT[403], **err},
             "404": {"description": "no such file", **err},
             "405": {"description": "not that method", **err},
         },

@@ -306,9 +306,10 @@ class AppState:
         return fit_mask(decode_spec(spec), size)
 
     def build_query(self, e: CacheEntry, layer: str, image, region: dict) -> Query:
-        n = sum(1 for k in ("mask", "box", "whole") if region.get(k) not in (None, False))
-        if n != 1:
-            raise BadQuery("give exactly one of 'mask', 'box' or 'whole': true", param="box")
+        given = [k for k in ("mask", "box", "whole") if region.get(k) not in (None, False)]
+        if len(given) != 1:
+            raise BadQuery("give exactly one of 'mask', 'box' or 'whole': true",
+                           param=given[1] if given else "mask")
         if isinstance(image, Upload):
             key = (str(e.cache.path), e.cache.weights_hash, layer)
             base = image.base.get(key)
@@ -353,6 +354,14 @@ class AppState:
                 or not 1 <= k <= MAX_K):
             raise BadParameter(f"k must be an integer between 1 and {MAX_K}", param="k")
         k = int(k)
+        flt = body.get("filter") or {}
+        if flt.get("column"):  # checked before searching: a bad filter stores no search
+            if flt.get("value") is None:
+                raise BadQuery("a result filter needs a 'value'", param="filter.value")
+            try:
+                e.column(str(flt["column"]))
+            except NotFound as exc:
+                raise NotFound(exc.message, param="filter.column") from None
         image, echo = self.resolve_image(e, body.get("image") or {})
         q = self.build_query(e, layer, image, body)
         t1 = time.perf_counter()
@@ -366,7 +375,6 @@ class AppState:
         sid = uuid.uuid4().hex[:12]
         st = StoredSearch(sid, e.name, layer, q, scores, list(res.matches), time.time(), echo)
         self.searches.put(sid, st)
-        flt = body.get("filter") or {}
         if flt.get("column"):
             page = self.window(sid, 0, k, column=flt["column"], value=flt.get("value"))
             matches, total = page["items"], page["total"]

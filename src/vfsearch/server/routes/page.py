@@ -7,11 +7,13 @@ from pathlib import Path
 from fastapi import APIRouter
 from fastapi.responses import FileResponse, Response
 
+from ..openapi import GUARD_ERRORS
+
 __all__ = ["STATIC", "router"]
 
 STATIC = Path(__file__).resolve().parent.parent.parent / "static"
 
-router = APIRouter()
+router = APIRouter(responses=GUARD_ERRORS)
 
 
 @router.get("/", response_class=FileResponse,
