@@ -146,3 +146,20 @@ def test_results_and_cache_as_dataframes(views, tmp_path):
     back = pd.read_csv(out)
     assert list(back.columns) == list(df.columns) and list(back["id"]) == list(df["id"])
     assert np.allclose(back["score"], df["score"])
+
+
+def test_a_region_partly_outside_the_crop_is_noted(views):
+    c = views
+    i = next(j for j in range(len(c)) if c.transform.geometry(*c.image_size(j)).crop[1] > 20)
+    w, h = c.image_size(i)
+    x0, y0, x1, _y1 = c.transform.geometry(w, h).crop
+    inside = make_query(c, i, box=(x0 + 5, y0 + 5, x0 + 60, y0 + 60))
+    assert inside.notes == ()
+    half_out = (x0 + 5, 0, x0 + 60, y0 + 20)
+    q = make_query(c, i, box=half_out)
+    assert len(q.notes) == 1 and "outside what the model sees" in q.notes[0]
+    from vfsearch.cli import main
+
+    r = CliRunner().invoke(main, ["search", str(c.path), "-i", str(i), "--box",
+                                  ",".join(str(v) for v in half_out), "-k", "1"])
+    assert r.exit_code == 0 and "note:" in r.stderr

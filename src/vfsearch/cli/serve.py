@@ -46,6 +46,13 @@ def demo_cmd(workdir, port, open_browser, no_serve):
     rep = index(images, workdir / "cache", model=lm, layers=layers, log=index_log)
     click.echo(f"cache ready: {rep.cache.path} ({int(rep.cache.valid.sum())} images, "
                f"layers {', '.join(layers)})")
+    from ..embed import build_atlas, compute_map, load_map
+
+    m = load_map(rep.cache, lm.default_layer)
+    if m is None or m.stale or not m.attrs.get("atlas"):
+        m = compute_map(rep.cache, lm.default_layer, progress=False)
+        build_atlas(rep.cache, m, progress=False)
+        click.echo(f"map ready: {m.n} images on a {m.side}×{m.side} grid ({lm.default_layer})")
     if not no_serve:
         from ..server import serve
 

@@ -47,6 +47,7 @@ class Query:
     label: str = ""
     mode: str = "region"
     pooled: np.ndarray | None = None  # (C,) mean-pooled features (global mode)
+    notes: tuple[str, ...] = ()  # things the user should know (e.g. a region clipped by the crop)
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -75,7 +76,14 @@ class Query:
         weights = self.frame.mask_weights(mask)
         ys, xs = np.nonzero(mask > 0)
         box = (float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1))
-        return dataclasses.replace(self, weights=weights, box=box, mask=mask, mode="region")
+        notes = []
+        outside = _outside_view(mask, self.geometry.crop)
+        if outside > 0.01:
+            notes.append(f"{outside:.0%} of the region lies outside what the model sees of the "
+                         "image (its centre crop) and is ignored; index with mode 'squash' to "
+                         "see the whole image")
+        return dataclasses.replace(self, weights=weights, box=box, mask=mask, mode="region",
+                                   notes=tuple(notes))
 
     def as_global(self, pooled: np.ndarray | None = None) -> Query:
         """This query image as a global query (its mean-pooled features)."""
@@ -206,6 +214,18 @@ def make_query(
     return base.with_region(m)
 
 
+def _outside_view(mask: np.ndarray, crop) -> float:
+    """The fraction of a mask's weight outside the model's view ``crop`` (image pixels)."""
+    total = float(mask.sum())
+    if total <= 0:
+        return 0.0
+    h, w = mask.shape
+    x0, y0 = int(np.floor(crop[0])), int(np.floor(crop[1]))
+    x1, y1 = int(np.ceil(crop[2])), int(np.ceil(crop[3]))
+    inside = float(mask[max(0, y0):min(h, y1), max(0, x0):min(w, x1)].sum())
+    return max(0.0, 1.0 - inside / total)
+
+
 def _mode(mode: str | None, whole: bool, mask, box) -> str:
     """The query mode from the arguments, refusing contradictions."""
     if mode is not None and mode not in MODES:
@@ -222,8 +242,8 @@ def _mode(mode: str | None, whole: bool, mask, box) -> str:
                            param=regions[0])
         return mode
     if len(regions) != 1:
-        raise BadQuery("give exactly one of a mask, a box, whole=True or mode='global'",
-                       param="mask" if not regions else regions[1])
+        raise BadQuery("give exactly one region: a mask, a box, the whole image or the global "
+                       "mode", param="mask" if not regions else regions[1])
     return "region"
 
 
