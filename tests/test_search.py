@@ -168,11 +168,12 @@ def test_bad_queries_give_clear_errors(small_cache, tmp_path):
         search(c, 0, mask=np.zeros((h, w)))
     with pytest.raises(BadMask, match="mask size 10×10 ≠ image size"):
         search(c, 0, mask=np.ones((10, 10)))
-    edge = np.zeros((h, w), np.float32)
-    edge[:, :2] = 1  # a thin strip the centre crop cuts away (landscape images)
-    if w > h * 1.05:
-        with pytest.raises(BadMask, match="outside the part of the image the model sees"):
-            search(c, 0, mask=edge)
+    wide = next(i for i in range(len(c)) if c.image_size(i)[0] > c.image_size(i)[1] * 1.05)
+    ww, wh = c.image_size(wide)
+    edge = np.zeros((wh, ww), np.float32)
+    edge[:, :2] = 1  # a thin strip the centre crop cuts away (a landscape image)
+    with pytest.raises(BadMask, match="outside the part of the image the model sees"):
+        search(c, wide, mask=edge)
     with pytest.raises(BadMask, match="outside"):
         search(c, 0, box=(w + 10, 0, w + 50, 40))
     with pytest.raises(BadQuery, match="exactly one"):
