@@ -122,8 +122,8 @@ def validation_error(exc: RequestValidationError) -> VfsError:
     return BadParameter("invalid request: " + "; ".join(parts), param=field)
 
 
-_BY_STATUS = {401: Unauthorized, 403: Forbidden, 404: NotFound, 405: MethodNotAllowed,
-              413: PayloadTooLarge, 415: UnsupportedMediaType}
+_BY_STATUS = {400: BadParameter, 401: Unauthorized, 403: Forbidden, 404: NotFound,
+              405: MethodNotAllowed, 413: PayloadTooLarge, 415: UnsupportedMediaType}
 
 
 def install_error_handlers(app: FastAPI) -> None:

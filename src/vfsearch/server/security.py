@@ -221,7 +221,8 @@ class TokenGuard:
         if given is None or not secrets.compare_digest(given.encode(), self.token.encode()):
             err = Unauthorized("this server needs its access token: open the URL printed at "
                                "start (…/?token=…) or send 'Authorization: Bearer <token>'")
-            return await error_response(err)(scope, receive, send)
+            resp = error_response(err, headers={"WWW-Authenticate": "Bearer"})
+            return await resp(scope, receive, send)
         if not via_query:
             return await self.app(scope, receive, send)
         cookie = f"{TOKEN_COOKIE}={self.token}; Path=/; HttpOnly; SameSite=Strict".encode()
