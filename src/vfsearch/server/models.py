@@ -149,7 +149,7 @@ class ColumnSummary(_Response):
 
 class CacheSummary(_Response):
     name: str
-    model: str
+    model: str | None
     images: int
     indexed: int
     dtype: str
