@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from PIL import Image
 import pytest
 
 from vfsearch.errors import BadMask
@@ -97,3 +98,38 @@ def _box_mask(box, size):
     from vfsearch.masks import box_mask
 
     return box_mask(box, size)
+
+
+def test_full_mode_keeps_the_whole_image_at_the_crop_scale():
+    t = Transform(mode="full")  # resize 256, long side 512
+    g = t.geometry(640, 480)
+    assert g.input == (512, 256) and g.resized == (341, 256) and (g.left, g.top) == (0, 0)
+    assert g.sx == pytest.approx(256 / 480, rel=2e-3) and g.crop == pytest.approx((0, 0, 640, 480))
+    crop = Transform().geometry(640, 480)
+    assert g.sx == pytest.approx(crop.sx)  # the same scale as the centre crop
+    f = Frame.of(g, (16, 32))
+    assert not f.transposed and f.cell == (16.0, 16.0) and f.valid == (16, 22)
+    assert f.cell_image_box(0, 21) == pytest.approx((21 * 16 / g.sx, 0, 640, 16 / g.sy))
+    # a portrait image: padded the other way; the layer's landscape grid is turned
+    p = Frame.of(t.geometry(300, 600), (16, 32))
+    assert p.geometry.input == (256, 512) and p.transposed and p.grid == (32, 16)
+    assert p.valid == (32, 16) and p.stored_valid == (16, 32) and p.stored((5, 2)) == (2, 5)
+    # a panorama longer than the long side is scaled down to fit
+    q = t.geometry(2000, 400)
+    assert q.resized == (512, 102) and q.sx == pytest.approx(512 / 2000)
+    assert Frame.of(q, (16, 32)).valid == (7, 32)
+    x = t.to_array(Image.new("RGB", (640, 480), (255, 0, 0)))
+    assert x.shape == (3, 256, 512) and x[0, 0, 0] == pytest.approx(1.0)
+    assert np.all(x[:, :, 341:] == 0)  # padding is zero after normalisation
+
+
+def test_full_mode_masks_carry_onto_the_valid_cells():
+    t = Transform(mode="full")
+    f = Frame.of(t.geometry(640, 480), (16, 32))
+    m = np.zeros((480, 640), np.float32)
+    m[:, 600:] = 1  # the right border, which a centre crop would cut away
+    w = f.mask_weights(m)
+    assert w.shape == (16, 32) and w[:, 22:].sum() == 0 and w[:, 20:22].sum() > 0
+    assert Transform(mode="full").to_dict()["long"] == 512
+    assert "long" not in Transform().to_dict()
+    assert Transform.from_dict(Transform(mode="full", long=640).to_dict()).long == 640

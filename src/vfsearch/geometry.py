@@ -19,6 +19,7 @@ all use it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -88,15 +89,24 @@ class Geometry:
                 "size": self.input[0], "crop": list(self.crop)}
 
 
-def fit(mode: str, size: int, resize: int, width: int, height: int) -> Geometry:
+def fit(mode: str, size: int, resize: int, width: int, height: int, long: int = 0) -> Geometry:
     """The geometry of a preprocessing transform for a ``width × height`` image.
 
     ``crop``: shorter side resized to ``resize``, then the central ``size × size`` crop.
     ``squash``: the whole image resized to ``size × size`` (aspect not kept).
+    ``full``: the whole image at the crop's scale (shorter side to ``resize``; scaled down
+    further when the longer side would exceed ``long``), aspect kept, at the top-left of a
+    padded ``long × resize`` input (``resize × long`` for a portrait image).
     """
     s = int(size)
     if mode == "squash":
         return Geometry(s / width, s / height, 0.0, 0.0, (s, s), (s, s), (width, height))
+    if mode == "full":
+        long = int(long) or 2 * int(resize)
+        scale = min(resize / min(width, height), long / max(width, height))
+        rw, rh = max(1, round(width * scale)), max(1, round(height * scale))
+        inp = (long, int(resize)) if width >= height else (int(resize), long)
+        return Geometry(rw / width, rh / height, 0.0, 0.0, (rw, rh), inp, (width, height))
     scale = resize / min(width, height)
     rw = max(s, round(width * scale))
     rh = max(s, round(height * scale))
@@ -108,19 +118,52 @@ def fit(mode: str, size: int, resize: int, width: int, height: int) -> Geometry:
 
 @dataclass(frozen=True)
 class Frame:
-    """One image's geometry plus a layer's feature grid (cells laid evenly on the input)."""
+    """One image's geometry plus a layer's feature grid (cells laid evenly on the input), in
+    the image's own orientation.
+
+    A layer's grid is stored in one orientation for every image (``rows ≤ cols`` for the padded
+    inputs of the ``full`` mode); a portrait image's grid is stored transposed (``transposed``):
+    matching its transposed cells with the transposed query gives the same score as matching
+    the image with the query.
+    """
 
     geometry: Geometry
     rows: int
     cols: int
+    transposed: bool = False
 
     @classmethod
     def of(cls, geometry: Geometry, grid) -> Frame:
-        return cls(geometry, int(grid[0]), int(grid[1]))
+        """``grid`` as the layer stores it; turned to the image's orientation if needed."""
+        r, c = int(grid[0]), int(grid[1])
+        iw, ih = geometry.input
+        if r != c and (iw < ih) != (c < r):
+            return cls(geometry, c, r, True)
+        return cls(geometry, r, c)
 
     @property
     def grid(self) -> tuple[int, int]:
         return self.rows, self.cols
+
+    @property
+    def valid(self) -> tuple[int, int]:
+        """(rows, cols) of the cells that hold image content (the rest is padding), from the
+        top-left; the whole grid unless the input is padded (``full`` mode)."""
+        g = self.geometry
+        cw, ch = self.cell
+        rw, rh = g.resized
+        cols = min(self.cols, max(1, math.ceil(min(rw - g.left, g.input[0]) / cw - 1e-6)))
+        rows = min(self.rows, max(1, math.ceil(min(rh - g.top, g.input[1]) / ch - 1e-6)))
+        return rows, cols
+
+    def stored(self, cell: tuple[int, int]) -> tuple[int, int]:
+        """A (row, col) of this image's grid → where the layer stores it."""
+        return (cell[1], cell[0]) if self.transposed else (int(cell[0]), int(cell[1]))
+
+    @property
+    def stored_valid(self) -> tuple[int, int]:
+        """:attr:`valid` in the layer's stored orientation."""
+        return self.stored(self.valid)
 
     @property
     def cell(self) -> tuple[float, float]:
