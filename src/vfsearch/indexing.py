@@ -29,7 +29,7 @@ from .cache import (
     estimate_bytes,
 )
 from .errors import BackendUnavailable, BadParameter, CacheError, DiskSpaceError, OutputError
-from .extract import run_rows
+from .extract import RunStats, run_rows
 from .images import DEFAULT_MAX_PIXELS, ImageItem, ImageSet, discover
 from .models import DEFAULT_MODEL, LoadedModel, list_layers, load_model
 from .transforms import Transform
@@ -47,10 +47,24 @@ class IndexReport:
     layers_added: list[str] = field(default_factory=list)
     seconds: float = 0.0
     message: str = ""
+    # where the time went (see extract.RunStats): decode summed over the decoding processes
+    engine: str = ""
+    decode_seconds: float = 0.0
+    forward_seconds: float = 0.0
+    write_seconds: float = 0.0
+    wait_seconds: float = 0.0
+    export_seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
 
     @property
     def images_per_second(self) -> float:
         return self.indexed / self.seconds if self.seconds > 0 else 0.0
+
+    def stage_images_per_second(self) -> dict[str, float]:
+        """Images/s of decode (per decoding process), forward and write, each on its own."""
+        return {k: self.indexed / s if s > 0 else 0.0 for k, s in (
+            ("decode", self.decode_seconds), ("forward", self.forward_seconds),
+            ("write", self.write_seconds))}
 
 
 def layer_meta(model: LoadedModel, layers: Sequence[str], transform: Transform) -> dict[str, dict]:
@@ -103,7 +117,7 @@ def index(
     dtype: str = "int8",
     refine: str = "f32",
     mode: str = "crop",
-    batch_size: int = 32,
+    batch_size: int | None = None,
     workers: int | None = None,
     device: str = "cpu",
     image_root: str | os.PathLike | None = None,
@@ -120,6 +134,8 @@ def index(
     max_batches: int | None = None,
     scheduler: str | None = None,
     threads: int | None = None,
+    engine: str = "auto",
+    draft: bool = False,
 ) -> IndexReport:
     """Index images into a feature cache at ``out`` (created, resumed or extended).
 
@@ -128,7 +144,10 @@ def index(
     the cache are added (extracted for its images in one pass; the existing layers are kept
     whether listed or not). A cache built with another model, weights, transform or dtype is
     refused. ``progress`` shows a bar (or is called with (done, total)); ``log`` receives one
-    line saying what will be done.
+    line saying what will be done (and any engine fallback). ``engine``: how the model runs
+    (:data:`vfsearch.forward.ENGINES`; ``auto`` picks the fastest that matches the eager
+    forward); ``batch_size=None``: 32 on the CPU, sized to the card on CUDA; ``draft``: decode
+    large JPEGs at a reduced scale (faster, features change slightly).
     """
     t0 = time.perf_counter()
     if dtype not in DTYPES:
@@ -151,7 +170,8 @@ def index(
                       label_pattern=label_pattern, chunk=chunk, compression=compression,
                       thumb_size=thumb_size, max_pixels=max_pixels, weights=weights,
                       progress=progress, log=log, check_disk=check_disk,
-                      max_batches=max_batches, scheduler=scheduler, threads=threads, t0=t0)
+                      max_batches=max_batches, scheduler=scheduler, threads=threads,
+                      engine=engine, draft=draft, t0=t0)
     except BaseException as e:
         # a command that failed before writing anything leaves nothing behind; an interrupted
         # one keeps its chunks for the resume
@@ -164,7 +184,7 @@ def index(
 def _index(images, out: Path, existing: bool, *, model, layers, dtype, refine, mode, batch_size,
            workers, device, image_root, label_from, label_pattern, chunk, compression,
            thumb_size, max_pixels, weights, progress, log, check_disk, max_batches, scheduler,
-           threads, t0) -> IndexReport:
+           threads, engine, draft, t0) -> IndexReport:
     imageset = images if isinstance(images, ImageSet) else discover(
         images, image_root=image_root, label_from=label_from, label_pattern=label_pattern)
     lm = model if isinstance(model, LoadedModel) else load_model(model, weights)
@@ -256,13 +276,14 @@ def _index(images, out: Path, existing: bool, *, model, layers, dtype, refine, m
         # float results of a forward pass depend on torch's thread count: pin it when asked (the
         # Dask workers use 1), so runs with the same threads write identical bytes
         torch.set_num_threads(threads)
+    stats = RunStats()
     try:
         common = dict(batch_size=batch_size, workers=workers, device=device,
                       thumb_size=thumb_size, max_pixels=max_pixels, progress=progress,
-                      max_batches=max_batches)
+                      max_batches=max_batches, engine=engine, draft=draft, log=log)
         if len(add_rows):
             run_rows(w, lm, transform, list(adding), add_rows, status, paths, img_root,
-                            add_layers=True, **common)
+                     add_layers=True, stats=stats, **common)
         if adding and (max_batches is None):
             w.finish_layers(list(adding))
         if len(pending) and scheduler:
@@ -274,11 +295,16 @@ def _index(images, out: Path, existing: bool, *, model, layers, dtype, refine, m
                                                thumb_size=thumb_size, progress=progress)
             report.seconds = time.perf_counter() - t1
         elif len(pending):
+            stats = RunStats()
             report.indexed, _ = run_rows(w, lm, transform, list(w.meta["layers"]), pending,
-                                         status, paths, img_root, **common)
+                                         status, paths, img_root, stats=stats, **common)
     finally:
         torch.set_num_threads(before)
 
+    report.engine, report.notes = stats.engine, stats.notes
+    report.decode_seconds, report.forward_seconds = stats.decode_s, stats.forward_s
+    report.write_seconds, report.wait_seconds = stats.write_s, stats.wait_s
+    report.export_seconds = stats.export_s
     w.update_attrs(updated=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     report.cache = FeatureCache(out)
     report.skipped = report.cache.skipped()

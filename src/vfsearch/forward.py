@@ -1,0 +1,544 @@
+"""Run a model up to the layers asked for and return their outputs — the one place that does it.
+
+:class:`StopEarly` wraps any ``nn.Module``: its forward returns the outputs of the named layers
+and stops right after the deepest of them (forward hooks that raise; for timm vision
+transformers, ``forward_intermediates(stop_early=True)``). It is plain torch, so it can be traced
+and exported.
+
+:class:`Forward` runs a :class:`StopEarly` on batches with one of these engines:
+
+- ``eager``: the reference, plain torch.
+- ``torch``: a copy of the module with BatchNorm folded into the convolution before it and
+  channels-last tensors (CPU or CUDA).
+- ``openvino``: the truncated network exported once per (weights, architecture, layers, input
+  size) to OpenVINO IR under ``$VFSEARCH_CACHE_DIR/exports`` and reused; compiled for f32 (no
+  bf16 down-conversion) with static batch shapes. Needs the optional ``openvino`` package.
+- ``auto``: ``openvino`` on CPU when installed and worth its one-off export (the export is cached
+  or at least ``AUTO_EXPORT_MIN_IMAGES`` images are to be run), else ``torch``.
+
+Every engine but ``eager`` is checked against ``eager`` when it is built (max |a − b| / max |b|
+per layer ≤ ``TOLERANCE`` on a fixed pseudo-random batch); one that fails to build or to match
+falls back to the next (``openvino`` → ``torch`` → ``eager``) with a one-line note through
+``log``. A failed export is remembered, so it is not retried on every run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+import os
+import re
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import BadParameter, UnknownLayer, VfsError
+
+__all__ = [
+    "AUTO_EXPORT_MIN_IMAGES",
+    "ENGINES",
+    "TOLERANCE",
+    "Forward",
+    "StopEarly",
+    "export_dir",
+    "fold_batchnorm",
+    "relative_error",
+]
+
+ENGINES = ("auto", "eager", "torch", "openvino")
+TOLERANCE = 1e-4  # max |a - b| / max |b| per layer, f32
+AUTO_EXPORT_MIN_IMAGES = 128  # below this, a first OpenVINO export (seconds) does not pay off
+_EXPORT_VERSION = 1
+
+
+class _Stop(Exception):
+    pass
+
+
+def _vit_indices(module: nn.Module, layers: Sequence[str]) -> list[int] | None:
+    """Block indices when ``module`` is a timm vision transformer and every layer is one of its
+    ``blocks.N`` (their outputs are token sequences; ``forward_intermediates`` lays them on the
+    patch grid without the prefix tokens)."""
+    if not (hasattr(module, "forward_intermediates") and hasattr(module, "num_prefix_tokens")
+            and isinstance(getattr(module, "blocks", None), nn.Sequential | nn.ModuleList)):
+        return None
+    idx = []
+    for name in layers:
+        m = re.fullmatch(r"blocks\.(\d+)", name)
+        if m is None or int(m.group(1)) >= len(module.blocks):
+            return None
+        idx.append(int(m.group(1)))
+    return idx
+
+
+class StopEarly(nn.Module):
+    """``forward(x)`` → the outputs (N, C, H, W) of ``layers``, in that order, computed by
+    ``module`` and nothing after the deepest of them (``stop=False``: the whole forward runs).
+    ``nhwc=True`` returns them as (N, H, W, C) views. Hooks live only during a call."""
+
+    def __init__(self, module: nn.Module, layers: Sequence[str], *, stop: bool = True,
+                 nhwc: bool = False):
+        super().__init__()
+        self.module = module
+        self.layers = list(layers)
+        if not self.layers:
+            raise BadParameter("no layer given", param="layers")
+        self.stop, self.nhwc = stop, nhwc
+        self._vit = _vit_indices(module, self.layers) if stop else None
+        if self._vit is None:
+            mods = dict(module.named_modules())
+            missing = [name for name in self.layers if name not in mods]
+            if missing:
+                raise UnknownLayer(f"model has no layer(s) {', '.join(missing)}")
+            self._mods = {name: mods[name] for name in dict.fromkeys(self.layers)}
+        self.training = False
+
+    def train(self, mode: bool = True) -> StopEarly:
+        # an exporter that restores "the wrapper's mode" must never put the model in training
+        # mode (BatchNorm would update its running statistics)
+        return super().train(False)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if self._vit is not None:
+            want = sorted(set(self._vit))
+            outs = self.module.forward_intermediates(
+                x, indices=want, norm=False, output_fmt="NCHW", intermediates_only=True,
+                stop_early=True)
+            by = dict(zip(want, outs, strict=True))
+            res = [by[i] for i in self._vit]
+        else:
+            got: dict[str, torch.Tensor] = {}
+            handles = []
+
+            def hook(name):
+                def fn(_m, _inp, out):
+                    got.setdefault(name, out)
+                    if self.stop and len(got) == len(self._mods):
+                        raise _Stop
+
+                return fn
+
+            try:
+                for name, m in self._mods.items():
+                    handles.append(m.register_forward_hook(hook(name)))
+                try:
+                    self.module(x)
+                except _Stop:
+                    pass
+            finally:
+                for h in handles:
+                    h.remove()
+            missing = [n for n in self.layers if n not in got]
+            if missing:
+                raise VfsError(f"layer(s) {', '.join(missing)} produced no output in the forward "
+                               "pass")
+            res = [got[n] for n in self.layers]
+        for name, t in zip(self.layers, res, strict=True):
+            if not isinstance(t, torch.Tensor) or t.dim() != 4:
+                raise VfsError(f"layer {name!r} does not output a 4-D feature map")
+        if self.nhwc:
+            res = [t.permute(0, 2, 3, 1) for t in res]
+        return tuple(res)
+
+
+# -- BatchNorm folding ----------------------------------------------------------------------------
+
+
+def fold_batchnorm(module: nn.Module, example: torch.Tensor, keep: Sequence[str] = ()) -> int:
+    """Fold each eval-mode ``BatchNorm2d`` that directly consumes a ``Conv2d``'s output into that
+    convolution (in place; the BatchNorm becomes ``Identity``). Convolutions named in ``keep``
+    (requested layers: their own output must stay the convolution's) are left alone. Pairs are
+    found by running ``example`` once. Returns the number folded. The result must be checked
+    against the original: a convolution output that something else also reads is not detected."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    conv_out: dict[int, str] = {}
+    calls: dict[str, int] = {}
+    pairs: list[tuple[str, str]] = []
+    handles = []
+
+    def conv_hook(name):
+        def fn(_m, _inp, out):
+            calls[name] = calls.get(name, 0) + 1
+            conv_out[id(out)] = name
+
+        return fn
+
+    def bn_hook(name):
+        def fn(_m, inp):
+            calls[name] = calls.get(name, 0) + 1
+            src = conv_out.get(id(inp[0]))
+            if src is not None:
+                pairs.append((src, name))
+
+        return fn
+
+    named = dict(module.named_modules())
+    try:
+        for name, m in named.items():
+            if isinstance(m, nn.Conv2d):
+                handles.append(m.register_forward_hook(conv_hook(name)))
+            elif isinstance(m, nn.BatchNorm2d):
+                handles.append(m.register_forward_pre_hook(bn_hook(name)))
+        with torch.no_grad():
+            module(example)
+    finally:
+        for h in handles:
+            h.remove()
+    keep = set(keep)
+    done = 0
+    for conv_name, bn_name in pairs:
+        conv, bn = named[conv_name], named[bn_name]
+        if conv_name in keep or calls.get(conv_name) != 1 or calls.get(bn_name) != 1 or \
+                bn.training or not bn.track_running_stats or bn.running_mean is None:
+            continue
+        _replace(module, conv_name, fuse_conv_bn_eval(conv, bn))
+        _replace(module, bn_name, nn.Identity())
+        done += 1
+    return done
+
+
+def _replace(root: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    parent._modules[child] = new
+
+
+# -- checking -------------------------------------------------------------------------------------
+
+
+def relative_error(a: np.ndarray, b: np.ndarray) -> float:
+    """max |a − b| / max |b| (absolute when b is all zeros)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.shape != b.shape:
+        return float("inf")
+    scale = float(np.abs(b).max()) if b.size else 0.0
+    err = float(np.abs(a - b).max()) if b.size else 0.0
+    return err / scale if scale > 0 else err
+
+
+def _check_input(size: int, n: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(1234)
+    return torch.randn(n, 3, size, size, generator=g)
+
+
+@contextlib.contextmanager
+def _exact_cuda():
+    """No TF32 on CUDA (its 10-bit mantissa would break equality with the CPU path)."""
+    if not torch.cuda.is_available():
+        yield
+        return
+    old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
+
+
+# -- engines --------------------------------------------------------------------------------------
+
+
+class _Eager:
+    name = "eager"
+
+    def __init__(self, module: nn.Module, layers: list[str], device: str):
+        self.layers, self.device = layers, device
+        self.net = StopEarly(module, layers, nhwc=True)
+
+    def __call__(self, x: torch.Tensor) -> list[np.ndarray]:
+        with torch.inference_mode(), _exact_cuda():
+            outs = self.net(x.to(self.device, non_blocking=True))
+            return [t.float().contiguous().cpu().numpy() for t in outs]
+
+
+class _TorchFast(_Eager):
+    name = "torch"
+
+    def __init__(self, module: nn.Module, layers: list[str], device: str, size: int,
+                 fold: bool = True):
+        self.layers, self.device = layers, device
+        net = copy.deepcopy(module).eval()
+        self.folded = fold_batchnorm(net, _check_input(size, 1).to(next(
+            iter(net.parameters()), torch.zeros(0)).device), keep=layers) if fold else 0
+        self.net = StopEarly(net.to(memory_format=torch.channels_last), layers, nhwc=True)
+
+    def __call__(self, x: torch.Tensor) -> list[np.ndarray]:
+        x = x.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), _exact_cuda():
+            return [t.float().contiguous().cpu().numpy() for t in self.net(x)]
+
+
+def export_dir() -> Path:
+    """Where exported models are kept: ``$VFSEARCH_CACHE_DIR/exports`` (default
+    ``~/.cache/vfsearch/exports``)."""
+    root = os.environ.get("VFSEARCH_CACHE_DIR")
+    return (Path(root) if root else Path.home() / ".cache" / "vfsearch") / "exports"
+
+
+def _module_identity(module: nn.Module) -> str:
+    """Hash of the architecture (module tree) and every parameter and buffer."""
+    h = hashlib.sha256(repr(module).encode())
+    h.update(type(module).__qualname__.encode())
+    for k, v in sorted(module.state_dict().items()):
+        h.update(k.encode())
+        h.update(str(tuple(v.shape)).encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _openvino():
+    import openvino
+
+    return openvino
+
+
+class _OpenVINO:
+    name = "openvino"
+
+    def __init__(self, module: nn.Module, layers: list[str], size: int, threads: int,
+                 log: Callable[[str], None] | None):
+        ov = _openvino()
+        self.layers, self.size, self.threads = layers, size, threads
+        self.path, meta = _export_paths(module, layers, size)
+        self.exported_now = False
+        if meta is not None and not meta.get("ok", False):
+            raise VfsError(meta.get("reason", "export failed earlier"))
+        self.core = ov.Core()
+        if meta is None:
+            t = time.perf_counter()
+            if log is not None:
+                log(f"exporting the model up to {', '.join(layers)} at {size}px for OpenVINO "
+                    "(once; kept for later runs)")
+            _export(module, layers, size, self.path, self.core)
+            self.exported_now = True
+            self.export_seconds = time.perf_counter() - t
+        self._compiled: dict[int, object] = {}
+
+    def _compiled_for(self, n: int):
+        cm = self._compiled.get(n)
+        if cm is None:
+            model = self.core.read_model(str(self.path.with_suffix(".xml")))
+            dynamic = len(self._compiled) >= 3  # odd sizes beyond the first few: one dynamic model
+            key = -1 if dynamic else n
+            cm = self._compiled.get(key)
+            if cm is None:
+                model.reshape({0: [-1 if dynamic else n, 3, self.size, self.size]})
+                cfg = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": self.threads,
+                       "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1,
+                       "ENABLE_CPU_PINNING": False}
+                compiled = self.core.compile_model(model, "CPU", cfg)
+                cm = (compiled, compiled.create_infer_request())
+                self._compiled[key] = cm
+            if not dynamic:
+                self._compiled[n] = cm
+        return cm
+
+    def __call__(self, x: torch.Tensor) -> list[np.ndarray]:
+        a = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
+        compiled, req = self._compiled_for(len(a))
+        res = req.infer({0: a}, share_inputs=True)
+        return [np.ascontiguousarray(res[compiled.output(i)], dtype=np.float32)
+                for i in range(len(self.layers))]
+
+
+def _export_paths(module: nn.Module, layers: list[str], size: int) -> tuple[Path, dict | None]:
+    """(path stem of this export, its record or None when not exported yet)."""
+    ov = _openvino()
+    key = hashlib.sha256(json.dumps({
+        "v": _EXPORT_VERSION, "module": _module_identity(module), "layers": layers,
+        "size": size, "openvino": ov.get_version(), "torch": torch.__version__,
+    }, sort_keys=True).encode()).hexdigest()[:24]
+    stem = export_dir() / f"ov-{key}"
+    rec = stem.with_suffix(".json")
+    try:
+        meta = json.loads(rec.read_text())
+    except (OSError, ValueError):
+        return stem, None
+    if meta.get("ok") and not (stem.with_suffix(".xml").exists() and
+                               stem.with_suffix(".bin").exists()):
+        return stem, None
+    return stem, meta
+
+
+def _export(module: nn.Module, layers: list[str], size: int, stem: Path, core) -> None:
+    """Trace → OpenVINO IR (.xml/.bin) written atomically, its record (.json) last. A failure
+    is recorded too (and raised), so later runs fall back at once."""
+    ov = _openvino()
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    tmp = stem.with_name(f"{stem.name}.tmp{os.getpid()}")
+    rec = {"v": _EXPORT_VERSION, "layers": layers, "size": size, "model": type(module).__name__,
+           "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    try:
+        from openvino.frontend import FrontEndManager
+        from openvino.frontend.pytorch.ts_decoder import TorchScriptPythonDecoder
+
+        net = StopEarly(module, layers, nhwc=True)
+        g = torch.Generator().manual_seed(99)
+        example = torch.randn(2, 3, size, size, generator=g)
+        with torch.no_grad(), _quiet_tracing():
+            traced = torch.jit.trace(net, example, check_trace=False, strict=False)
+        fe = FrontEndManager().load_by_framework("pytorch")
+        decoder = TorchScriptPythonDecoder(traced, shared_memory=False)  # must outlive convert
+        model = fe.convert(fe.load(decoder))
+        del decoder
+        model.reshape({0: [-1, 3, size, size]})
+        # checked on another input than the trace's: a forward whose trace froze some value
+        # (data-dependent control flow, numpy round trips) is caught here
+        cm = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        x = _check_input(size)
+        got = cm.create_infer_request().infer({0: x.numpy()})
+        with torch.inference_mode():
+            want = [t.float().numpy() for t in net(x)]
+        errs = [relative_error(got[cm.output(i)], w) for i, w in enumerate(want)]
+        rec["errors"] = errs
+        if not all(e <= TOLERANCE for e in errs):
+            raise VfsError(f"the exported model differs from the eager forward (relative error "
+                           f"{max(errs):.1e} > {TOLERANCE:g})")
+        ov.save_model(model, str(tmp.with_suffix(".xml")), compress_to_fp16=False)
+        os.replace(tmp.with_suffix(".bin"), stem.with_suffix(".bin"))
+        os.replace(tmp.with_suffix(".xml"), stem.with_suffix(".xml"))
+        rec["ok"] = True
+    except Exception as e:  # noqa: BLE001 - any failure means: fall back, and remember it
+        rec["ok"] = False
+        rec["reason"] = (e.message if isinstance(e, VfsError) else
+                         f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e) else ''}")
+        for suffix in (".xml", ".bin"):
+            tmp.with_suffix(suffix).unlink(missing_ok=True)
+    t = stem.with_name(f"{stem.name}.tmp{os.getpid()}.json")
+    t.write_text(json.dumps(rec, indent=1))
+    os.replace(t, stem.with_suffix(".json"))
+    if not rec["ok"]:
+        raise VfsError(rec["reason"])
+
+
+@contextlib.contextmanager
+def _quiet_tracing():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def openvino_available() -> bool:
+    try:
+        _openvino()
+    except ImportError:
+        return False
+    return True
+
+
+def export_cached(module: nn.Module, layers: Sequence[str], size: int) -> bool:
+    """Whether a good OpenVINO export of ``module`` up to ``layers`` at ``size`` exists."""
+    if not openvino_available():
+        return False
+    _, meta = _export_paths(module, list(layers), size)
+    return bool(meta and meta.get("ok"))
+
+
+class Forward:
+    """Run ``module`` up to ``layers`` on NCHW batches: ``fwd(x)`` → {layer: (N, H, W, C)
+    float32 array}. ``engine`` is one of :data:`ENGINES`; ``engine_name`` says which runs
+    (after any fallback, each noted through ``log``). ``size`` is the input side in pixels;
+    ``expected_images`` lets ``auto`` judge whether an export pays off."""
+
+    def __init__(self, module: nn.Module, layers: Sequence[str], *, size: int,
+                 engine: str = "auto", device: str = "cpu", threads: int | None = None,
+                 expected_images: int | None = None, log: Callable[[str], None] | None = None):
+        if engine not in ENGINES:
+            raise BadParameter(f"unknown engine {engine!r}; use one of {', '.join(ENGINES)}",
+                               param="engine")
+        self.layers = list(layers)
+        StopEarly(module, self.layers)  # validates the names
+        self.device, self.size, self.log = device, int(size), log
+        self.notes: list[str] = []
+        self.export_seconds = 0.0
+        cuda = device.startswith("cuda")
+        if engine == "openvino" and cuda:
+            raise BadParameter("the openvino engine runs on the CPU; use --device cpu or another "
+                               "engine", param="engine")
+        if engine == "auto":
+            use_ov = (not cuda and openvino_available() and (
+                (expected_images or 0) >= AUTO_EXPORT_MIN_IMAGES
+                or export_cached(module, self.layers, self.size)))
+            order = ["openvino", "torch", "eager"] if use_ov else ["torch", "eager"]
+        else:
+            order = {"openvino": ["openvino", "torch", "eager"], "torch": ["torch", "eager"],
+                     "eager": ["eager"]}[engine]
+        self._eager = _Eager(module, self.layers, device)
+        threads = int(threads or torch.get_num_threads())
+        self._impl = None
+        for name in order:
+            try:
+                impl = self._build(name, module, threads)
+            except Exception as e:  # noqa: BLE001 - fall back to the next engine, say why
+                why = e.message if isinstance(e, VfsError) else f"{type(e).__name__}: {e}"
+                self._note(f"{name} engine unavailable ({why.splitlines()[0]}); using "
+                           f"{order[order.index(name) + 1]}")
+                continue
+            self._impl = impl
+            break
+        assert self._impl is not None
+
+    @property
+    def engine_name(self) -> str:
+        return self._impl.name
+
+    def _note(self, msg: str) -> None:
+        self.notes.append(msg)
+        if self.log is not None:
+            self.log(msg)
+
+    def _build(self, name: str, module: nn.Module, threads: int):
+        if name == "eager":
+            return self._eager
+        if name == "openvino":
+            impl = _OpenVINO(module, self.layers, self.size, threads, self.log)
+            self.export_seconds = getattr(impl, "export_seconds", 0.0)
+            return impl  # checked against eager at export time
+        for fold in (True, False):
+            impl = _TorchFast(module, self.layers, self.device, self.size, fold=fold)
+            err = self._check(impl)
+            if err <= TOLERANCE:
+                return impl
+        raise VfsError(f"its features differ from the eager forward (relative error {err:.1e})")
+
+    def _check(self, impl) -> float:
+        x = _check_input(self.size)
+        return max(relative_error(a, b) for a, b in zip(impl(x), self._eager(x), strict=True))
+
+    def __call__(self, x: torch.Tensor | np.ndarray) -> dict[str, np.ndarray]:
+        if isinstance(x, np.ndarray):
+            x = torch.from_numpy(x)
+        return dict(zip(self.layers, self._impl(x), strict=True))
+
+    def eager(self, x: torch.Tensor | np.ndarray) -> dict[str, np.ndarray]:
+        """The reference forward on the same batch."""
+        if isinstance(x, np.ndarray):
+            x = torch.from_numpy(x)
+        return dict(zip(self.layers, self._eager(x), strict=True))
+
+
+def cuda_batch_size(fwd: Forward, device: str, lo: int = 32, hi: int = 1024) -> int:
+    """A batch size that fits the card: the peak memory of a batch of 8, scaled to half the free
+    memory, rounded down to a power of two in [lo, hi]."""
+    dev = torch.device(device)
+    torch.cuda.synchronize(dev)
+    torch.cuda.reset_peak_memory_stats(dev)
+    base = torch.cuda.memory_allocated(dev)
+    fwd(torch.zeros(8, 3, fwd.size, fwd.size, pin_memory=True))
+    torch.cuda.synchronize(dev)
+    per_image = max(1, (torch.cuda.max_memory_allocated(dev) - base) // 8)
+    free, _total = torch.cuda.mem_get_info(dev)
+    n = int(free * 0.5 // per_image)
+    b = lo
+    while b * 2 <= min(n, hi):
+        b *= 2
+    return b
