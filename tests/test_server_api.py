@@ -260,7 +260,7 @@ def test_validation_errors_name_the_field(client):
     error(post(filter={"column": "label"}), 400, "filter.value")
     error(post(whole="", thumbs=True), 400, "whole")
     error(post(box=[1, 2, 3]), 400, "box")
-    error(post(box=[0, 0, 10, 10]), 400, "whole", "bad_query")  # box and whole
+    error(post(box=[0, 0, 10, 10]), 400, "box", "bad_query")  # box and whole: give no box
     error(post(layer=["blocks.10"]), 400, "layer")
     error(post(layer="blocks.99"), 404, "layer")
     error(post(cache="nope"), 404, "cache")

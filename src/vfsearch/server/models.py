@@ -80,11 +80,14 @@ class ResultFilter(_Request):
 
 
 class SearchRequest(_Request):
-    """One search: exactly one region (``box`` in image pixels, ``mask``, or ``whole: true``)."""
+    """One search. ``mode`` "region" (the default): exactly one of ``box`` (image pixels) or
+    ``mask``; "whole" (or ``whole: true``): the paper's rigid whole-image query; "global":
+    similar images by the cosine of mean-pooled features (no region)."""
 
     cache: Name
     layer: Name | None = None
     image: ImageRef
+    mode: Literal["region", "whole", "global"] | None = None
     box: Annotated[list[float], Field(min_length=4, max_length=4)] | None = None
     mask: MaskSpec | None = None
     whole: bool | None = None
@@ -206,6 +209,9 @@ class QueryRecord(_Response):
     image_size: list[int]
     geometry: Geometry
     label: str | None = None
+    mode: Literal["region", "whole", "global"] = "region"
+    notes: list[str] = Field(default_factory=list, description="what the user should know "
+                             "(e.g. a region partly outside the model's view)")
 
 
 class Carry(_Response):

@@ -43,7 +43,7 @@ def query_record(q: Query, echo: dict) -> dict:
         "weights": np.round(q.weights[r0:r0 + h, c0:c0 + w].astype(np.float64), 4).tolist(),
         "n_cells": q.n_cells, "box": [round(v, 2) for v in q.box],
         "image_size": list(q.image_size), "geometry": q.geometry.to_dict(),
-        "label": q.label,
+        "label": q.label, "mode": q.mode, "notes": list(q.notes),
     }
 
 

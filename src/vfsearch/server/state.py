@@ -306,10 +306,19 @@ class AppState:
         return fit_mask(decode_spec(spec), size)
 
     def build_query(self, e: CacheEntry, layer: str, image, region: dict) -> Query:
-        given = [k for k in ("mask", "box", "whole") if region.get(k) not in (None, False)]
-        if len(given) != 1:
-            raise BadQuery("give exactly one of 'mask', 'box' or 'whole': true",
-                           param=given[1] if given else "mask")
+        mode = region.get("mode")
+        if region.get("whole"):
+            if mode not in (None, "whole"):
+                raise BadQuery(f"'whole': true is the whole mode, not {mode!r}", param="whole")
+            mode = "whole"
+        given = [k for k in ("mask", "box") if region.get(k) is not None]
+        if mode in ("whole", "global"):
+            if given:
+                raise BadQuery(f"a {mode} query takes the whole image: give no {given[0]}",
+                               param=given[0])
+        elif len(given) != 1:
+            raise BadQuery("give exactly one of 'mask' or 'box' (or a mode 'whole' or "
+                           "'global')", param=given[1] if given else "mask")
         if isinstance(image, Upload):
             key = (str(e.cache.path), e.cache.weights_hash, layer)
             base = image.base.get(key)
@@ -324,6 +333,11 @@ class AppState:
             if base is None:
                 base = self._dataset_base(e, layer, int(image))
                 self.bases.put(key, base)
+        if mode == "global":
+            pooled = None if isinstance(image, Upload) else e.cache.pooled(layer, [int(image)])[0]
+            return base.as_global(pooled)
+        if mode == "whole":
+            return base
         return self._region_query(base, region)
 
     def _dataset_base(self, e: CacheEntry, layer: str, i: int) -> Query:
@@ -406,8 +420,17 @@ class AppState:
         return st
 
     def _offsets(self, e: CacheEntry, st: StoredSearch, ids: np.ndarray):
+        """(best scores, offset indices, score maps) of rows ``ids``; for a global query the
+        pooled cosine, offset 0 and each cell's share of the score as its map."""
         feats = e.rows_features(st.layer, ids)
-        best, off, maps = exact_scores(feats, st.query.weights, st.query.features)
+        q = st.query
+        if q.mode == "global":
+            from ..engine.global_search import cell_shares
+
+            maps = np.stack([cell_shares(q.pooled, f)[0] for f in feats]) if len(feats) else \
+                np.zeros((0, *q.grid))
+            return maps.sum(axis=(1, 2)), np.zeros(len(ids), np.int64), maps
+        best, off, maps = exact_scores(feats, q.weights, q.features)
         return best, off, maps
 
     def window(self, sid: str, start: int, stop: int, limit: int = MAX_WINDOW,
@@ -463,6 +486,8 @@ class AppState:
             raise BadParameter(f"at most {MAX_WINDOW} heat maps per request", param="ids")
         arr = np.array([e.check_id(i, param="ids") for i in ids], dtype=np.int64)
         r0, c0, h, w = st.query.cell_box
+        if st.query.mode == "global":  # a map of per-cell shares: one "offset" per cell
+            r0, c0, h, w = 0, 0, 1, 1
         out = {"search_id": sid, "cell_box": [r0, c0, h, w], "grid": list(st.query.grid),
                "maps": {}}
         if len(arr):
