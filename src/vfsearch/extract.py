@@ -199,11 +199,12 @@ def run_rows(writer: CacheWriter, lm: LoadedModel, transform: Transform, layers:
     chunk = writer.chunk
     module = lm.module.to(device)
     n_pending = len(pending)
+    in_size = getattr(transform, "input_shape", (transform.size, transform.size))
     try:
         fwd = None
         if batch_size is None:
             if cuda:
-                fwd = Forward(module, layers, size=transform.size, engine=engine, device=device,
+                fwd = Forward(module, layers, size=in_size, engine=engine, device=device,
                               expected_images=n_pending, log=log)
                 batch_size = cuda_batch_size(fwd, device)
             else:
@@ -231,7 +232,7 @@ def run_rows(writer: CacheWriter, lm: LoadedModel, transform: Transform, layers:
         total = sum(len(b) for b in batches)
         it = iter(loader)  # workers start decoding while the engine is built
         if fwd is None:
-            fwd = Forward(module, layers, size=transform.size, engine=engine, device=device,
+            fwd = Forward(module, layers, size=in_size, engine=engine, device=device,
                           expected_images=total, log=log)
         stats.engine, stats.batch_size = fwd.engine_name, batch_size
         stats.export_s, stats.notes = fwd.export_seconds, list(fwd.notes)
@@ -284,6 +285,8 @@ def run_rows(writer: CacheWriter, lm: LoadedModel, transform: Transform, layers:
             if bar is not None:
                 bar.close()
             del it
+            stats.engine, stats.notes = fwd.engine_name, list(fwd.notes)
+            stats.export_s = fwd.export_seconds
     finally:
         module.to("cpu")
     stats.images = indexed

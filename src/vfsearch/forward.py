@@ -223,9 +223,20 @@ def relative_error(a: np.ndarray, b: np.ndarray) -> float:
     return err / scale if scale > 0 else err
 
 
-def _check_input(size: int, n: int = 1) -> torch.Tensor:
+HW = tuple[int, int]
+
+
+def _hw(size: int | Sequence[int]) -> HW:
+    """An input size (side, or (height, width)) as (height, width)."""
+    if isinstance(size, int | np.integer):
+        return int(size), int(size)
+    h, w = size
+    return int(h), int(w)
+
+
+def _check_input(hw: HW, n: int = 1) -> torch.Tensor:
     g = torch.Generator().manual_seed(1234)
-    return torch.randn(n, 3, size, size, generator=g)
+    return torch.randn(n, 3, *hw, generator=g)
 
 
 @contextlib.contextmanager
@@ -261,11 +272,11 @@ class _Eager:
 class _TorchFast(_Eager):
     name = "torch"
 
-    def __init__(self, module: nn.Module, layers: list[str], device: str, size: int,
+    def __init__(self, module: nn.Module, layers: list[str], device: str, hw: HW,
                  fold: bool = True):
         self.layers, self.device = layers, device
         net = copy.deepcopy(module).eval()
-        self.folded = fold_batchnorm(net, _check_input(size, 1).to(next(
+        self.folded = fold_batchnorm(net, _check_input(hw).to(next(
             iter(net.parameters()), torch.zeros(0)).device), keep=layers) if fold else 0
         self.net = StopEarly(net.to(memory_format=torch.channels_last), layers, nhwc=True)
 
@@ -300,60 +311,72 @@ def _openvino():
 
 
 class _OpenVINO:
+    """The truncated network as OpenVINO IR, one export per input (height, width) — made at the
+    first batch of that shape unless already on disk — compiled for each batch size seen."""
+
     name = "openvino"
 
-    def __init__(self, module: nn.Module, layers: list[str], size: int, threads: int,
+    def __init__(self, module: nn.Module, layers: list[str], hw: HW, threads: int,
                  log: Callable[[str], None] | None):
         ov = _openvino()
-        self.layers, self.size, self.threads = layers, size, threads
-        self.path, meta = _export_paths(module, layers, size)
-        self.exported_now = False
+        self.module, self.layers, self.threads, self.log = module, layers, threads, log
+        self.core = ov.Core()
+        self.identity = _module_identity(module)
+        self.export_seconds = 0.0
+        self._paths: dict[HW, Path] = {}
+        self._compiled: dict[tuple[int, HW], tuple] = {}
+        self._prepare(hw)
+
+    def _prepare(self, hw: HW) -> Path:
+        stem = self._paths.get(hw)
+        if stem is not None:
+            return stem
+        stem, meta = _export_paths(self.identity, self.layers, hw)
         if meta is not None and not meta.get("ok", False):
             raise VfsError(meta.get("reason", "export failed earlier"))
-        self.core = ov.Core()
         if meta is None:
             t = time.perf_counter()
-            if log is not None:
-                log(f"exporting the model up to {', '.join(layers)} at {size}px for OpenVINO "
-                    "(once; kept for later runs)")
-            _export(module, layers, size, self.path, self.core)
-            self.exported_now = True
-            self.export_seconds = time.perf_counter() - t
-        self._compiled: dict[int, object] = {}
+            if self.log is not None:
+                self.log(f"exporting the model up to {', '.join(self.layers)} at {hw[1]}×{hw[0]}"
+                         " px for OpenVINO (once; kept for later runs)")
+            _export(self.module, self.layers, hw, stem, self.core)
+            self.export_seconds += time.perf_counter() - t
+        self._paths[hw] = stem
+        return stem
 
-    def _compiled_for(self, n: int):
-        cm = self._compiled.get(n)
+    def _compiled_for(self, n: int, hw: HW):
+        cm = self._compiled.get((n, hw))
         if cm is None:
-            model = self.core.read_model(str(self.path.with_suffix(".xml")))
-            dynamic = len(self._compiled) >= 3  # odd sizes beyond the first few: one dynamic model
-            key = -1 if dynamic else n
-            cm = self._compiled.get(key)
+            stem = self._prepare(hw)
+            # the first few batch sizes get static shapes (faster); any further: one dynamic
+            dynamic = sum(1 for k in self._compiled if k[1] == hw) >= 3
+            cm = self._compiled.get((-1, hw)) if dynamic else None
             if cm is None:
-                model.reshape({0: [-1 if dynamic else n, 3, self.size, self.size]})
+                model = self.core.read_model(str(stem.with_suffix(".xml")))
+                model.reshape({0: [-1 if dynamic else n, 3, *hw]})
                 cfg = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": self.threads,
                        "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1,
                        "ENABLE_CPU_PINNING": False}
                 compiled = self.core.compile_model(model, "CPU", cfg)
                 cm = (compiled, compiled.create_infer_request())
-                self._compiled[key] = cm
-            if not dynamic:
-                self._compiled[n] = cm
+                self._compiled[(-1 if dynamic else n, hw)] = cm
+            self._compiled[(n, hw)] = cm
         return cm
 
     def __call__(self, x: torch.Tensor) -> list[np.ndarray]:
         a = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
-        compiled, req = self._compiled_for(len(a))
+        compiled, req = self._compiled_for(len(a), (a.shape[2], a.shape[3]))
         res = req.infer({0: a}, share_inputs=True)
         return [np.ascontiguousarray(res[compiled.output(i)], dtype=np.float32)
                 for i in range(len(self.layers))]
 
 
-def _export_paths(module: nn.Module, layers: list[str], size: int) -> tuple[Path, dict | None]:
+def _export_paths(identity: str, layers: list[str], hw: HW) -> tuple[Path, dict | None]:
     """(path stem of this export, its record or None when not exported yet)."""
     ov = _openvino()
     key = hashlib.sha256(json.dumps({
-        "v": _EXPORT_VERSION, "module": _module_identity(module), "layers": layers,
-        "size": size, "openvino": ov.get_version(), "torch": torch.__version__,
+        "v": _EXPORT_VERSION, "module": identity, "layers": layers,
+        "input": list(hw), "openvino": ov.get_version(), "torch": torch.__version__,
     }, sort_keys=True).encode()).hexdigest()[:24]
     stem = export_dir() / f"ov-{key}"
     rec = stem.with_suffix(".json")
@@ -367,13 +390,14 @@ def _export_paths(module: nn.Module, layers: list[str], size: int) -> tuple[Path
     return stem, meta
 
 
-def _export(module: nn.Module, layers: list[str], size: int, stem: Path, core) -> None:
+def _export(module: nn.Module, layers: list[str], hw: HW, stem: Path, core) -> None:
     """Trace → OpenVINO IR (.xml/.bin) written atomically, its record (.json) last. A failure
     is recorded too (and raised), so later runs fall back at once."""
     ov = _openvino()
     stem.parent.mkdir(parents=True, exist_ok=True)
     tmp = stem.with_name(f"{stem.name}.tmp{os.getpid()}")
-    rec = {"v": _EXPORT_VERSION, "layers": layers, "size": size, "model": type(module).__name__,
+    rec = {"v": _EXPORT_VERSION, "layers": layers, "input": list(hw),
+           "model": type(module).__name__,
            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     try:
         from openvino.frontend import FrontEndManager
@@ -381,18 +405,18 @@ def _export(module: nn.Module, layers: list[str], size: int, stem: Path, core) -
 
         net = StopEarly(module, layers, nhwc=True)
         g = torch.Generator().manual_seed(99)
-        example = torch.randn(2, 3, size, size, generator=g)
+        example = torch.randn(2, 3, *hw, generator=g)
         with torch.no_grad(), _quiet_tracing():
             traced = torch.jit.trace(net, example, check_trace=False, strict=False)
         fe = FrontEndManager().load_by_framework("pytorch")
         decoder = TorchScriptPythonDecoder(traced, shared_memory=False)  # must outlive convert
         model = fe.convert(fe.load(decoder))
         del decoder
-        model.reshape({0: [-1, 3, size, size]})
+        model.reshape({0: [-1, 3, *hw]})
         # checked on another input than the trace's: a forward whose trace froze some value
         # (data-dependent control flow, numpy round trips) is caught here
         cm = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-        x = _check_input(size)
+        x = _check_input(hw)
         got = cm.create_infer_request().infer({0: x.numpy()})
         with torch.inference_mode():
             want = [t.float().numpy() for t in net(x)]
@@ -435,21 +459,23 @@ def openvino_available() -> bool:
     return True
 
 
-def export_cached(module: nn.Module, layers: Sequence[str], size: int) -> bool:
-    """Whether a good OpenVINO export of ``module`` up to ``layers`` at ``size`` exists."""
+def export_cached(module: nn.Module, layers: Sequence[str], size: int | Sequence[int]) -> bool:
+    """Whether a good OpenVINO export of ``module`` up to ``layers`` at ``size`` (side, or
+    (height, width)) exists."""
     if not openvino_available():
         return False
-    _, meta = _export_paths(module, list(layers), size)
+    _, meta = _export_paths(_module_identity(module), list(layers), _hw(size))
     return bool(meta and meta.get("ok"))
 
 
 class Forward:
     """Run ``module`` up to ``layers`` on NCHW batches: ``fwd(x)`` → {layer: (N, H, W, C)
     float32 array}. ``engine`` is one of :data:`ENGINES`; ``engine_name`` says which runs
-    (after any fallback, each noted through ``log``). ``size`` is the input side in pixels;
+    (after any fallback, each noted through ``log``). ``size`` is the input side in pixels
+    or (height, width) (other shapes work too; OpenVINO exports one model per shape);
     ``expected_images`` lets ``auto`` judge whether an export pays off."""
 
-    def __init__(self, module: nn.Module, layers: Sequence[str], *, size: int,
+    def __init__(self, module: nn.Module, layers: Sequence[str], *, size: int | Sequence[int],
                  engine: str = "auto", device: str = "cpu", threads: int | None = None,
                  expected_images: int | None = None, log: Callable[[str], None] | None = None):
         if engine not in ENGINES:
@@ -457,9 +483,8 @@ class Forward:
                                param="engine")
         self.layers = list(layers)
         StopEarly(module, self.layers)  # validates the names
-        self.device, self.size, self.log = device, int(size), log
+        self.device, self.hw, self.log = device, _hw(size), log
         self.notes: list[str] = []
-        self.export_seconds = 0.0
         cuda = device.startswith("cuda")
         if engine == "openvino" and cuda:
             raise BadParameter("the openvino engine runs on the CPU; use --device cpu or another "
@@ -467,7 +492,7 @@ class Forward:
         if engine == "auto":
             use_ov = (not cuda and openvino_available() and (
                 (expected_images or 0) >= AUTO_EXPORT_MIN_IMAGES
-                or export_cached(module, self.layers, self.size)))
+                or export_cached(module, self.layers, self.hw)))
             order = ["openvino", "torch", "eager"] if use_ov else ["torch", "eager"]
         else:
             order = {"openvino": ["openvino", "torch", "eager"], "torch": ["torch", "eager"],
@@ -491,6 +516,11 @@ class Forward:
     def engine_name(self) -> str:
         return self._impl.name
 
+    @property
+    def export_seconds(self) -> float:
+        """Time spent exporting in this process (0 when the export was on disk)."""
+        return float(getattr(self._impl, "export_seconds", 0.0))
+
     def _note(self, msg: str) -> None:
         self.notes.append(msg)
         if self.log is not None:
@@ -500,24 +530,32 @@ class Forward:
         if name == "eager":
             return self._eager
         if name == "openvino":
-            impl = _OpenVINO(module, self.layers, self.size, threads, self.log)
-            self.export_seconds = getattr(impl, "export_seconds", 0.0)
+            impl = _OpenVINO(module, self.layers, self.hw, threads, self.log)
             return impl  # checked against eager at export time
         for fold in (True, False):
-            impl = _TorchFast(module, self.layers, self.device, self.size, fold=fold)
+            impl = _TorchFast(module, self.layers, self.device, self.hw, fold=fold)
             err = self._check(impl)
             if err <= TOLERANCE:
                 return impl
         raise VfsError(f"its features differ from the eager forward (relative error {err:.1e})")
 
     def _check(self, impl) -> float:
-        x = _check_input(self.size)
+        x = _check_input(self.hw)
         return max(relative_error(a, b) for a, b in zip(impl(x), self._eager(x), strict=True))
 
     def __call__(self, x: torch.Tensor | np.ndarray) -> dict[str, np.ndarray]:
         if isinstance(x, np.ndarray):
             x = torch.from_numpy(x)
-        return dict(zip(self.layers, self._impl(x), strict=True))
+        try:
+            outs = self._impl(x)
+        except VfsError as e:  # e.g. the export for a new input shape failed
+            if self._impl is self._eager:
+                raise
+            self._note(f"{self._impl.name} engine failed on a batch of shape "
+                       f"{tuple(x.shape)} ({e.message}); using eager from here on")
+            self._impl = self._eager
+            outs = self._impl(x)
+        return dict(zip(self.layers, outs, strict=True))
 
     def eager(self, x: torch.Tensor | np.ndarray) -> dict[str, np.ndarray]:
         """The reference forward on the same batch."""
@@ -533,7 +571,7 @@ def cuda_batch_size(fwd: Forward, device: str, lo: int = 32, hi: int = 1024) -> 
     torch.cuda.synchronize(dev)
     torch.cuda.reset_peak_memory_stats(dev)
     base = torch.cuda.memory_allocated(dev)
-    fwd(torch.zeros(8, 3, fwd.size, fwd.size, pin_memory=True))
+    fwd(torch.zeros(8, 3, *fwd.hw, pin_memory=True))
     torch.cuda.synchronize(dev)
     per_image = max(1, (torch.cuda.max_memory_allocated(dev) - base) // 8)
     free, _total = torch.cuda.mem_get_info(dev)
