@@ -111,7 +111,7 @@ def test_search_box(client, small_cache):
     j = r.json()
     m = j["matches"]
     assert len(m) == 5 and j["total"] == 17  # the query image itself is excluded
-    assert [x["rank"] for x in m] == list(range(5))
+    assert [x["rank"] for x in m] == list(range(1, 6))  # 1 = the best
     assert all(a["score"] >= b["score"] for a, b in itertools.pairwise(m))
     assert {m[0]["id"], m[1]["id"]} == set(astro[1:])  # its own crops come first
     for x in m:
@@ -325,7 +325,7 @@ def test_rank_window(client, small_cache):
     top = client.get(f"/api/searches/{sid}/window", params={"start": 0, "stop": 4}).json()
     assert [x["id"] for x in top["items"]] == [x["id"] for x in j["matches"]]
     w = client.get(f"/api/searches/{sid}/window", params={"start": 5, "stop": 10}).json()
-    assert w["total"] == 17 and [x["rank"] for x in w["items"]] == [5, 6, 7, 8, 9]
+    assert w["total"] == 17 and [x["rank"] for x in w["items"]] == [6, 7, 8, 9, 10]
     sc = [x["score"] for x in w["items"]]
     assert sc == pytest.approx(j["curve"]["scores"][5:10], abs=1e-4)
     assert all(a >= b - 1e-6 for a, b in itertools.pairwise(sc))
@@ -336,7 +336,7 @@ def test_rank_window(client, small_cache):
     tail = client.get(
         f"/api/searches/{sid}/window", params={"start": 0, "stop": 17, "limit": 5}
     ).json()
-    assert [x["rank"] for x in tail["items"]] == [0, 4, 8, 12, 16]
+    assert [x["rank"] for x in tail["items"]] == [1, 5, 9, 13, 17]
     past = client.get(f"/api/searches/{sid}/window", params={"start": 30, "stop": 40}).json()
     assert past["items"] == []
     only = client.get(

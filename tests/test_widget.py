@@ -170,9 +170,9 @@ def test_search_widget_explains_a_result(small_cache):
     W, H = small_cache.image_size(0)
     sw.brush.set_box((W * 0.2, H * 0.2, W * 0.6, H * 0.6))
     assert sw.results is not None, sw.error
-    assert [v for _, v in sw.explain_pick.options] == [0, 1, 2]
+    assert [v for _, v in sw.explain_pick.options] == [1, 2, 3]  # ranks: 1 = the best
     assert not sw.explain_button.disabled
-    ex = sw.explain(1, "exact", wait=True).result()
+    ex = sw.explain(2, "exact", wait=True).result()
     assert sw.explanation is ex and ex.result_id == sw.results[1].id
     assert sum(c["share"] for c in ex.extra["cell_shares"]) == pytest.approx(ex.score, abs=1e-5)
     assert ex.score == pytest.approx(sw.results[1].score, abs=1e-4)
@@ -180,7 +180,7 @@ def test_search_widget_explains_a_result(small_cache):
     assert view.count("data:image/png;base64,") == 2  # heat over the query and over the result
     assert f"result #{ex.result_id}" in view and "channel" in view
     # a model-running method runs in the background thread, with progress, then shows its AUCs
-    fut = sw.explain(0, "rise", n_masks=16, batch_size=8, auc_steps=4)
+    fut = sw.explain(1, "rise", n_masks=16, batch_size=8, auc_steps=4)
     rise = fut.result(timeout=300)
     assert rise.method == "rise" and rise.result_id == sw.results[0].id
     assert sw.explanation is rise and rise.insertion_auc is not None
@@ -189,16 +189,17 @@ def test_search_widget_explains_a_result(small_cache):
     assert sw.explain_progress.layout.visibility == "hidden" and not sw.explain_button.disabled
     # an error is shown in the view (and raised to Python)
     with pytest.raises(Exception, match="mode"):
-        sw.explain(0, "occlusion", mode="sideways", wait=True)
+        sw.explain(1, "occlusion", mode="sideways", wait=True)
     assert "mode" in sw.explain_view.value and "color:#b00" in sw.explain_view.value
     # new results drop the old explanation
     sw.k_box.value = 2
     assert sw.explanation is None and sw.explain_view.value == ""
     assert len(sw.explain_pick.options) == 2
-    with pytest.raises(ValueError):
-        sw.explain(5, "exact")
+    for bad in (0, 3):
+        with pytest.raises(ValueError):
+            sw.explain(bad, "exact")
     with pytest.raises(BadParameter):
-        sw.explain(0, "no-such-method")
+        sw.explain(1, "no-such-method")
 
 
 def test_show_html_contains_results(small_cache):

@@ -22,7 +22,7 @@ __all__ = ["Match", "SearchResult", "exact_scores", "search", "search_many"]
 class Match:
     id: int
     score: float
-    rank: int
+    rank: int  # 1 for the best match
     path: str
     label: str
     offset: tuple[int, int]  # (row, col) of the query box's top-left cell in the result's grid
@@ -268,7 +268,7 @@ def _finish(cache: FeatureCache, q: Query, out: dict, *, k: int, exclude_self: b
     matches = []
     paths, labels = cache.paths, cache.labels
     qframe, origin = q.frame, (r0, c0)
-    for rank, i in enumerate(top):
+    for rank, i in enumerate(top, start=1):
         a, b = offset_rc(offset[i], (H, W), w)
         size = cache.image_size(int(i))
         box = carry_box(qframe, q.box, origin, cache.transform.frame(*size, (H, W)), (a, b))
@@ -329,7 +329,7 @@ def _finish_global(cache: FeatureCache, q: Query, *, k: int, exclude_self: bool,
     best = dict(zip(top.tolist(), exact.tolist()))
     paths, labels = cache.paths, cache.labels
     matches = []
-    for rank, i in enumerate(top):
+    for rank, i in enumerate(top, start=1):
         size = cache.image_size(int(i))
         box = cache.transform.geometry(*size).crop
         matches.append(Match(int(i), float(best[int(i)]), rank, str(paths[i]), str(labels[i]),

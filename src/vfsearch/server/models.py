@@ -223,7 +223,8 @@ class Carry(_Response):
 
 class Match(_Response):
     id: int
-    rank: int
+    rank: int = Field(description="1 for the best match (positions in the score order, "
+                      "window start/stop, are 0-based)")
     score: float
     path: str
     label: str

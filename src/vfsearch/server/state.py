@@ -462,8 +462,8 @@ class AppState:
         for j, i in enumerate(ids):
             m = top.get(int(i))
             if m is not None and not column:
-                items[j] = match_record(e, st.query, m.id, int(ranks[j]), m.score, m.offset,
-                                        m.box)
+                items[j] = match_record(e, st.query, m.id, int(ranks[j]) + 1, m.score,
+                                        m.offset, m.box)
         if need:
             nids = ids[need]
             _best, off, _ = self._offsets(e, st, nids)
@@ -472,7 +472,7 @@ class AppState:
                 i = int(ids[j])
                 m = top.get(i)
                 score = m.score if m is not None else float(st.scores[i])
-                items[j] = match_record(e, st.query, i, int(ranks[j]), score,
+                items[j] = match_record(e, st.query, i, int(ranks[j]) + 1, score,
                                         boxes[jj][0], boxes[jj][1])
         out = {"search_id": sid, "start": start, "stop": stop, "total": total, "items": items}
         if thumbs:

@@ -328,7 +328,7 @@ class SearchWidget(ipywidgets.VBox):
         self.explanation = None
         self.explain_view.value = ""
         self.explain_progress.layout.visibility = "hidden"
-        opts = [] if res is None else [(f"{m.rank + 1}. #{m.id} {m.label} ({m.score:.3f})", m.rank)
+        opts = [] if res is None else [(f"{m.rank}. #{m.id} {m.label} ({m.score:.3f})", m.rank)
                                        for m in res.matches]
         self.explain_pick.options = opts
         self.explain_button.disabled = not opts
@@ -337,7 +337,7 @@ class SearchWidget(ipywidgets.VBox):
 
     def explain(self, rank: int | None = None, method: str | None = None, *, wait: bool = False,
                 **params) -> Future:
-        """Explain why result ``rank`` (default: the one picked) matches the query region with
+        """Explain why result ``rank`` (1 = the best; default: the one picked) matches the query region with
         ``method`` (default: the one picked; :data:`vfsearch.explain.METHODS`); ``params`` go to
         the explainer (e.g. ``n_masks=``, ``mode="both"``). Runs in a background thread and
         shows the heat maps when done; returns a Future of the
@@ -347,8 +347,8 @@ class SearchWidget(ipywidgets.VBox):
         if self.results is None or not len(self.results):
             raise ValueError("no results to explain: brush a region first")
         rank = int(self.explain_pick.value if rank is None else rank)
-        if not 0 <= rank < len(self.results):
-            raise ValueError(f"rank must be in 0..{len(self.results) - 1}")
+        if not 1 <= rank <= len(self.results):
+            raise ValueError(f"rank must be in 1..{len(self.results)} (1 = the best match)")
         method = method or self.explain_method.value
         try:
             params = check_params(method, params)  # BadParameter (with its param) before any work
@@ -356,7 +356,7 @@ class SearchWidget(ipywidgets.VBox):
             self.explain_view.value = (f"<span style='color:#b00'>{html.escape(type(e).__name__)}: "
                                        f"{html.escape(str(e))}</span>")
             raise
-        res, match = self.results, self.results[rank]
+        res, match = self.results, self.results[rank - 1]
         with self._explain_lock:
             self._explain_seq += 1
             seq = self._explain_seq
@@ -458,7 +458,7 @@ def results_html(results, *, thumb_px: int = 160, curve: bool = True, show_query
                            f"{cache.labels[int(q.source_id)]} · {q.layer}", thumb_px, "#36c",
                            data_id=False))
     for m in results.matches:
-        parts.append(_card(cache, m.id, m.box, f"{m.rank + 1}. #{m.id}  {m.score:.3f}", str(m.label),
+        parts.append(_card(cache, m.id, m.box, f"{m.rank}. #{m.id}  {m.score:.3f}", str(m.label),
                            thumb_px, "#ff5a1f"))
     if not results.matches:
         parts.append("<div><i>no results</i></div>")
