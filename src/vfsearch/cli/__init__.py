@@ -17,6 +17,7 @@ import click
 from ..errors import VfsError
 from ._util import CONTEXT, err
 from .bench import bench_cmd
+from .concepts import concepts_cmd
 from .eval import eval_cmd
 from .explain import explain_cmd
 from .importing import import_cmd
@@ -73,5 +74,5 @@ def main():
 
 
 for _cmd in (index_cmd, layers_cmd, info_cmd, upgrade_cmd, import_cmd, search_cmd, explain_cmd,
-             serve_cmd, demo_cmd, bench_cmd, eval_cmd, map_cmd):
+             serve_cmd, demo_cmd, bench_cmd, eval_cmd, map_cmd, concepts_cmd):
     main.add_command(_cmd)

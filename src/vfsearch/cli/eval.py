@@ -11,7 +11,7 @@ from ._util import CONTEXT, err
 
 # the protocols and localize defaults of vfsearch.evaluate (kept here so that ``--help`` imports
 # nothing heavy; a test checks they agree)
-PROTOCOLS = ("labels", "overlap", "precision", "localize")
+PROTOCOLS = ("labels", "overlap", "precision", "localize", "concepts", "boxes")
 DEFAULT_LOCALIZE_LAYERS = ("blocks.10", "blocks.15")
 
 
@@ -92,10 +92,20 @@ def arms_from_paths(protocol: str, cache_path: str, cache2_path: str | None, lay
               help="localize: largest crop side (px).")
 @click.option("--label-pattern", default=None,
               help="localize: label regex on file names (for the cache).")
+@click.option("--boxes", "boxes", default=None, type=click.Path(path_type=Path),
+              help="boxes: ground-truth boxes CSV (path,x0,y0,x1,y1[,label]); with --detect, "
+                   "where the detections go.")
+@click.option("--detect", type=click.Choice(["faces"]), default=None,
+              help="boxes: make the boxes with a detector (faces: MTCNN, facenet-pytorch).")
+@click.option("--concepts", "n_concepts", default=32, show_default=True,
+              type=click.IntRange(1, 4096), help="concepts: number of concepts (K).")
+@click.option("--labels", "labels_file", default=None, type=click.Path(path_type=Path),
+              help="concepts: labels from a CSV (path,label) instead of the cache's.")
 @click.option("--no-figures", is_flag=True, help="Skip the matplotlib figures.")
 @click.option("--quiet", "-q", is_flag=True)
 def eval_cmd(protocol, cache, cache2, layer, layer2, n, k, seed, boot, kinds, column, out, name,
-             work, pool, min_side, max_side, label_pattern, no_figures, quiet):
+             work, pool, min_side, max_side, label_pattern, boxes, detect, n_concepts,
+             labels_file, no_figures, quiet):
     """Quantitative experiments: PROTOCOL is labels, overlap, precision or localize.
 
     \b
@@ -104,9 +114,20 @@ def eval_cmd(protocol, cache, cache2, layer, layer2, n, k, seed, boot, kinds, co
     precision  CACHE [CACHE2] [--column COL]: precision@k by label, spread over COL
     localize   IMAGES --work DIR [--layer A --layer2 B]: planted-crop IoU by area bin
                (CACHE is then a folder of images; the planted set and its cache go to --work)
+    concepts   CACHE [--layer L] [--concepts K] [--n QUERIES] [--labels CSV | --column COL]:
+               purity and NMI of dictionary, saliency, full-frame and random concepts
+    boxes      CACHE [CACHE2] --boxes CSV | --detect faces: every box a query, IoU of the
+               matched boxes with the result images' boxes by area bin (§4.4, Fig. 8)
 
     Writes PROTOCOL.json, PROTOCOL.md and PNG figures into --out and prints the markdown table.
     """
+    if protocol in ("concepts", "boxes"):
+        from .concepts import run_eval
+
+        return run_eval(protocol, cache, cache2, layer=layer, layer2=layer2, n=n, k=k,
+                        seed=seed, boot=boot, out=out, name=name, no_figures=no_figures,
+                        quiet=quiet, boxes=boxes, detect=detect, n_concepts=n_concepts,
+                        labels=labels_file, column=column)
     from ..evaluate import run_labels, run_localize, run_overlap, run_precision, write_report
 
     out = out or Path(f"eval-{protocol}")

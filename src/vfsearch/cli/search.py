@@ -57,10 +57,7 @@ def search_cmd(cache, image, mask, box, whole, global_, concept, concepts_method
         query = concept_query(c, concept, layer=layer, method=concepts_method)
         image = f"concept {concept} ({concepts_method})"
     elif image is None:
-        from ..errors import BadQuery
-
-        raise BadQuery("give a query image (a dataset id or an image file) or a concept",
-                       param="image")
+        raise click.UsageError("give --image (a dataset id or an image file) or --concept")
     else:
         query = int(image) if image.isdigit() else image
     t0 = time.perf_counter()

@@ -10,6 +10,11 @@ and §4.4), each seeded, reproducible and reported with bootstrap confidence int
 * ``localize``  — a crop of one image is pasted at a known box into a distractor image; the crop's
   region is queried in its source and the matched box is compared (IoU) with the pasted box, binned
   by area as in §4.4, next to the grid ceilings (the best IoU the feature grid allows).
+* ``concepts``  — purity and NMI of discovered concepts against labels: dictionary, saliency
+  (seed 004), full-frame clustering and random assignment (:mod:`.concept_eval`).
+* ``boxes``     — §4.4's face protocol on any ground-truth boxes (a CSV, or MTCNN faces from
+  :mod:`.faces`): each box a query, the matched boxes' IoU with the results' boxes by area bin
+  (:mod:`.boxes`).
 
 Modules: :mod:`.metrics` (CIs, IoU, bins, ceilings), :mod:`.protocols` (sampling, arms, the
 first three protocols), :mod:`.localize` (planted crops), :mod:`.report` (markdown, JSON,
@@ -21,6 +26,8 @@ protocol. ``vfsearch eval`` (in :mod:`vfsearch.cli`) is the command line.
 from __future__ import annotations
 
 from ..errors import EvalError
+from .boxes import read_boxes, run_boxes, write_boxes_report
+from .concept_eval import run_concepts_eval, write_concepts_report
 from .localize import (
     DEFAULT_LOCALIZE_LAYERS,
     localize_layer,
@@ -71,7 +78,10 @@ __all__ = [
     "plant_crops",
     "precision_at_k",
     "prepare_localize",
+    "read_boxes",
     "run_arm",
+    "run_boxes",
+    "run_concepts_eval",
     "run_labels",
     "run_localize",
     "run_overlap",
@@ -80,8 +90,10 @@ __all__ = [
     "sample_queries",
     "shift_ceiling",
     "to_markdown",
+    "write_boxes_report",
+    "write_concepts_report",
     "write_report",
 ]
 
 #: the protocols of ``vfsearch eval``
-PROTOCOLS = ("labels", "overlap", "precision", "localize")
+PROTOCOLS = ("labels", "overlap", "precision", "localize", "concepts", "boxes")
