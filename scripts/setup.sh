@@ -35,6 +35,7 @@ if ! stamp_ok "$profile" && ! { [[ "$profile" == "demo" ]] && stamp_ok test; }; 
     quiet "$venv/bin/python" -m pip install --quiet -e "$root"
   else
     quiet "$venv/bin/python" -m pip install --quiet -e "$root[dev]"
+    quiet "$venv/bin/python" -m pip install --quiet --no-deps facenet-pytorch  # MTCNN: old pins
   fi
   echo "$want" > "$venv/.vfsearch-$profile"
 fi
