@@ -3,7 +3,9 @@ time to open a 50k-image cache. All figures are measured side by side in one run
 
     python benchmarks/index_bench.py [IMAGES] [--n 256] [--open-n 50000] [--out DIR]
 
-IMAGES defaults to ../shared/datasets/imagenet-sample-1k.
+IMAGES defaults to ../shared/datasets/imagenet-sample-1k. The end-to-end comparison of
+``vfsearch index`` (a separate process, start to exit) against the bare network, the engines
+and the other models, in interleaved rounds, is ``benchmarks/forward_bench.py``.
 """
 
 from __future__ import annotations

@@ -158,7 +158,7 @@ def fold_batchnorm(module: nn.Module, example: torch.Tensor, keep: Sequence[str]
     against the original: a convolution output that something else also reads is not detected."""
     from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-    conv_out: dict[int, str] = {}
+    conv_out: dict[int, tuple[str, torch.Tensor]] = {}  # tensors kept alive: ids stay unique
     calls: dict[str, int] = {}
     pairs: list[tuple[str, str]] = []
     handles = []
@@ -166,7 +166,7 @@ def fold_batchnorm(module: nn.Module, example: torch.Tensor, keep: Sequence[str]
     def conv_hook(name):
         def fn(_m, _inp, out):
             calls[name] = calls.get(name, 0) + 1
-            conv_out[id(out)] = name
+            conv_out[id(out)] = (name, out)
 
         return fn
 
@@ -174,8 +174,8 @@ def fold_batchnorm(module: nn.Module, example: torch.Tensor, keep: Sequence[str]
         def fn(_m, inp):
             calls[name] = calls.get(name, 0) + 1
             src = conv_out.get(id(inp[0]))
-            if src is not None:
-                pairs.append((src, name))
+            if src is not None and src[1] is inp[0]:
+                pairs.append((src[0], name))
 
         return fn
 
@@ -317,11 +317,11 @@ class _OpenVINO:
     name = "openvino"
 
     def __init__(self, module: nn.Module, layers: list[str], hw: HW, threads: int,
-                 log: Callable[[str], None] | None):
+                 log: Callable[[str], None] | None, identity: str | None = None):
         ov = _openvino()
         self.module, self.layers, self.threads, self.log = module, layers, threads, log
         self.core = ov.Core()
-        self.identity = _module_identity(module)
+        self.identity = identity or _module_identity(module)
         self.export_seconds = 0.0
         self._paths: dict[HW, Path] = {}
         self._compiled: dict[tuple[int, HW], tuple] = {}
@@ -459,12 +459,14 @@ def openvino_available() -> bool:
     return True
 
 
-def export_cached(module: nn.Module, layers: Sequence[str], size: int | Sequence[int]) -> bool:
-    """Whether a good OpenVINO export of ``module`` up to ``layers`` at ``size`` (side, or
-    (height, width)) exists."""
+def export_cached(module: nn.Module | str, layers: Sequence[str],
+                  size: int | Sequence[int]) -> bool:
+    """Whether a good OpenVINO export of ``module`` (or its identity hash) up to ``layers`` at
+    ``size`` (side, or (height, width)) exists."""
     if not openvino_available():
         return False
-    _, meta = _export_paths(_module_identity(module), list(layers), _hw(size))
+    identity = module if isinstance(module, str) else _module_identity(module)
+    _, meta = _export_paths(identity, list(layers), _hw(size))
     return bool(meta and meta.get("ok"))
 
 
@@ -489,10 +491,12 @@ class Forward:
         if engine == "openvino" and cuda:
             raise BadParameter("the openvino engine runs on the CPU; use --device cpu or another "
                                "engine", param="engine")
+        self._identity = None
         if engine == "auto":
-            use_ov = (not cuda and openvino_available() and (
-                (expected_images or 0) >= AUTO_EXPORT_MIN_IMAGES
-                or export_cached(module, self.layers, self.hw)))
+            use_ov = not cuda and openvino_available()
+            if use_ov and (expected_images or 0) < AUTO_EXPORT_MIN_IMAGES:
+                self._identity = _module_identity(module)
+                use_ov = export_cached(self._identity, self.layers, self.hw)
             order = ["openvino", "torch", "eager"] if use_ov else ["torch", "eager"]
         else:
             order = {"openvino": ["openvino", "torch", "eager"], "torch": ["torch", "eager"],
@@ -530,7 +534,7 @@ class Forward:
         if name == "eager":
             return self._eager
         if name == "openvino":
-            impl = _OpenVINO(module, self.layers, self.hw, threads, self.log)
+            impl = _OpenVINO(module, self.layers, self.hw, threads, self.log, self._identity)
             return impl  # checked against eager at export time
         for fold in (True, False):
             impl = _TorchFast(module, self.layers, self.device, self.hw, fold=fold)
