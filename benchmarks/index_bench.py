@@ -48,8 +48,12 @@ def bench_extraction(files, layer, batch, workers, tmp: Path) -> dict:
                 fx(x[i:i + batch])
 
     bare_full()  # warm-up
-    t = time.perf_counter(); bare_full(); t_full = time.perf_counter() - t
-    t = time.perf_counter(); bare_to_layer(); t_layer = time.perf_counter() - t
+    t = time.perf_counter()
+    bare_full()
+    t_full = time.perf_counter() - t
+    t = time.perf_counter()
+    bare_to_layer()
+    t_layer = time.perf_counter() - t
     src = tmp / "imgs"
     src.mkdir(exist_ok=True)
     for f in files:
@@ -59,7 +63,8 @@ def bench_extraction(files, layer, batch, workers, tmp: Path) -> dict:
     out = tmp / "cache"
     shutil.rmtree(out, ignore_errors=True)
     t = time.perf_counter()
-    rep = index(src, out, model=lm, layers=[layer], batch_size=batch, workers=workers, progress=False)
+    rep = index(src, out, model=lm, layers=[layer], batch_size=batch, workers=workers,
+                progress=False)
     t_pipe = time.perf_counter() - t
     n = len(files)
     return {
@@ -87,8 +92,8 @@ def bench_sizes(cache_path: Path, layer: str, tmp: Path) -> list[dict]:
             for name, a in (("features", q), ("sqnorm", sqn), ("scale", scale), ("qerr2", qerr2)):
                 if a is None:
                     continue
-                arr = g.create_array(name, shape=a.shape, chunks=(256,) + a.shape[1:], dtype=a.dtype,
-                                     compressors=compressor(codec) or None)
+                arr = g.create_array(name, shape=a.shape, chunks=(256,) + a.shape[1:],
+                                     dtype=a.dtype, compressors=compressor(codec) or None)
                 arr[:] = a
             t = time.perf_counter()
             for name in g.array_keys():
@@ -116,8 +121,10 @@ def bench_open(n: int, tmp: Path) -> dict:
         g["scale"][s:e] = rng.random((e - s, 7, 7), dtype=np.float32)
         g["sqnorm"][s:e] = rng.random((e - s, 7, 7), dtype=np.float32)
         g["qerr2"][s:e] = rng.random((e - s, 7, 7), dtype=np.float32) * 1e-3
-        root["images/path"][s:e] = np.array([f"img/{i:07d}.jpg" for i in range(s, e)], dtype=object)
-        root["images/label"][s:e] = np.array([f"class{i % 1000}" for i in range(s, e)], dtype=object)
+        root["images/path"][s:e] = np.array([f"img/{i:07d}.jpg" for i in range(s, e)],
+                                            dtype=object)
+        root["images/label"][s:e] = np.array([f"class{i % 1000}" for i in range(s, e)],
+                                             dtype=object)
     root["images/status"][:] = 1
     t = time.perf_counter()
     c = open_cache(p)
@@ -138,7 +145,8 @@ def bench_open(n: int, tmp: Path) -> dict:
 def main() -> None:
     here = Path(__file__).resolve().parents[1]
     ap = argparse.ArgumentParser()
-    ap.add_argument("images", nargs="?", default=str(here.parent / "shared/datasets/imagenet-sample-1k"))
+    ap.add_argument("images", nargs="?",
+                    default=str(here.parent / "shared/datasets/imagenet-sample-1k"))
     ap.add_argument("--n", type=int, default=256)
     ap.add_argument("--layer", default="blocks.15")
     ap.add_argument("--batch", type=int, default=32)
@@ -146,16 +154,18 @@ def main() -> None:
     ap.add_argument("--open-n", type=int, default=50_000)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
-    files = sorted(str(p) for p in Path(args.images).iterdir() if p.suffix.lower() in (".jpeg", ".jpg", ".png"))[: args.n]
+    files = sorted(str(p) for p in Path(args.images).iterdir()
+                   if p.suffix.lower() in (".jpeg", ".jpg", ".png"))[: args.n]
     with tempfile.TemporaryDirectory(prefix="vfs-index-bench-") as td:
         tmp = Path(td)
         ex = bench_extraction(files, args.layer, args.batch, args.workers, tmp)
         print(json.dumps(ex, indent=1))
         sizes = bench_sizes(Path(ex["cache"]), args.layer, tmp)
-        print(f"\n{'dtype':<5} {'codec':<5} {'bytes/img':>10} {'raw':>10} {'ratio':>6} {'read MB/s':>9}")
+        print(f"\n{'dtype':<5} {'codec':<5} {'bytes/img':>10} {'raw':>10} {'ratio':>6} "
+              f"{'read MB/s':>9}")
         for r in sizes:
-            print(f"{r['dtype']:<5} {r['codec']:<5} {r['bytes_per_image']:>10.0f} {r['raw_bytes_per_image']:>10.0f} "
-                  f"{r['ratio']:>6.2f} {r['read_MBps']:>9.0f}")
+            print(f"{r['dtype']:<5} {r['codec']:<5} {r['bytes_per_image']:>10.0f} "
+                  f"{r['raw_bytes_per_image']:>10.0f} {r['ratio']:>6.2f} {r['read_MBps']:>9.0f}")
         op = bench_open(args.open_n, tmp)
         print("\n" + json.dumps(op, indent=1))
         if args.out:
