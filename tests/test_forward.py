@@ -317,3 +317,15 @@ def test_cuda_features_equal_the_cpu_path(model, photos):
         finally:
             model.module.to("cpu")
         _assert_same(got, ref)
+
+
+def test_a_batch_of_mixed_input_shapes_runs_one_forward_per_shape():
+    from vfsearch.extract import _forward_batch
+
+    net = TinyNet()
+    fwd = Forward(net, ["features.2"], size=64, engine="torch")
+    xs = [torch.randn(3, 48, 80), torch.randn(3, 80, 48), torch.randn(3, 48, 80)]
+    got = _forward_batch(fwd, xs)["features.2"]
+    for a, g in zip(xs, got, strict=True):
+        want = Forward(net, ["features.2"], size=64, engine="eager")(a[None])["features.2"][0]
+        assert g.shape == want.shape and relative_error(g, want) <= TOLERANCE

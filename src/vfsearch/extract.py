@@ -113,9 +113,30 @@ class _Batch:
         self.stats, self.errors, self.seconds = stats, errors, seconds
 
     def pin_memory(self):  # called by the DataLoader when pin_memory=True (CUDA)
-        if self.x is not None:
+        if isinstance(self.x, list):
+            self.x = [a.pin_memory() for a in self.x]
+        elif self.x is not None:
             self.x = self.x.pin_memory()
         return self
+
+
+def _forward_batch(fwd: Forward, x) -> dict:
+    """{layer: per-row features} of a stacked batch, or of a list of inputs of mixed shapes
+    (one forward per shape)."""
+    if x is None:
+        return {}
+    if isinstance(x, torch.Tensor):
+        return fwd(x)
+    groups: dict[tuple, list[int]] = {}
+    for i, a in enumerate(x):
+        groups.setdefault(tuple(a.shape), []).append(i)
+    out: dict[str, list] = {name: [None] * len(x) for name in fwd.layers}
+    for idx in groups.values():
+        f = fwd(torch.stack([x[i] for i in idx]))
+        for name, v in f.items():
+            for j, i in enumerate(idx):
+                out[name][i] = v[j]
+    return out
 
 
 class _BatchDataset(torch.utils.data.Dataset):
@@ -154,7 +175,10 @@ class _BatchDataset(torch.utils.data.Dataset):
             sizes.append(size)
             stats.append(stat)
             errors.append(error)
-        x = torch.from_numpy(np.stack(xs)) if xs else None
+        if xs and all(a.shape == xs[0].shape for a in xs):
+            x = torch.from_numpy(np.stack(xs))
+        else:  # inputs of different shapes (e.g. portrait and landscape): run per shape
+            x = [torch.from_numpy(a) for a in xs] or None
         return _Batch(rows, x, thumbs, sizes, stats, errors, time.perf_counter() - t0)
 
 
@@ -256,7 +280,7 @@ def run_rows(writer: CacheWriter, lm: LoadedModel, transform: Transform, layers:
                 t1 = time.perf_counter()
                 stats.wait_s += t1 - t
                 stats.decode_s += b.seconds
-                feats = fwd(b.x) if b.x is not None else {}
+                feats = _forward_batch(fwd, b.x)
                 t2 = time.perf_counter()
                 stats.forward_s += t2 - t1
                 k = 0
