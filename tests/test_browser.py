@@ -212,6 +212,8 @@ def test_end_to_end(server, page, small_cache, sample_dir, tmp_path):
     pg.wait_for_selector(".pane[data-pane='0'] .card[data-drawn='region'] >> nth=5")
     cards = pg.locator(".pane[data-pane='0'] .card")
     top = [int(cards.nth(i).get_attribute("data-id")) for i in range(2)]
+    # ranks are 1-based as the API sends them (no "+ 1" in the page)
+    assert cards.nth(0).get_attribute("data-rank") == "1" and cards.nth(0).locator(".rank").inner_text() == "#1"
     assert set(top) == set(astro[1:]), "the query's own crops should be found first"
     timing = pg.evaluate("window.vfs.S.lastTiming")
     assert timing["total"] < 5000
@@ -240,7 +242,8 @@ def test_end_to_end(server, page, small_cache, sample_dir, tmp_path):
     pg.wait_for_function("document.querySelector('#strip').dataset.start !== '' && document.querySelectorAll('#strip .mini').length > 0")
     first = pg.evaluate("(s => [+s.dataset.start, +s.dataset.stop])(document.querySelector('#strip'))")
     ranks = [int(r) for r in pg.eval_on_selector_all("#strip .mini", "els => els.map(e => e.dataset.rank)")]
-    assert first[0] > 0 and all(first[0] <= r < first[1] for r in ranks)
+    # window start/stop are positions (0-based), the strip's ranks 1-based: ranks start+1 … stop
+    assert first[0] > 0 and ranks and all(first[0] < r <= first[1] for r in ranks)
     drag(pg, "#dist-canvas", 0.85, 0.99)
     pg.wait_for_function(f"+document.querySelector('#strip').dataset.start > {first[0]}")
     ranks2 = [int(r) for r in pg.eval_on_selector_all("#strip .mini", "els => els.map(e => e.dataset.rank)")]
@@ -272,7 +275,7 @@ def test_end_to_end(server, page, small_cache, sample_dir, tmp_path):
 
     # the shared URL restores the same query
     url = pg.url
-    assert "#" in url and "m=" in url and "l=blocks.10" in url and "cmp=" in url
+    assert "#" in url and "mz=" in url and "l=blocks.10" in url and "cmp=" in url
     ids_before = pg.evaluate("window.vfs.S.panes[0].matches.map(m => m.id)")
     bbox_before = pg.evaluate("window.vfs.brush.bbox()")
     pg2 = pg.context.new_page()
@@ -283,7 +286,7 @@ def test_end_to_end(server, page, small_cache, sample_dir, tmp_path):
     st = pg2.evaluate("({q: window.vfs.S.query.id, c: window.vfs.S.choice, cmp: window.vfs.S.compare,"
                       " ids: window.vfs.S.panes[0].matches.map(m => m.id), bbox: window.vfs.brush.bbox()})")
     assert st["q"] == q_id and st["c"]["layer"] == "blocks.10" and st["cmp"]["layer"] == "blocks.15"
-    assert st["ids"][:5] == ids_before[:5]
+    assert st["ids"] == ids_before
     assert np.allclose(st["bbox"], bbox_before, atol=512 / 64 * 1.5)
     pg2.screenshot(path=str(SHOTS / "06-restored.png"))
     pg2.close()
@@ -374,6 +377,21 @@ def test_brush_module_standalone(browser, server):
     assert {"undo", "redo", "invert", "clear"} <= set(res["commits"])
 
 
+MAP_TILE_COLOUR = """(cell) => {
+  // the mean colour in the middle of a tile on the map canvas (cell < 0: the cells by score)
+  const M = window.vfs.MAP, T = M.info.tile, side = M.info.side, k = window.devicePixelRatio || 1;
+  if (cell < 0)  // the cells by score, lowest first
+    return Array.from(M.grid.keys()).filter((i) => M.grid[i] >= 0 && isFinite(M.scores[M.grid[i]]))
+      .sort((a, b) => M.scores[M.grid[a]] - M.scores[M.grid[b]]);
+  const col = cell % side, row = Math.floor(cell / side);
+  const X = (M.view.tx + (col + 0.5) * T * M.view.s) * k, Y = (M.view.ty + (row + 0.45) * T * M.view.s) * k;
+  const d = document.querySelector('#map-canvas').getContext('2d').getImageData(X - 2, Y - 2, 5, 5).data;
+  const o = [0, 0, 0];
+  for (let i = 0; i < d.length; i += 4) for (let c = 0; c < 3; c++) o[c] += d[i + c] / 25;
+  return {cell, rgb: o};
+}"""
+
+
 def test_map_explain_overlap(map_server, page, map_cache):
     """Map tab: click a tile → a whole-image query runs and the map shows its scores; explain a
     result; compare two layers and see the shared top-k images."""
@@ -398,8 +416,36 @@ def test_map_explain_overlap(map_server, page, map_cache):
     pg.mouse.click(x, y)
     wait_search(pg, n + 1)
     assert pg.evaluate("window.vfs.S.query.id") == target and pg.evaluate("window.vfs.S.whole")
+    # a tile click runs "similar images" (global), and the switch to the rigid mode is shown
+    assert pg.evaluate("window.vfs.S.panes[0].ctx.query.mode") == "global"
+    assert pg.locator("#q-mode").is_visible() and "on" in pg.get_attribute("#q-mode [data-wmode=global]", "class")
     pg.wait_for_function("window.vfs.MAP.scores !== null && window.vfs.MAP.top.size > 0")
     pg.wait_for_timeout(200)
+    # the Results-only controls are not on the Map tab; the legend says what the outlines mean
+    assert pg.locator("#r-controls").is_hidden() and pg.locator("#map-legend").is_visible()
+    legend = pg.inner_text("#map-legend")
+    assert "top 17" in legend and "query image" in legend and "score" in legend
+    # scores dim low tiles with a neutral veil, no colour over the thumbnail: the middle of the
+    # lowest-scoring tile keeps its colour, darker but readable (with the scores vs without)
+    pg.click("#map-scores")
+    off = next(c for c in (pg.evaluate(MAP_TILE_COLOUR, i) for i in pg.evaluate(MAP_TILE_COLOUR, -1))
+               if min(c["rgb"]) > 50)  # the lowest-scoring tile that is bright there
+    pg.click("#map-scores")
+    on = pg.evaluate(MAP_TILE_COLOUR, off["cell"])
+    ratios = [(a + 8) / (b + 8) for a, b in zip(on["rgb"], off["rgb"], strict=True)]
+    assert 0.4 < min(ratios) and max(ratios) < 1.01 and max(ratios) / min(ratios) < 1.3, (on, off)
+    # the tooltip of the rightmost tile stays inside the view
+    xr, yr = pg.evaluate("""() => {
+      const M = window.vfs.MAP, T = M.info.tile, side = M.info.side, r = document.querySelector('#map-canvas').getBoundingClientRect();
+      let best = -1;
+      for (let i = 0; i < M.grid.length; i++) if (M.grid[i] >= 0 && (best < 0 || i % side > best % side)) best = i;
+      return [r.left + M.view.tx + ((best % side) + 0.8) * T * M.view.s, r.top + M.view.ty + (Math.floor(best / side) + 0.5) * T * M.view.s];
+    }""")
+    pg.mouse.move(xr, yr)
+    pg.wait_for_function("!document.querySelector('#map-tip').hidden && document.querySelector('#map-tip b')")
+    pg.wait_for_timeout(50)
+    tip, stage = pg.locator("#map-tip").bounding_box(), pg.locator("#map-stage").bounding_box()
+    assert tip["x"] >= stage["x"] and tip["x"] + tip["width"] <= stage["x"] + stage["width"] + 0.5
     pg.screenshot(path=str(SHOTS / "map_scores.png"))
 
     # linked views: a rank window dragged on the curve is highlighted on the map, and the strip
@@ -427,6 +473,8 @@ def test_map_explain_overlap(map_server, page, map_cache):
     pg.click("#modal-explain")
     pg.wait_for_function("document.body.dataset.explained === 'exact'", timeout=20000)
     assert pg.locator(".explain-channels .chan").count() > 0
+    # one dialog at a time: the large view steps aside while explain is open
+    assert pg.locator("#modal").is_hidden()
     pg.wait_for_timeout(300)
     pg.screenshot(path=str(SHOTS / "explain_exact.png"))
     pg.keyboard.press("Escape")
@@ -447,6 +495,159 @@ def test_map_explain_overlap(map_server, page, map_cache):
     assert pg.locator('.pane[data-pane="0"] .card.shared').count() == shared
     assert pg.locator('.pane[data-pane="1"] .card.shared').count() == shared
     pg.screenshot(path=str(SHOTS / "compare_overlap.png"))
+
+
+SNAPSHOT = """() => {
+  // what a share link must reproduce: the query's cells and weights, the results (rank, id,
+  // score), and the mask itself (its size, a hash of its values, how many levels it has)
+  const p = window.vfs.S.panes[0], q = p.ctx.query, m = window.vfs.brush.getMask();
+  let h = 0;
+  for (let i = 0; i < m.data.length; i++) h = (Math.imul(h, 31) + m.data[i] * (i + 1)) | 0;
+  return {mode: q.mode, cell_box: q.cell_box, n_cells: q.n_cells, weights: q.weights,
+          matches: p.matches.map(x => [x.rank, x.id, x.score]), mask: [m.width, m.height, h],
+          levels: new Set(m.data).size};
+}"""
+
+
+def copy_link(pg) -> str:
+    """Press "Copy link" and read the link back from the clipboard."""
+    pg.evaluate("navigator.clipboard.writeText('')")
+    pg.click("#share")
+    pg.wait_for_function("navigator.clipboard.readText().then(t => t.includes('#'))")
+    return pg.evaluate("navigator.clipboard.readText()")
+
+
+def test_share_link_is_exact(server, page, small_cache):
+    """A link restores the brushed mask losslessly: reloaded (or pasted into the open tab) it gives
+    the same cells, weights and results, bit for bit; a whole-image link its mode."""
+    pg = page
+    pg.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=server.rstrip("/"))
+    pg.goto(server)
+    pg.wait_for_selector("body[data-ready='1']")
+    astro = next(i for i, p in enumerate(small_cache.paths) if str(p).startswith("astronaut/"))
+    cat = next(i for i, p in enumerate(small_cache.paths) if str(p).startswith("cat/"))
+    pg.click(f"#ds-grid .thumb[data-id='{astro}']")
+    pg.wait_for_function(f"window.vfs.S.query && window.vfs.S.query.id === {astro}")
+    stroke(pg, [(190, 110), (300, 130), (270, 180), (200, 200)])  # a soft brush: 256 levels
+    wait_search(pg, 1)
+    first = pg.evaluate(SNAPSHOT)
+    assert first["levels"] > 16 and first["n_cells"] > 0  # more than the old 16-level code kept
+    link1 = copy_link(pg)
+    assert "mz=" in link1 and f"i={astro}" in link1
+
+    pg.click(f"#ds-grid .thumb[data-id='{cat}']")
+    pg.wait_for_function(f"window.vfs.S.query.id === {cat}")
+    w, h = pg.evaluate("window.vfs.S.query.size")
+    stroke(pg, [(w * 0.3, h * 0.35), (w * 0.62, h * 0.4), (w * 0.5, h * 0.62)])
+    wait_search(pg, 2)
+    second = pg.evaluate(SNAPSHOT)
+    link2 = copy_link(pg)
+
+    # pasted into the open tab (a hash change): the first query comes back exactly
+    n = searches(pg)
+    pg.evaluate("(h) => { location.hash = h; }", link1.split("#", 1)[1])
+    wait_search(pg, n + 1)
+    assert pg.evaluate(SNAPSHOT) == first
+    # a reload of it, too
+    pg.reload()
+    wait_search(pg, 1)
+    assert pg.evaluate(SNAPSHOT) == first
+    # and the second link in a fresh tab
+    pg2 = pg.context.new_page()
+    pg2.on("pageerror", lambda e: pg.problems.append(f"page error (2): {e}"))
+    pg2.goto(link2)
+    wait_search(pg2, 1)
+    assert pg2.evaluate(SNAPSHOT) == second
+    pg2.close()
+
+    # a whole-image query: "similar images" is in the link, and comes back as such
+    n = searches(pg)
+    pg.click("#whole")
+    wait_search(pg, n + 1)
+    whole = pg.evaluate(SNAPSHOT)
+    assert whole["mode"] == "global"
+    link3 = copy_link(pg)
+    assert "w=g" in link3
+    pg.goto(link3)
+    pg.reload()
+    wait_search(pg, 1)
+    got = pg.evaluate(SNAPSHOT)
+    assert got["mode"] == "global" and got["matches"] == whole["matches"]
+
+
+def test_query_modes_and_layout(server, page, small_cache):
+    """Whole = similar images with a visible switch to the rigid mode (the toolbar shows one active
+    query); a global query's heat maps; the query's notes; the spread panel folds; compare at
+    1280 px keeps three cards a row; the Map tab offers computing a missing map."""
+    pg = page
+    pg.set_viewport_size({"width": 1280, "height": 800})
+    pg.goto(server)
+    pg.wait_for_selector("body[data-ready='1']")
+    astro = next(i for i, p in enumerate(small_cache.paths) if str(p).startswith("astronaut/"))
+    pg.click(f"#ds-grid .thumb[data-id='{astro}']")
+    pg.wait_for_function(f"window.vfs.S.query && window.vfs.S.query.id === {astro}")
+    assert pg.locator("#q-mode").is_hidden()
+    # box tool, then Whole: the whole-image query is the active one, the box only the next tool
+    pg.click("[data-tool=box]")
+    pg.click("#whole")
+    wait_search(pg, 1)
+    assert pg.evaluate("window.vfs.S.panes[0].ctx.query.mode") == "global"
+    assert "on" in pg.get_attribute("#whole", "class") and pg.locator("#q-mode").is_visible()
+    box_bg = pg.evaluate("getComputedStyle(document.querySelector('[data-tool=box]')).backgroundColor")
+    whole_bg = pg.evaluate("getComputedStyle(document.querySelector('#whole')).backgroundColor")
+    assert box_bg != whole_bg and box_bg in ("rgba(0, 0, 0, 0)", "transparent"), (box_bg, whole_bg)
+    assert "similar images" in pg.inner_text("#q-meta")
+    # a global query's heat maps are per-cell shares (windows of one cell)
+    pg.click("#overlay-mode [data-mode='heat']")
+    pg.wait_for_selector(".pane[data-pane='0'] .card[data-drawn='heat'] >> nth=3")
+    assert pg.evaluate("window.vfs.S.panes[0].ctx.heatBox") == [0, 0, 1, 1]
+    pg.click("#overlay-mode [data-mode='region']")
+    # the switch to the paper's rigid mode
+    n = searches(pg)
+    pg.click("#q-mode [data-wmode=whole]")
+    wait_search(pg, n + 1)
+    assert pg.evaluate("window.vfs.S.panes[0].ctx.query.mode") == "whole"
+    pg.wait_for_function("location.hash.includes('w=1')")
+
+    # a stroke partly outside the model's view (left of the centre crop): the query's note
+    w, h = pg.evaluate("window.vfs.S.query.size")
+    crop = pg.evaluate("window.vfs.S.query.geometry.crop")
+    assert crop[0] > 0.04 * w
+    pg.click("[data-tool=paint]")
+    n = searches(pg)
+    stroke(pg, [(w * 0.01, h * 0.3), (w * 0.02, h * 0.5), (w * 0.12, h * 0.55)])
+    wait_search(pg, n + 1)
+    assert pg.evaluate("window.vfs.S.panes[0].ctx.query.mode") == "region"
+    assert pg.locator("#q-mode").is_hidden()
+    assert pg.locator("#q-notes").is_visible() and "outside" in pg.inner_text("#q-notes")
+
+    # the spread panel folds and unfolds
+    assert pg.locator(".pane[data-pane='0'] .spread").is_visible()
+    pg.click(".pane[data-pane='0'] .spread-title")
+    assert pg.locator(".pane[data-pane='0'] .spread").count() == 0
+    assert pg.get_attribute(".pane[data-pane='0'] .spread-title", "aria-expanded") == "false"
+    pg.click(".pane[data-pane='0'] .spread-title")
+    assert pg.locator(".pane[data-pane='0'] .spread").is_visible()
+
+    # compare at 1280 px: three cards a row in each pane, a one-row title over a stats line
+    n = searches(pg)
+    pg.select_option("#compare", "small::blocks.10")
+    wait_search(pg, n + 1)
+    pg.wait_for_selector(".pane[data-pane='1'] .card >> nth=5")
+    pg.wait_for_timeout(100)
+    for pi in (0, 1):
+        tops = pg.eval_on_selector_all(f".pane[data-pane='{pi}'] .card", "els => els.slice(0, 6).map(e => e.getBoundingClientRect().top)")
+        assert tops[0] == tops[1] == tops[2], tops
+        head = pg.locator(f".pane[data-pane='{pi}'] .pane-head").bounding_box()
+        assert head["height"] < 46, head
+    pg.screenshot(path=str(SHOTS / "compare_1280.png"))
+
+    # no map for this cache yet: the Map tab offers to compute it (and hides the results' controls)
+    pg.click("#view-tabs [data-view=map]")
+    pg.wait_for_selector("#map-compute-empty")
+    assert pg.locator("#map-compute-empty").is_visible() and pg.locator("#r-controls").is_hidden()
+    assert pg.locator("#map-fit").is_hidden()
+    pg.screenshot(path=str(SHOTS / "map_missing.png"))
 
 
 # -- a 50,000-image map: load time and pan/zoom steps ----------------------------------------------

@@ -15,7 +15,7 @@ export async function updateOverlap() {
   [a, b].forEach((p, pi) => {
     const pane = $(`#panes [data-pane="${pi}"]`);
     if (!pane) return;
-    for (const card of $$(".card", pane)) if (sets[pi].has(+card.dataset.id) && +card.dataset.rank < o.k[pi]) card.classList.add("shared");
+    for (const card of $$(".card", pane)) if (sets[pi].has(+card.dataset.id) && +card.dataset.rank <= o.k[pi]) card.classList.add("shared");
     const head = $(".pane-head", pane);
     const note = el("span", { class: "overlap-note", title: `images in both top-${o.k[0]} / top-${o.k[1]} sets (outlined ∩); Jaccard ${o.jaccard}`, text: `∩ ${o.count} shared` });
     head.append(note);

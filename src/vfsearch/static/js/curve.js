@@ -175,8 +175,8 @@ export async function renderStrip(win) {
   strip.dataset.stop = String(win.stop);
   const kids = r.items.map((m) => {
     const cv = el("canvas");
-    const d = el("div", { class: "mini", "data-id": m.id, "data-rank": m.rank, title: `${m.path}\nrank ${m.rank + 1} · score ${fmt(m.score, 4)}`, onclick: () => openLoose(ctx, r.items, r.items.indexOf(m)) },
-      cv, el("div", { text: `${m.rank + 1} · ${fmt(m.score, 2)}` }));
+    const d = el("div", { class: "mini", "data-id": m.id, "data-rank": m.rank, title: `${m.path}\nrank ${m.rank} · score ${fmt(m.score, 4)}`, onclick: () => openLoose(ctx, r.items, r.items.indexOf(m)) },
+      cv, el("div", { text: `${m.rank} · ${fmt(m.score, 2)}` }));
     loadImage(thumbURL(ctx.choice.cache, m.id)).then((img) => drawResult(cv, img, m, ctx, "region", null, { cssSize: [72, 72] })).catch(() => {});
     return d;
   });

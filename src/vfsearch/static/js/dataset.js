@@ -13,10 +13,11 @@ export async function loadCaches() {
   const opts = [];
   for (const c of r.caches)
     for (const l of c.layers)
-      opts.push({ value: choiceKey({ cache: c.name, layer: l.name }), text: `${c.name} · ${l.name} — ${l.grid[0]}×${l.grid[1]}×${l.channels}` });
+      // one cache: its name says nothing (and a long option text is cut in the top bar)
+      opts.push({ value: choiceKey({ cache: c.name, layer: l.name }), text: `${r.caches.length > 1 ? `${c.name} · ` : ""}${l.name} — ${l.grid[0]}×${l.grid[1]}×${l.channels}`, title: `${c.name} · ${l.name}: grid ${l.grid[0]}×${l.grid[1]}, ${l.channels} channels` });
   const sel = $("#choice"), cmp = $("#compare");
-  sel.replaceChildren(...opts.map((o) => el("option", { value: o.value, text: o.text })));
-  cmp.replaceChildren(el("option", { value: "", text: "off" }), ...opts.map((o) => el("option", { value: o.value, text: o.text })));
+  sel.replaceChildren(...opts.map((o) => el("option", { value: o.value, text: o.text, title: o.title })));
+  cmp.replaceChildren(el("option", { value: "", text: "off" }), ...opts.map((o) => el("option", { value: o.value, text: o.text, title: o.title })));
   cmp.disabled = opts.length < 2;
   S.choice = parseChoice(opts[0].value);
 }

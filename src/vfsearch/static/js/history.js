@@ -1,18 +1,21 @@
 // History (each search, its curve shown or not, click to restore) and share URLs (the query and
-// settings in location.hash: written after each search, read at start, "Copy link").
-import { encodeMask, decodeMask } from "../brush.js";
+// settings in location.hash: written after each search, read at start and when the hash changes —
+// a link pasted into an open tab — and by "Copy link"). A link's mask is the searched mask itself,
+// losslessly (maskcode.js), so it reproduces the search exactly.
+import { decodeMask } from "../brush.js";
 import { $, $$, clamp, el, basename, fitRect } from "./util.js";
 import { api, enc, toast, reportError } from "./api.js";
-import { S, choiceKey, parseChoice, choiceLabel } from "./state.js";
+import { S, choiceKey, parseChoice, choiceLabel, queryMode } from "./state.js";
 import { brush, setQuery } from "./query.js";
 import { setChoiceUI, reloadDatasetIfNeeded } from "./dataset.js";
 import { drawDist } from "./curve.js";
+import { encodeMaskExact, decodeMaskExact, maskHash } from "./maskcode.js";
 
 const PALETTE = ["#2f5bea", "#e8590c", "#2b8a3e", "#ae3ec9", "#c92a2a", "#0c8599", "#b08900", "#5f3dc4"];
 
 function historyKey(q, mask, choices) {
-  const m = S.whole ? "whole" : encodeMask(mask.data, mask.width, mask.height, 48);
-  return [q.kind, q.cache || "", q.id ?? q.upload, m, choices.map(choiceKey).join("|"), S.k, S.filter ? `${S.filter.column}=${S.filter.value}` : ""].join("/");
+  const m = S.whole ? S.wholeMode : maskHash(mask);
+  return [q.kind, q.cache || "", q.id ?? q.upload, m, choices.map(choiceKey).join("|"), S.k, S.filter ? `${S.filter.column}=${S.filter.value}` : "", S.excludeSelf ? "" : "self"].join("/");
 }
 
 export function addHistory(q, mask, choices) {
@@ -24,7 +27,7 @@ export function addHistory(q, mask, choices) {
     const color = PALETTE[S.colorIx++ % PALETTE.length];
     const name = q.kind === "dataset" ? `#${q.id} ${basename(q.path).replace(/\.[^.]+$/, "")}` : q.name || "upload";
     S.qn = (S.qn || 0) + 1;
-    h = { key, color, q: { ...q }, mask, whole: S.whole, choices, ctxs: [], shown: true, pinned: false, label: `Q${S.qn} ${name}`, thumb: null };
+    h = { key, color, q: { ...q }, mask, whole: S.whole, mode: queryMode(), choices, ctxs: [], shown: true, pinned: false, label: `Q${S.qn} ${name}`, thumb: null };
     h.thumb = historyThumb(mask);
   }
   h.ctxs = [];
@@ -78,13 +81,27 @@ async function restoreHistory(h) {
   S.compare = h.choices[1] || null;
   setChoiceUI();
   reloadDatasetIfNeeded();
-  await setQuery(h.q, h.whole ? { whole: true } : { mask: h.mask });
+  await setQuery(h.q, h.whole ? { whole: true, mode: h.mode } : { mask: h.mask });
 }
 
 // -- URL state ------------------------------------------------------------------------------------
-export function writeHash() {
+// c, l: cache and layer; i (+ qc: the query's cache) or u: the image; then one of w (whole image:
+// "g" similar images, "1" rigid), b (a box, image px, when it gives exactly the brushed mask), mz
+// (the mask, maskcode.js) or m (old links: brush.js's lossy encodeMask); k, cmp, ov, f, self.
+let lastHash = null;
+let hashSeq = 0;
+
+/** The pixel rectangle brush.setBox fills for a box (its rounding, at the mask's resolution). */
+function boxCells(b, m) {
+  const sx = m.width / m.imageWidth, sy = m.height / m.imageHeight;
+  const r = (v, s, n) => clamp(Math.round(v * s), 0, n);
+  return [r(Math.min(b[0], b[2]), sx, m.width), r(Math.max(b[0], b[2]), sx, m.width), r(Math.min(b[1], b[3]), sy, m.height), r(Math.max(b[1], b[3]), sy, m.height)].join(",");
+}
+
+/** The current query and settings as a location hash (async: the mask is deflated). */
+export async function linkHash() {
   const q = S.query;
-  if (!q) return;
+  if (!q) return null;
   const p = new URLSearchParams();
   p.set("c", S.choice.cache);
   p.set("l", S.choice.layer);
@@ -92,23 +109,33 @@ export function writeHash() {
     if (q.cache !== S.choice.cache) p.set("qc", q.cache);
     p.set("i", q.id);
   } else p.set("u", q.upload);
-  if (S.whole) p.set("w", "1");
-  else if (S.box) p.set("b", S.box.map((v) => v.toFixed(1)).join(","));
-  else {
-    const m = brush.getMask();
-    p.set("m", encodeMask(m.data, m.width, m.height, 64));
-  }
+  const m = brush.getMask();
+  const box = S.box && S.box.map((v) => v.toFixed(1)).join(",");
+  if (S.whole) p.set("w", S.wholeMode === "global" ? "g" : "1");
+  else if (box && boxCells(box.split(",").map(Number), m) === boxCells(S.box, m)) p.set("b", box);
+  else p.set("mz", await encodeMaskExact(m));
   if (S.k !== 24) p.set("k", S.k);
   if (S.compare) p.set("cmp", choiceKey(S.compare));
   if (S.overlay !== "region") p.set("ov", S.overlay);
   if (S.filter) p.set("f", `${S.filter.column}=${S.filter.value}`);
   if (!S.excludeSelf) p.set("self", "1");
-  const hash = "#" + p.toString();
+  return "#" + p.toString();
+}
+
+/** Write the current query into the URL (the latest call wins). */
+export async function writeHash() {
+  const seq = ++hashSeq;
+  const hash = await linkHash();
+  if (!hash || seq !== hashSeq) return;
+  lastHash = hash;
   if (location.hash !== hash) history.replaceState(null, "", hash);
 }
 
+/** Apply location.hash: every setting it names, the defaults for those it does not (a link pasted
+ * into an open tab replaces the query and settings as a fresh load of it would). */
 export async function readHash() {
   const h = location.hash.slice(1);
+  lastHash = location.hash;
   if (!h) return false;
   const p = new URLSearchParams(h);
   const c = p.get("c"), l = p.get("l");
@@ -118,15 +145,17 @@ export async function readHash() {
   }
   const cmp = parseChoice(p.get("cmp"));
   S.compare = cmp && S.byName[cmp.cache] && choiceKey(cmp) !== choiceKey(S.choice) ? cmp : null;
-  if (p.get("k")) S.k = clamp(parseInt(p.get("k"), 10) || 24, 1, 500);
-  if (p.get("ov")) S.overlay = ["region", "heat", "none"].includes(p.get("ov")) ? p.get("ov") : "region";
+  S.k = p.get("k") ? clamp(parseInt(p.get("k"), 10) || 24, 1, 500) : 24;
+  S.overlay = ["region", "heat", "none"].includes(p.get("ov")) ? p.get("ov") : "region";
+  S.filter = null;
   if (p.get("f")) {
     const [column, ...rest] = p.get("f").split("=");
     S.filter = { column, value: rest.join("=") };
   }
-  if (p.get("self")) S.excludeSelf = false;
+  S.excludeSelf = !p.get("self");
   syncControls();
   setChoiceUI();
+  reloadDatasetIfNeeded();
   let q = null;
   if (p.get("i") != null) q = { kind: "dataset", cache: p.get("qc") || S.choice.cache, id: parseInt(p.get("i"), 10) };
   else if (p.get("u")) q = { kind: "upload", upload: p.get("u") };
@@ -136,8 +165,9 @@ export async function readHash() {
     Object.assign(q, { size: r.size, name: r.name, geometries: r.geometry });
   }
   let opts = {};
-  if (p.get("w")) opts = { whole: true };
+  if (p.get("w")) opts = { whole: true, mode: p.get("w") === "g" ? "global" : "whole" };
   else if (p.get("b")) opts = { box: p.get("b").split(",").map(Number) };
+  else if (p.get("mz")) opts = { mask: await decodeMaskExact(p.get("mz")) };
   else if (p.get("m")) opts = { mask: decodeMask(p.get("m")) };
   await setQuery(q, opts);
   return true;
@@ -154,8 +184,13 @@ export function syncControls() {
 }
 
 export function wireHistory() {
+  window.addEventListener("hashchange", () => {
+    if (location.hash === lastHash) return;
+    readHash().catch(reportError);
+  });
   $("#share").addEventListener("click", async () => {
-    writeHash();
+    if (!S.query) return toast("pick a query image first", "info");
+    await writeHash();
     try {
       await navigator.clipboard.writeText(location.href);
       toast("link copied", "info");

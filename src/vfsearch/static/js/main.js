@@ -12,6 +12,7 @@
 //   overlay.js  one match drawn with its region or heat overlay
 //   curve.js    score curve, rank windows, the rank strip
 //   history.js  history list and share URLs
+//   maskcode.js lossless mask codes for share URLs
 //   modal.js    large view, search this region, use as query
 //   compare.js  the compare choice and the panes' overlap
 //   map.js      dataset map view
@@ -55,6 +56,12 @@ function wire() {
     drawDist();
     redrawCards();
   }, 80));
+  // the query column changes width with the layout too (compare narrows it): the stage and the curve follow
+  const ro = new ResizeObserver(debounce(() => {
+    layoutStage();
+    drawDist();
+  }, 40));
+  ro.observe($("#stage"));
   window.addEventListener("keydown", onKey);
   wireMap();
   wireExplain();
@@ -64,6 +71,7 @@ function onKey(e) {
   const tag = (e.target.tagName || "").toLowerCase();
   if (tag === "input" && e.target.type !== "checkbox" && e.target.type !== "range") return;
   if (tag === "select" || tag === "textarea") return;
+  if (!$("#explain").hidden) return; // the explain dialog (over the large view) has the keys
   const modalOpen = !$("#modal").hidden;
   if (e.key === "Escape") {
     closeModal();

@@ -27,13 +27,36 @@ function setView(view) {
   if (view === "map") refreshMap().catch(reportError);
 }
 
-function mapEmpty(text, button = false) {
+/** The map's empty state: a title, a line of text, and (button) the offer to compute the map, with
+ * the layers of this cache that already have one. */
+function mapEmpty(text, { button = false, title = "", progress = false, others = [] } = {}) {
   const box = $("#map-empty");
   box.hidden = !text;
+  if (text) $("#map-tip").hidden = true;
+  $("#map-view").classList.toggle("no-map", !!text);
   if (!text) return;
-  const kids = [el("div", { text })];
-  if (button) kids.push(el("button", { class: "btn primary", id: "map-compute-empty", text: "Compute map", onclick: () => computeMap().catch(reportError) }));
-  box.replaceChildren(...kids);
+  const kids = [];
+  if (title) kids.push(el("div", { class: "map-empty-title", text: title }));
+  kids.push(el("div", { class: "map-empty-text", text }));
+  if (progress) kids.push(el("div", { class: "map-progress", id: "map-progress" }, el("i"), el("span", { text: "starting…" })));
+  if (button) kids.push(el("button", { class: "btn primary big", id: "map-compute-empty", text: "Compute the map", onclick: () => computeMap().catch(reportError) }));
+  if (others.length) kids.push(el("div", { class: "map-empty-others" }, "or view the map of ",
+    ...others.map((l, i) => [i ? ", " : "", el("button", { class: "linkish", text: l, onclick: () => switchLayer(l) })])));
+  const card = el("div", { class: "map-empty-card" }, ...kids);
+  box.replaceChildren(card);
+}
+
+function switchLayer(layer) {
+  const sel = $("#choice");
+  sel.value = choiceKey({ cache: mapChoice().cache, layer });
+  sel.dispatchEvent(new Event("change"));
+}
+
+/** The other layers of the map's cache that have a ready map (for the empty state). */
+async function layersWithMaps(c) {
+  const layers = (S.byName[c.cache] ? S.byName[c.cache].layers : []).map((l) => l.name).filter((l) => l !== c.layer);
+  const infos = await Promise.all(layers.map((l) => api(`/api/caches/${enc(c.cache)}/map?${mapQS({ layer: l })}&grid=false`).catch(() => null)));
+  return layers.filter((l, i) => infos[i] && infos[i].status === "ready");
 }
 
 async function refreshMap() {
@@ -46,6 +69,7 @@ async function refreshMap() {
   const ctx = series.find((s) => s.sid === S.activeCurve) || series[0];
   await mapWindow(S.win && ctx ? ctx : null, S.win);
   drawMap();
+  updateLegend();
 }
 
 async function loadMap(c, key) {
@@ -66,10 +90,21 @@ async function loadMap(c, key) {
   $("#map-compute").textContent = info.status === "ready" ? "Recompute" : "Compute map";
   if (info.status !== "ready") {
     drawMap();
-    if (info.status === "computing") { mapEmpty("Computing the map…"); pollMapJob(info.job.job, c, key); }
-    else if (info.status === "no_atlas") mapEmpty("The map is computed but has no thumbnail atlas yet.", true);
-    else mapEmpty(`No similarity map for ${choiceLabel(c)} yet.${info.job && info.job.error ? ` Last attempt failed: ${info.job.error}` : ""}`, true);
     $("#map-info").textContent = choiceLabel(c);
+    updateLegend();
+    if (info.status === "computing") {
+      mapEmpty("t-SNE of every image's pooled features, then a grid of thumbnails.", { title: `Computing the map of ${choiceLabel(c)}…`, progress: true });
+      pollMapJob(info.job.job, c, key);
+      return;
+    }
+    const n = S.byName[c.cache] ? S.byName[c.cache].indexed : 0;
+    const text = info.status === "no_atlas" ? "The layout is computed but its thumbnail atlas is not: computing finishes it."
+      : `The map lays out all ${n ? n.toLocaleString() + " " : ""}images by similarity (t-SNE of their pooled features on this layer), so you can browse the dataset and see where a query's matches lie. It is computed once on the server and stored with the cache.`;
+    const failed = info.job && info.job.error ? ` The last attempt failed: ${info.job.error}` : "";
+    mapEmpty(text + failed, { button: true, title: `No map of ${choiceLabel(c)} yet` });
+    layersWithMaps(c).then((others) => {
+      if (MAP.key === key && others.length && MAP.info && MAP.info.status !== "ready" && MAP.info.status !== "computing") mapEmpty(text + failed, { button: true, title: `No map of ${choiceLabel(c)} yet`, others });
+    }).catch(() => {});
     return;
   }
   mapEmpty("");
@@ -98,7 +133,7 @@ async function computeMap() {
   if (!c) return;
   const key = mapKey();
   const r = await api(`/api/caches/${enc(c.cache)}/map?${mapQS(c)}`, { method: "POST" });
-  mapEmpty("Computing the map… (t-SNE, then the thumbnail atlas)");
+  mapEmpty("t-SNE of every image's pooled features, then a grid of thumbnails.", { title: `Computing the map of ${choiceLabel(c)}…`, progress: true });
   MAP.info = { status: "computing" };
   MAP.grid = null;
   drawMap();
@@ -114,6 +149,11 @@ function pollMapJob(job, c, key) {
     if (MAP.key !== key) return;
     if (j.status === "running") {
       $("#map-info").textContent = `computing map… ${(100 * j.progress).toFixed(0)} % · ${j.seconds.toFixed(0)} s`;
+      const bar = $("#map-progress");
+      if (bar) {
+        $("i", bar).style.width = `${(100 * j.progress).toFixed(0)}%`;
+        $("span", bar).textContent = `${(100 * j.progress).toFixed(0)} % · ${j.seconds.toFixed(0)} s`;
+      }
       MAP.poll = setTimeout(tick, 700);
       return;
     }
@@ -152,6 +192,13 @@ function fitMap() {
   MAP.view = { s, tx: (W - w * s) / 2, ty: (H - w * s) / 2 };
 }
 
+/** The score colour of t in [0, 1] (the map's bars and its legend). */
+export const scoreColor = (t) => cmap(0.22 + 0.78 * t);
+
+/** The current scores on the map, one pixel per grid cell: {dim, bars}. dim: a neutral dark veil,
+ * thin over high scores and at most ~half opaque over the lowest (the thumbnails stay readable;
+ * images without a score a little darker); bars: each cell's score colour, drawn as a strip along
+ * the bottom of its tile. */
 function scoreCanvas() {
   if (MAP.scoreCanvas) return MAP.scoreCanvas;
   const side = MAP.info.side, g = MAP.grid, sc = MAP.scores;
@@ -160,24 +207,27 @@ function scoreCanvas() {
     const v = g[i] >= 0 ? sc[g[i]] : NaN;
     if (isFinite(v)) { if (v < lo) lo = v; if (v > hi) hi = v; }
   }
-  const c = document.createElement("canvas");
-  c.width = c.height = side;
-  const o = c.getContext("2d");
-  const d = o.createImageData(side, side);
+  const mk = () => { const c = document.createElement("canvas"); c.width = c.height = side; return c; };
+  const dim = mk(), bars = mk();
+  const od = dim.getContext("2d"), ob = bars.getContext("2d");
+  const dd = od.createImageData(side, side), db = ob.createImageData(side, side);
   const span = hi > lo ? hi - lo : 1;
   for (let i = 0; i < g.length; i++) {
-    const v = g[i] >= 0 ? sc[g[i]] : NaN;
+    if (g[i] < 0) continue;
+    const v = sc[g[i]];
     const j = 4 * i;
-    if (!isFinite(v)) { d.data[j + 3] = g[i] >= 0 ? 170 : 0; continue; }
+    dd.data[j] = 8; dd.data[j + 1] = 10; dd.data[j + 2] = 16;
+    if (!isFinite(v)) { dd.data[j + 3] = 150; continue; }
     const t = clamp((v - lo) / span, 0, 1);
-    const [r, gg, b] = cmap(0.1 + 0.9 * t);
-    d.data[j] = r; d.data[j + 1] = gg; d.data[j + 2] = b;
-    d.data[j + 3] = 235 - 180 * Math.pow(t, 0.8); // low scores: mostly colour; high: the photo shows through
+    dd.data[j + 3] = 130 * Math.pow(1 - t, 1.5);
+    const [r, gg, b] = scoreColor(t);
+    db.data[j] = r; db.data[j + 1] = gg; db.data[j + 2] = b; db.data[j + 3] = 255;
   }
-  o.putImageData(d, 0, 0);
-  MAP.scoreCanvas = c;
+  od.putImageData(dd, 0, 0);
+  ob.putImageData(db, 0, 0);
+  MAP.scoreCanvas = { dim, bars };
   MAP.scoreRange = [lo, hi];
-  return c;
+  return MAP.scoreCanvas;
 }
 
 /** The curve's rank window on the map: the images at ranks [start, stop) of that search, when it
@@ -187,7 +237,7 @@ export async function mapWindow(ctx, win) {
   const on = ctx && win && c && ctx.choice.cache === c.cache;
   MAP.win = on ? { sid: ctx.sid, start: win.start, stop: win.stop } : null;
   const label = $("#map-win");
-  if (!on) { MAP.winCells = null; label.hidden = true; drawMap(); return; }
+  if (!on) { MAP.winCells = null; label.hidden = true; drawMap(); updateLegend(); return; }
   if (!MAP.cellOf || $("#map-view").hidden) return;  // applied when the map is shown (refreshMap)
   if (MAP.orderSid !== ctx.sid) {
     const r = await fetch(`/api/searches/${ctx.sid}/order`);
@@ -206,6 +256,7 @@ export async function mapWindow(ctx, win) {
   label.hidden = false;
   document.body.dataset.mapWindow = `${MAP.win.start}-${MAP.win.stop}`;
   drawMap();
+  updateLegend();
 }
 
 function drawMap() {
@@ -243,13 +294,21 @@ function drawMapNow() {
   const T = info.tile;
   if (s * T >= 56) drawMapThumbs(g, info, s, W / k, H / k);
   if (MAP.scores && $("#map-scores").checked) {
+    const { dim, bars } = scoreCanvas();
     g.imageSmoothingEnabled = false;
-    g.drawImage(scoreCanvas(), 0, 0, info.side * T, info.side * T);
+    g.drawImage(dim, 0, 0, info.side * T, info.side * T);
+    // a colour bar along the bottom of each tile, once a tile is big enough to show one; the rows
+    // in view only
+    if (s * T >= 10) {
+      const r0 = clamp(Math.floor(-ty / s / T), 0, info.side), r1 = clamp(Math.ceil((H / k - ty) / s / T), 0, info.side);
+      const bh = Math.min(T * 0.12, 6 / s); // at most 6 CSS px
+      for (let r = r0; r < r1; r++) g.drawImage(bars, 0, r, info.side, 1, 0, (r + 1) * T - bh, info.side * T, bh);
+    }
   }
-  // the curve's rank window: a violet veil over its images (outlined after the top-k)
+  // the curve's rank window: outlined in violet after the top-k (filled when outlines are too small)
   const win = MAP.winCells && MAP.winCells.length ? MAP.winCells : null;
-  if (win) {
-    g.fillStyle = "rgba(190, 90, 255, 0.3)";
+  if (win && s * T < 6) {
+    g.fillStyle = "rgba(200, 120, 255, 0.55)";
     for (const ci of win) g.fillRect((ci % info.side) * T, Math.floor(ci / info.side) * T, T, T);
   }
   // top-k and the query image
@@ -265,7 +324,7 @@ function drawMapNow() {
       g.fillRect(x, y, T * 0.5, T * 0.3);
       g.fillStyle = "#ffd27a";
       g.font = `${T * 0.24}px sans-serif`;
-      g.fillText(`${rank + 1}`, x + T * 0.04, y + T * 0.24);
+      g.fillText(`${rank}`, x + T * 0.04, y + T * 0.24);
     }
   }
   if (win && s * T >= 6) {
@@ -339,10 +398,8 @@ async function mapHover(ev) {
   const id = ci >= 0 ? MAP.grid[ci] : -1;
   if (id < 0) { tip.hidden = true; return; }
   const c = mapChoice();
-  const r = $("#map-stage").getBoundingClientRect();
-  tip.style.left = `${Math.min(ev.clientX - r.left + 14, r.width - 200)}px`;
-  tip.style.top = `${ev.clientY - r.top + 14}px`;
   tip.hidden = false;
+  placeTip(ev);
   const key = `${c.cache}:${id}`;
   let rec = tipCache.get(key);
   if (!rec) {
@@ -354,15 +411,45 @@ async function mapHover(ev) {
   const info = await rec;
   if (MAP.hover !== ci || !info) return;
   const sc = MAP.scores && isFinite(MAP.scores[id]) ? ` · score ${fmt(MAP.scores[id], 3)}` : "";
-  const rank = MAP.top.has(id) ? ` · #${MAP.top.get(id) + 1}` : "";
+  const rank = MAP.top.has(id) ? ` · rank ${MAP.top.get(id)}` : "";
   tip.replaceChildren(el("b", { text: info.label || "—" }), document.createTextNode(` ${basename(info.path)}${sc}${rank}`));
+  placeTip(ev);
+}
+
+/** The tooltip next to the pointer, flipped to its left / above it near the stage's right and
+ * bottom edges: always inside the view. */
+function placeTip(ev) {
+  const tip = $("#map-tip"), r = $("#map-stage").getBoundingClientRect();
+  const x = ev.clientX - r.left, y = ev.clientY - r.top, w = tip.offsetWidth, h = tip.offsetHeight, gap = 14;
+  const left = x + gap + w <= r.width - 4 ? x + gap : x - gap - w;
+  const top = y + gap + h <= r.height - 4 ? y + gap : y - gap - h;
+  tip.style.left = `${clamp(left, 4, Math.max(4, r.width - w - 4))}px`;
+  tip.style.top = `${clamp(top, 4, Math.max(4, r.height - h - 4))}px`;
+}
+
+/** What the map's outlines and colours mean (only those on the map now). */
+function updateLegend() {
+  const box = $("#map-legend");
+  const ready = MAP.info && MAP.info.status === "ready";
+  const items = [];
+  const sw = (cls, text, title) => el("span", { class: "lg", title }, el("i", { class: `sw ${cls}` }), text);
+  if (ready && MAP.top.size) items.push(sw("top", `top ${MAP.top.size} (number: rank)`, "the current search's results"));
+  if (ready && MAP.queryId !== null && MAP.cellOf && MAP.cellOf.has(MAP.queryId)) items.push(sw("query", "query image", "the image of the current query"));
+  if (ready && MAP.winCells && MAP.winCells.length) items.push(sw("win", "rank window", "the images in the rank window dragged on the score curve"));
+  if (ready && MAP.scores && $("#map-scores").checked) {
+    const stops = [0, 0.25, 0.5, 0.75, 1].map((t) => `rgb(${scoreColor(t).map(Math.round).join(",")}) ${t * 100}%`).join(",");
+    const [lo, hi] = MAP.scoreRange || [NaN, NaN];
+    items.push(el("span", { class: "lg", title: "each tile's colour bar; low scores are also dimmed" }, `score ${fmt(lo, 2)}`, el("i", { class: "grad", style: `background:linear-gradient(90deg,${stops})` }), `${fmt(hi, 2)} · dimmed = low`));
+  }
+  box.hidden = !items.length;
+  box.replaceChildren(...items);
 }
 
 export function wireMap() {
   for (const b of $$("#view-tabs button")) b.addEventListener("click", () => setView(b.dataset.view));
   $("#map-compute").addEventListener("click", () => computeMap().catch(reportError));
   $("#map-fit").addEventListener("click", () => { fitMap(); drawMap(); });
-  $("#map-scores").addEventListener("change", drawMap);
+  $("#map-scores").addEventListener("change", () => { drawMap(); updateLegend(); });
   const stage = $("#map-stage");
   let drag = null;
   stage.addEventListener("pointerdown", (e) => {

@@ -2,7 +2,7 @@
 // (the query's mask carried onto the match), "Use as query".
 import { $, el, fmt, basename } from "./util.js";
 import { thumbURL, originalURL, loadImage, toast, reportError } from "./api.js";
-import { S, choiceLabel } from "./state.js";
+import { S, choiceLabel, MODE_TEXT } from "./state.js";
 import { carryTransform } from "./geometry.js";
 import { drawResult } from "./overlay.js";
 import { brush, setQuery } from "./query.js";
@@ -45,15 +45,29 @@ async function showModalItem() {
     if (MODAL.items === items && MODAL.ix === ix && !$("#modal").hidden) drawResult(cv, big, m, ctx, S.overlay === "heat" && !heat ? "region" : S.overlay, heat, { cssSize: css });
   }).catch(() => { /* original missing: the thumbnail stays */ });
   $("#modal-title").textContent = basename(m.path);
-  const rows = [["rank", `${m.rank + 1}`], ["score", fmt(m.score, 5)], ["id", m.id], ["path", m.path], ["label", m.label], ...Object.entries(m.meta || {}),
-    ["size", `${m.image_size[0]}×${m.image_size[1]}`], ["cell offset", `row ${m.offset[0]}, col ${m.offset[1]}`], ["match box", m.box.map((v) => v.toFixed(0)).join(", ")], ["features", choiceLabel(ctx.choice)]];
+  const mode = ctx.query.mode || "region";
+  const where = mode === "region" ? [["cell offset", `row ${m.offset[0]}, col ${m.offset[1]}`], ["match box", m.box.map((v) => v.toFixed(0)).join(", ")]] : [];
+  const rows = [["rank", `${m.rank}`], ["score", fmt(m.score, 5)], ["id", m.id], ["path", m.path], ["label", m.label], ...Object.entries(m.meta || {}),
+    ["size", `${m.image_size[0]}×${m.image_size[1]}`], ...where, ["query", MODE_TEXT[mode] || mode], ["features", choiceLabel(ctx.choice)]];
   $("#modal-meta").replaceChildren(...rows.map(([k, v]) => el("tr", {}, el("td", { text: k }), el("td", { text: String(v) }))));
+  const carry = $("#modal-carry");
+  carry.textContent = mode === "region" ? "Search this region" : mode === "global" ? "Similar images to this" : "Rigid whole-image search";
+  carry.title = mode === "region" ? "Query this image with the matched region (Enter)" : `Query this image whole, as ${MODE_TEXT[mode]} (Enter)`;
   $("#modal-prev").disabled = ix <= 0;
   $("#modal-next").disabled = ix >= items.length - 1;
 }
 
 export function closeModal() {
   $("#modal").hidden = true;
+}
+
+/** The explain dialog opens from the large view: while it is open the large view steps aside (one
+ * dialog at a time), and comes back when it closes. explain.js only shows and hides #explain. */
+function wireExplainStacking() {
+  const ex = $("#explain");
+  const sync = () => $("#modal").classList.toggle("behind", !ex.hidden);
+  new MutationObserver(sync).observe(ex, { attributes: true, attributeFilter: ["hidden"] });
+  sync();
 }
 
 async function modalCarry() {
@@ -63,6 +77,9 @@ async function modalCarry() {
   S.choice = ctx.choice;
   setChoiceUI();
   reloadDatasetIfNeeded();
+  const mode = ctx.query.mode || "region";
+  // a whole-image search goes on whole (the same mode) from the result
+  if (mode !== "region") return setQuery({ kind: "dataset", cache: ctx.choice.cache, id: m.id }, { whole: true, mode });
   await setQuery({ kind: "dataset", cache: ctx.choice.cache, id: m.id });
   // carry the query's mask to the matched position, in the new image's pixels
   const R = { x: 0, y: 0, w: m.image_size[0], h: m.image_size[1] };
@@ -85,6 +102,7 @@ async function modalUse() {
 }
 
 export function wireModal() {
+  wireExplainStacking();
   $("#modal-close").addEventListener("click", closeModal);
   $("#modal").addEventListener("click", (e) => e.target.id === "modal" && closeModal());
   $("#modal-prev").addEventListener("click", () => { MODAL.ix = Math.max(0, MODAL.ix - 1); showModalItem(); });

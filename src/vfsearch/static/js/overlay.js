@@ -43,9 +43,10 @@ export function drawResult(canvas, img, m, ctx, mode, heat, { cssSize = null, ou
   const crop = m.geometry.crop;
   if (mode === "heat" && heat) {
     // heat per grid cell: the best score of any window (position of the query's box) that
-    // covers the cell, so the hot block is where the match is, at the grid's resolution
+    // covers the cell, so the hot block is where the match is, at the grid's resolution (a global
+    // query's maps are per-cell shares of the score: windows of 1 × 1, the heat response says so)
     const A = heat.length, B = heat[0].length;
-    const [, , h, w] = ctx.query.cell_box;
+    const [, , h, w] = ctx.heatBox || ctx.query.cell_box;
     const [Hg, Wg] = ctx.query.grid;
     const cell = new Float32Array(Hg * Wg).fill(-Infinity);
     for (let a = 0; a < A; a++)
@@ -109,7 +110,8 @@ export function drawResult(canvas, img, m, ctx, mode, heat, { cssSize = null, ou
       g.restore();
     } else g.fill();
   }
-  if (outline && m.box) {
+  // a whole-image query (similar images, rigid) matches the whole view: no box to outline
+  if (outline && m.box && (ctx.query.mode || "region") === "region") {
     const [x0, y0, x1, y1] = m.box;
     const lw = Math.max(1, 1.25 * dpr());
     g.lineWidth = lw * 2.2;

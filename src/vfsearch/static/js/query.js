@@ -3,7 +3,7 @@
 import { Brush } from "../brush.js";
 import { $, $$, el } from "./util.js";
 import { api, enc, thumbURL, originalURL, toast, status, reportError } from "./api.js";
-import { S, layerInfo, choiceKey } from "./state.js";
+import { S, layerInfo, choiceKey, queryMode, MODE_TEXT } from "./state.js";
 import { queryGeometry } from "./geometry.js";
 import { setChoiceUI, fillColumnSelects, reloadDatasetIfNeeded, markCurrentThumb } from "./dataset.js";
 import { runSearch, clearResults } from "./search.js";
@@ -46,14 +46,33 @@ export function renderQueryMeta(extra = null) {
   parts.push(el("span", { class: "pill", title: "image size (pixels)", text: `${q.size[0]}×${q.size[1]}` }));
   parts.push(el("span", { class: "pill", title: "feature grid of this layer: rows × cols × channels, over the centre crop", text: `${li.grid[0]}×${li.grid[1]}×${li.channels}` }));
   const qi = extra || (S.panes[0] && S.panes[0].ctx && S.panes[0].ctx.query);
-  if (qi && qi.n_cells) parts.push(el("span", { class: "pill hot", title: "cells the mask covers (in a box of rows × cols on the grid)", text: `${qi.n_cells} cells in ${qi.cell_box[2]}×${qi.cell_box[3]}` }));
+  const mode = qi ? qi.mode || "region" : queryMode();
+  if (qi && mode === "global") parts.push(el("span", { class: "pill hot", title: "similar images: the cosine of the mean-pooled features of the whole images", text: "similar images" }));
+  else if (qi && qi.n_cells) parts.push(el("span", { class: "pill hot", title: mode === "whole" ? "rigid whole-image query: every cell against the same cell of each image" : "cells the mask covers (in a box of rows × cols on the grid)", text: `${mode === "whole" ? "rigid · " : ""}${qi.n_cells} cells in ${qi.cell_box[2]}×${qi.cell_box[3]}` }));
   for (const [k, v] of Object.entries(q.meta || {})) parts.push(el("span", {}, `${k} `, el("b", { text: v })));
   box.replaceChildren(...parts);
+  renderNotes(qi && qi.image && sameImage(qi.image, q) ? qi.notes : null);
   $("#q-info").textContent = q.kind === "dataset" ? q.path : q.name || "";
   $("#q-info").title = $("#q-info").textContent;
 }
 
-/** Set the query image. opts.mask: {data,width,height} | opts.box | opts.whole; opts.search */
+function sameImage(echo, q) {
+  return q.kind === "dataset" ? echo.path === q.path : echo.upload === q.upload;
+}
+
+/** The query record's notes (e.g. a region partly outside the model's view): one quiet line under
+ * the query, the full text on hover or click. */
+function renderNotes(notes) {
+  const box = $("#q-notes");
+  box.hidden = !(notes && notes.length);
+  if (box.hidden) return box.replaceChildren();
+  box.classList.remove("open");
+  box.title = `${notes.join("\n")}\n(click to show it all)`;
+  box.replaceChildren(...notes.map((n) => el("div", { class: "note" }, el("span", { class: "i", text: "i" }), el("span", { class: "t", text: n }))));
+}
+
+/** Set the query image. opts.mask: {data,width,height} | opts.box | opts.whole (opts.mode: "global"
+ * | "whole" sets the whole-image mode first); with a region the search runs. */
 export async function setQuery(q, opts = {}) {
   let info = q;
   if (q.kind === "dataset") {
@@ -85,6 +104,7 @@ export async function setQuery(q, opts = {}) {
   if (!loaded) throw new Error("cannot load the query image");
   S.query = info;
   S.whole = false;
+  if (opts.mode === "global" || opts.mode === "whole") S.wholeMode = opts.mode;
   S.box = opts.box ? opts.box.slice() : null;
   stage().classList.remove("empty");
   brush.setImageSize(info.size[0], info.size[1]);
@@ -103,8 +123,34 @@ export async function setQuery(q, opts = {}) {
   clearResults("Brush a region of the query image to search.");
 }
 
+const MODE_HELP = { global: "content anywhere in the image (pooled features)", whole: "cell (i, j) against cell (i, j): the layout must match" };
 function updateWholeBtn() {
-  $("#whole").classList.toggle("on", S.whole);
+  // Whole is the query (not a tool): its own toggle; the tool buttons keep the next stroke's tool
+  const w = $("#whole");
+  w.classList.toggle("on", S.whole);
+  w.setAttribute("aria-pressed", String(S.whole));
+  w.title = `Query with the whole image (W)${S.whole ? `: now ${MODE_TEXT[S.wholeMode]}` : ""}`;
+  $("#q-mode").hidden = !S.whole;
+  // while the query is the whole image, the tools only say what the next stroke does
+  $("#tool-seg").classList.toggle("idle", S.whole);
+  $("#tool-seg").title = S.whole ? "the next stroke replaces the whole-image query (erasing carves it)" : "";
+  for (const b of $$("#q-mode [data-wmode]")) {
+    b.classList.toggle("on", b.dataset.wmode === S.wholeMode);
+    b.setAttribute("aria-pressed", String(b.dataset.wmode === S.wholeMode));
+  }
+  $("#q-mode-help").textContent = MODE_HELP[S.wholeMode];
+  document.body.dataset.mode = queryMode();
+}
+
+/** The whole-image query in `mode` ("global" | "whole"; default: the current choice). */
+export function searchWhole(mode = S.wholeMode) {
+  if (!S.query) return;
+  S.whole = true;
+  S.wholeMode = mode;
+  S.box = null;
+  brush.fill({ commit: false });
+  updateWholeBtn();
+  runSearch().catch(reportError);
 }
 
 async function uploadFile(file) {
@@ -151,7 +197,7 @@ export async function changeChoice(c) {
       const r = await api(`/api/caches/${enc(c.cache)}/lookup?from_cache=${enc(S.query.cache)}&id=${S.query.id}`);
       const m = brush.getMask();
       const whole = S.whole;
-      await setQuery({ kind: "dataset", cache: c.cache, id: r.id }, whole ? { whole: true } : brush.isEmpty() ? {} : { mask: m });
+      await setQuery({ kind: "dataset", cache: c.cache, id: r.id }, whole ? { whole: true, mode: S.wholeMode } : brush.isEmpty() ? {} : { mask: m });
     } catch (e) {
       S.query = null;
       stage().classList.add("empty");
@@ -183,13 +229,9 @@ export function wireQuery() {
     $("#redo").disabled = !brush.canRedo();
   });
   for (const b of $$("#tools [data-tool]")) b.addEventListener("click", () => setTool(b.dataset.tool));
-  $("#whole").addEventListener("click", () => {
-    if (!S.query) return;
-    S.whole = true;
-    brush.fill({ commit: false });
-    updateWholeBtn();
-    runSearch().catch(reportError);
-  });
+  $("#whole").addEventListener("click", () => searchWhole());
+  for (const b of $$("#q-mode [data-wmode]")) b.addEventListener("click", () => searchWhole(b.dataset.wmode));
+  $("#q-notes").addEventListener("click", (e) => e.currentTarget.classList.toggle("open"));
   $("#size").addEventListener("input", (e) => brush.setSize(+e.target.value));
   $("#soft").addEventListener("input", (e) => brush.setHardness(1 - e.target.value / 100));
   brush.setHardness(1 - $("#soft").value / 100);

@@ -2,7 +2,7 @@
 // results over a column, the result filter and overlay mode, CSV/JSON export.
 import { $, $$, clamp, el, fmt, basename } from "./util.js";
 import { api, thumbURL, loadImage, primeThumbs, toast, reportError } from "./api.js";
-import { S, cacheInfo, layerInfo, choiceLabel } from "./state.js";
+import { S, cacheInfo, layerInfo, choiceLabel, shortChoice } from "./state.js";
 import { drawResult } from "./overlay.js";
 import { fillColumnSelects, fillValues } from "./dataset.js";
 import { runSearch } from "./search.js";
@@ -16,7 +16,7 @@ export async function renderPanes() {
   const draws = [];
   S.panes.forEach((p, pi) => {
     const pane = el("div", { class: "pane", "data-pane": pi, "data-search-id": p.ctx ? p.ctx.sid : "" });
-    const head = el("div", { class: "pane-head" }, el("span", { class: "sw" + (pi > 0 ? " dashed" : ""), style: `background:${p.ctx ? p.ctx.color : "#ccc"};color:${p.ctx ? p.ctx.color : "#ccc"}` }), el("b", { text: choiceLabel(p.choice) }));
+    const head = el("div", { class: "pane-head" }, el("span", { class: "sw" + (pi > 0 ? " dashed" : ""), style: `background:${p.ctx ? p.ctx.color : "#ccc"};color:${p.ctx ? p.ctx.color : "#ccc"}` }), el("b", { class: "choice", text: shortChoice(p.choice), title: choiceLabel(p.choice) }));
     pane.append(head);
     if (p.error) {
       pane.append(el("div", { class: "pane-error", text: p.error.message || String(p.error) }));
@@ -24,7 +24,7 @@ export async function renderPanes() {
       return;
     }
     const li = layerInfo(p.choice);
-    head.append(el("span", { class: "muted", title: "shown / ranked images · feature grid · server search time", text: `top ${p.matches.length} of ${p.total.toLocaleString()}${S.filter ? ` with ${S.filter.column} = ${S.filter.value}` : ""} · ${li.grid[0]}×${li.grid[1]} · ${p.timing.search_ms.toFixed(0)} ms` }));
+    head.append(el("span", { class: "muted stats", title: "shown / ranked images · feature grid · server search time", text: `top ${p.matches.length} of ${p.total.toLocaleString()}${S.filter ? ` with ${S.filter.column} = ${S.filter.value}` : ""} · ${li.grid[0]}×${li.grid[1]} · ${p.timing.search_ms.toFixed(0)} ms` }));
     pane.append(renderSpread(p));
     const grid = el("div", { class: "grid" });
     pane.append(grid);
@@ -38,7 +38,7 @@ export async function renderPanes() {
     nodes.push(pane);
   });
   wrap.replaceChildren(...nodes);
-  const p0 = S.panes[0];
+  document.body.classList.toggle("comparing", S.panes.length > 1);
   $("#r-info").textContent = "";
   await Promise.all(draws);
   updateOverlap().catch(reportError);
@@ -50,10 +50,10 @@ function appendCards(p, pi, matches) {
   const jobs = [];
   for (const m of matches) {
     const cv = el("canvas");
-    const card = el("figure", { class: "card", "data-id": m.id, "data-rank": m.rank, "data-score": m.score, "data-box": JSON.stringify(m.box), title: `${m.path}\nscore ${fmt(m.score, 4)} · rank ${m.rank + 1}` },
+    const card = el("figure", { class: "card", "data-id": m.id, "data-rank": m.rank, "data-score": m.score, "data-box": JSON.stringify(m.box), title: `${m.path}\nscore ${fmt(m.score, 4)} · rank ${m.rank}` },
       cv,
       el("figcaption", {},
-        el("span", { class: "rank", text: `#${m.rank + 1}` }),
+        el("span", { class: "rank", text: `#${m.rank}` }),
         el("span", { class: "label", text: m.label || "—" }),
         el("span", { class: "score", text: fmt(m.score, 3) }),
         el("span", { class: "path", text: basename(m.path) }),
@@ -114,12 +114,14 @@ async function loadHeat() {
     for (let i = 0; i < need.length; i += 100) {
       const r = await api(`/api/searches/${p.ctx.sid}/heat?ids=${need.slice(i, i + 100).join(",")}`);
       Object.assign(p.heat, r.maps);
+      p.ctx.heatBox = r.cell_box; // the window each map value scores ([0, 0, 1, 1] for a global query: per-cell shares)
     }
   })).catch(reportError);
   redrawCards();
 }
 
-// spread of the shown results over a column, against the dataset's base rate
+// spread of the shown results over a column, against the dataset's base rate; collapsible, and
+// collapsed unless opened when it says nothing (every result its own value: one image per label)
 function renderSpread(p) {
   const col = S.spreadCol;
   const wrap = el("div", { class: "spread-wrap" });
@@ -134,6 +136,19 @@ function renderSpread(p) {
   const base = new Map(info.values);
   const totalBase = info.values.reduce((a, [, n]) => a + n, 0) || 1;
   const rows = [...counts.entries()].sort((a, b) => b[1] - a[1] || String(a[0]).localeCompare(String(b[0])));
+  const silent = rows.every(([, n]) => n === 1);
+  const open = S.spreadOpen ?? !silent;
+  const toggleOpen = () => {
+    S.spreadOpen = !open;
+    refreshSpreads();
+  };
+  const summary = silent ? `${rows.length} different value${rows.length === 1 ? "" : "s"}, one result each` : `${rows.length} value${rows.length === 1 ? "" : "s"}, most: ${rows[0][0] || "(empty)"} (${rows[0][1]})`;
+  const title = el("button", { class: "spread-title", "aria-expanded": String(open), title: open ? "hide the spread" : "show the spread of the results over this column", onclick: toggleOpen },
+    el("span", { class: "caret", text: open ? "▾" : "▸" }),
+    open ? `${col} of the top ${p.matches.length} (vs. expected by chance)` : `${col} of the top ${p.matches.length}: ${summary}`);
+  wrap.classList.toggle("collapsed", !open);
+  wrap.append(title);
+  if (!open) return wrap;
   const shown = rows.slice(0, 8);
   const maxN = Math.max(...shown.map((r) => r[1]), 1);
   const k = p.matches.length;
@@ -150,8 +165,16 @@ function renderSpread(p) {
     );
   }
   if (rows.length > shown.length) grid.append(el("span", { class: "more-values", text: `+ ${rows.length - shown.length} more values` }));
-  wrap.append(el("div", { class: "spread-title", text: `${col} of the top ${k} (vs. expected by chance)` }), grid);
+  wrap.append(grid);
   return wrap;
+}
+
+function refreshSpreads() {
+  $$("#panes .pane").forEach((pane, i) => {
+    const p = S.panes[i];
+    const old = $(".spread-wrap", pane);
+    if (p && p.ctx && old) old.replaceWith(renderSpread(p));
+  });
 }
 
 function setFilter(f) {
@@ -177,11 +200,8 @@ export function wireResults() {
   $("#r-val").addEventListener("change", (e) => setFilter(e.target.value !== "" ? { column: $("#r-col").value, value: e.target.value } : null));
   $("#spread-col").addEventListener("change", (e) => {
     S.spreadCol = e.target.value;
-    $$(".pane").forEach((pane, i) => {
-      const p = S.panes[i];
-      const old = $(".spread-wrap", pane);
-      if (p && p.ctx && old) old.replaceWith(renderSpread(p));
-    });
+    S.spreadOpen = null;
+    refreshSpreads();
   });
 
   const exportAs = (format) => {

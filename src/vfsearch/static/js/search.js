@@ -2,7 +2,7 @@
 // the search options in the top bar (top k, skip self).
 import { $, el } from "./util.js";
 import { api, primeThumbs, status, reportError } from "./api.js";
-import { S, timings, shortChoice } from "./state.js";
+import { S, timings, shortChoice, queryMode } from "./state.js";
 import { brush, renderQueryMeta } from "./query.js";
 import { renderPanes } from "./results.js";
 import { drawDist, renderStrip } from "./curve.js";
@@ -52,7 +52,9 @@ async function doSearch({ t0 = performance.now() } = {}) {
   document.body.dataset.state = "searching";
   status("searching…", true);
   const mask = maskSnapshot();
-  const region = S.whole ? { whole: true } : { mask: { png: mask.canvas.toDataURL("image/png").split(",")[1] } };
+  // the mask as drawn (brush resolution, 8 bits, lossless PNG): share links store the same bytes
+  const mode = queryMode();
+  const region = mode !== "region" ? { mode } : { mode, mask: { png: mask.canvas.toDataURL("image/png").split(",")[1] } };
   const tEnc = performance.now();
   const choices = [S.choice, ...(S.compare ? [S.compare] : [])];
   const body = (c) => ({ cache: c.cache, layer: c.layer, image: imageRef(q), k: S.k, exclude_self: S.excludeSelf, filter: S.filter || undefined, thumbs: true, ...region });

@@ -8,11 +8,13 @@ export const S = {
   k: 24,
   excludeSelf: true,
   query: null, // {kind: "dataset"|"upload", cache, id, upload, name, path, label, size:[w,h], meta}
-  whole: false,
+  whole: false, // a whole-image query (no mask): in mode wholeMode
+  wholeMode: "global", // "global" (similar images, pooled features) | "whole" (rigid: cell (i, j) ↔ (i, j))
   panes: [], // [{ctx, matches, total, error, loading}]
   overlay: "region",
   filter: null, // {column, value}
   spreadCol: "label",
+  spreadOpen: null, // the spread panel: null = automatic (collapsed when it says nothing), or true / false
   history: [],
   colorIx: 0,
   win: null, // {start, stop, key}
@@ -33,5 +35,8 @@ export const parseChoice = (v) => {
   return { cache: v.slice(0, i), layer: v.slice(i + 2) };
 };
 export const choiceLabel = (c) => `${c.cache} · ${c.layer}`;
+/** The API mode of the current query: "region" | "global" | "whole". */
+export const queryMode = () => (S.whole ? S.wholeMode : "region");
+export const MODE_TEXT = { region: "region", global: "similar images", whole: "rigid whole image" };
 export const shortChoice = (c) => (S.caches.length > 1 ? `${c.cache}·${c.layer}` : c.layer);
 
