@@ -35,6 +35,7 @@ __all__ = [
     "CacheMismatch",
     "CacheNotFound",
     "CacheOutdated",
+    "Cancelled",
     "DatasetError",
     "DiskSpaceError",
     "EvalError",
@@ -165,6 +166,14 @@ class CacheOutdated(CacheError):
 
     http_status = 409
     code = "cache_outdated"
+
+
+class Cancelled(VfsError):
+    """A long computation (e.g. a model-running explanation) was cancelled by its caller."""
+
+    exit_code = 130
+    http_status = 409
+    code = "cancelled"
 
 
 class OutputError(VfsError):

@@ -10,6 +10,15 @@
   (and, in ``"both"`` mode, of the query image), scored through the model.
 * ``rise`` (:class:`RISEExplainer`) — randomised input sampling: random low-resolution masks,
   saliency = score-weighted average of the masks.
+* ``lime`` (:class:`LIMEExplainer`) — LIME: random on/off superpixels (SLIC) of the result, a
+  kernel-weighted sparse linear model of the score (Lasso path selection + ridge refit).
+* ``mask`` (:class:`MaskExplainer`) — a learned perturbation mask (Fong & Vedaldi): Adam on a
+  low-resolution mask with L1 and total-variation penalties; "fixed" or "both" (two masks).
+
+The model-running methods (occlusion, RISE, LIME, mask) share :mod:`.forward`: a private copy
+of the network with BatchNorm folded, run up to the searched layer only, batched, under
+``torch.inference_mode`` (the mask's forward keeps autograd, for the mask only). A running
+explanation reports ``progress`` and stops on ``cancel`` (:class:`~vfsearch.errors.Cancelled`).
 
 Every explainer has one signature, ``explain(query, result_id) -> Explanation``, and declares
 its parameters (:data:`METHODS`, :func:`method_info`, :func:`check_params`); model hooks are
@@ -18,9 +27,11 @@ most salient cells first and tracks the score, insertion restores them first int
 image.
 """
 
+from . import exact as _exact  # noqa: F401 - registered first: the instant methods lead the list
 from .auc import insertion_deletion
 from .base import (
     METHODS,
+    Control,
     Explainer,
     Explanation,
     Param,
@@ -30,16 +41,22 @@ from .base import (
     needs_query_image,
     register,
 )
-from .blackbox import OcclusionExplainer, RISEExplainer
+from .blackbox import ModelExplainer, OcclusionExplainer, RISEExplainer
 from .exact import ExactExplainer, FeatureOcclusionExplainer, cell_shares, top_patches
+from .lime import LIMEExplainer
+from .mask import MaskExplainer
 from .render import render_on_thumbnail, render_overlay
 
 __all__ = [
     "METHODS",
+    "Control",
     "ExactExplainer",
     "Explainer",
     "Explanation",
     "FeatureOcclusionExplainer",
+    "LIMEExplainer",
+    "MaskExplainer",
+    "ModelExplainer",
     "OcclusionExplainer",
     "Param",
     "RISEExplainer",

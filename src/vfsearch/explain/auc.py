@@ -11,7 +11,8 @@ __all__ = ["insertion_deletion"]
 
 
 def insertion_deletion(saliency: np.ndarray, x: np.ndarray, xb: np.ndarray,
-                       score_fn: Callable[[np.ndarray], np.ndarray], steps: int = 16) -> tuple[float, float]:
+                       score_fn: Callable[[np.ndarray], np.ndarray],
+                       steps: int = 16) -> tuple[float, float]:
     """Insertion and deletion AUC of a saliency map (normalised to [0, 1] on the x axis).
 
     The map is averaged onto ``steps``×``steps``-ish blocks; deletion replaces the most salient
@@ -20,7 +21,8 @@ def insertion_deletion(saliency: np.ndarray, x: np.ndarray, xb: np.ndarray,
     S = x.shape[-1]
     sal = np.asarray(saliency, np.float64)
     if sal.shape != (S, S):
-        sal = np.asarray(Image.fromarray(sal.astype(np.float32)).resize((S, S), Image.Resampling.NEAREST))
+        sal = np.asarray(Image.fromarray(sal.astype(np.float32)).resize(
+            (S, S), Image.Resampling.NEAREST))
     g = 8 if S % 8 == 0 else 7
     bs = S // g
     blocks = sal[: g * bs, : g * bs].reshape(g, bs, g, bs).mean(axis=(1, 3)).reshape(-1)

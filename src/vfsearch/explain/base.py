@@ -16,10 +16,13 @@ import numpy as np
 
 from ..cache import FeatureCache
 from ..engine.query import Query
-from ..errors import BadParameter, BadQuery, CacheMismatch
+from ..errors import BadParameter, BadQuery, CacheMismatch, Cancelled
 
-__all__ = ["METHODS", "Explainer", "Explanation", "Param", "check_params", "explain",
+__all__ = ["METHODS", "Control", "Explainer", "Explanation", "Param", "check_params", "explain",
            "method_info", "needs_query_image", "register"]
+
+_TRUE = {"true": True, "1": True, "yes": True, "on": True,
+         "false": False, "0": False, "no": False, "off": False}
 
 
 @dataclass(frozen=True)
@@ -36,15 +39,25 @@ class Param:
 
     def check(self, value) -> Any:
         if self.type is bool:
+            if isinstance(value, str) and value.strip().lower() in _TRUE:
+                return _TRUE[value.strip().lower()]
             if not isinstance(value, bool):
                 raise BadParameter(f"{self.name} must be true or false", param=self.name)
             return value
         if isinstance(value, bool) or not isinstance(value, (int, float, str)):
             raise BadParameter(f"{self.name} must be a {self.type.__name__}", param=self.name)
+        if isinstance(value, str) and self.type is int:  # "12", also "1e3" from a command line
+            try:
+                value = float(value.strip())
+            except ValueError:
+                raise BadParameter(f"{self.name} must be a whole number", param=self.name) from None
+            if not np.isfinite(value):
+                raise BadParameter(f"{self.name} must be a whole number", param=self.name)
         try:
             v = self.type(value)
         except (TypeError, ValueError):
-            raise BadParameter(f"{self.name} must be a {self.type.__name__}", param=self.name) from None
+            raise BadParameter(f"{self.name} must be a {self.type.__name__}",
+                               param=self.name) from None
         if self.type is int and isinstance(value, float) and value != int(value):
             raise BadParameter(f"{self.name} must be a whole number", param=self.name)
         if self.type is float and not np.isfinite(v):
@@ -75,7 +88,8 @@ class Explanation:
     result_id: int
     score: float  # region score of the query against the (unperturbed) result
     offset: tuple[int, int]
-    saliency: np.ndarray  # result image saliency: (H, W) grid for exact/feature, (S, S) input px otherwise
+    # result image saliency: (H, W) grid for exact/feature, (S, S) input pixels otherwise
+    saliency: np.ndarray
     query_saliency: np.ndarray | None = None
     space: str = "grid"  # "grid" (feature cells) or "input" (model-input pixels)
     insertion_auc: float | None = None
@@ -128,17 +142,54 @@ class Explainer:
     def _result_features(self, q: Query, result_id: int) -> np.ndarray:
         return self.cache.features(result_id, q.layer)
 
-    def explain(self, query: Query, result_id: int, progress: Callable[[float], None] | None = None) -> Explanation:
+    def explain(self, query: Query, result_id: int, progress: Callable[[float], None] | None = None,
+                cancel=None) -> Explanation:
+        """Explain why ``result_id`` matches ``query``. ``progress(fraction)`` is called as the
+        work goes (it reaches 1.0); ``cancel`` (a ``threading.Event`` or a callable returning
+        true to stop) is checked between batches of model passes, and a set one raises
+        :class:`~vfsearch.errors.Cancelled`."""
         t0 = time.perf_counter()
         if not self.cache.valid[self.cache._check_id(result_id)]:
             raise BadQuery(f"image {result_id} was not indexed", param="result_id")
-        ex = self._explain(query, int(result_id), progress or (lambda f: None))
+        ctl = Control(progress, cancel)
+        ctl.check()
+        ex = self._explain(query, int(result_id), ctl)
+        ctl.progress(1.0)
         ex.seconds = time.perf_counter() - t0
         ex.params = dict(self.params)
         return ex
 
     def _explain(self, q: Query, rid: int, progress) -> Explanation:  # pragma: no cover
         raise NotImplementedError
+
+
+class Control:
+    """Progress and cancellation of one explanation: calling it reports progress (0–1) after
+    checking the cancel flag; :meth:`check` only checks. The explainers call it between
+    batches, so a cancel takes effect within one batch of model passes."""
+
+    def __init__(self, progress: Callable[[float], None] | None = None, cancel=None):
+        self.progress = progress or (lambda f: None)
+        if cancel is None:
+            self._cancelled = lambda: False
+        elif hasattr(cancel, "is_set"):
+            self._cancelled = cancel.is_set
+        elif callable(cancel):
+            self._cancelled = cancel
+        else:
+            raise BadParameter("cancel must be a threading.Event or a callable", param="cancel")
+
+    def check(self) -> None:
+        if self._cancelled():
+            raise Cancelled("the explanation was cancelled")
+
+    def __call__(self, fraction: float) -> None:
+        self.check()
+        self.progress(float(min(1.0, max(0.0, fraction))))
+
+    def part(self, lo: float, hi: float) -> Callable[[float], None]:
+        """Progress of a sub-task mapped onto [lo, hi] of the whole."""
+        return lambda f: self(lo + (hi - lo) * f)
 
 
 METHODS: dict[str, type[Explainer]] = {}
@@ -190,9 +241,12 @@ _MAX_RESULTS = 64
 
 
 def explain(cache: FeatureCache, query: Query, result_id: int, method: str = "exact",
-            model=None, progress=None, use_cache: bool = True, **params) -> Explanation:
+            model=None, progress=None, use_cache: bool = True, cancel=None,
+            **params) -> Explanation:
     """Explain why ``result_id`` matches ``query`` with ``method`` (results are memoised per
-    query, result, method and parameters)."""
+    query, result, method and parameters). ``progress(fraction)`` reports progress;
+    ``cancel`` (a ``threading.Event`` or a callable) stops a running explanation between two
+    batches with :class:`~vfsearch.errors.Cancelled` (nothing is memoised then)."""
     checked = check_params(method, params)
     qimg = checked.pop("query_image", None)
     key = (str(cache.path), query.layer, query.source_id, query.weights.tobytes(),
@@ -204,7 +258,7 @@ def explain(cache: FeatureCache, query: Query, result_id: int, method: str = "ex
                 _RESULTS.move_to_end(key)
                 return _RESULTS[key]
     kw = dict(checked, **({"query_image": qimg} if qimg is not None else {}))
-    ex = METHODS[method](cache, model, **kw).explain(query, result_id, progress)
+    ex = METHODS[method](cache, model, **kw).explain(query, result_id, progress, cancel)
     with _RESULTS_LOCK:
         _RESULTS[key] = ex
         while len(_RESULTS) > _MAX_RESULTS:

@@ -57,8 +57,9 @@ class ExactExplainer(Explainer):
                      "patches": top_patches(self.cache, q.layer, int(c), self.params["patches"])}
                     for c in top]
         return Explanation("exact", rid, score, (a, b), rmap, qmap, "grid", extra={
-            "cell_shares": [{"query_cell": [int(y), int(x)], "result_cell": [int(y - r0 + a), int(x - c0 + b)],
-                             "share": float(s)} for y, x, s in zip(ys, xs, cell)],
+            "cell_shares": [{"query_cell": [int(y), int(x)],
+                             "result_cell": [int(y - r0 + a), int(x - c0 + b)],
+                             "share": float(s)} for y, x, s in zip(ys, xs, cell, strict=True)],
             "channel_share_sum": float(chan.sum()), "top_channels": channels,
         })
 

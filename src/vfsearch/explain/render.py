@@ -11,7 +11,8 @@ from ..images import load_image
 __all__ = ["render_on_thumbnail", "render_overlay"]
 
 
-def render_overlay(img: Image.Image, saliency: np.ndarray, geometry, alpha: float = 0.6) -> Image.Image:
+def render_overlay(img: Image.Image, saliency: np.ndarray, geometry,
+                   alpha: float = 0.6) -> Image.Image:
     """Draw a saliency map (feature grid or model-input pixels) over the region of ``img`` that
     the model sees: red = raises the score, blue = lowers it."""
     sal = np.asarray(saliency, np.float32)
