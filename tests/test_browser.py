@@ -740,7 +740,7 @@ def test_map_of_50k_images_loads_and_pans(big_map_cache, page):
           return out;
         }""")
         assert steps["zoomed"] > 2 and abs(steps["panned"] - 180) < 1
-        med = lambda v: float(np.median(v))  # noqa: E731
+        med = lambda v: float(np.median(v))
         report = {"images": BIG_N, "pages": timing["pages"], "load_ms": round(timing["ready_ms"]),
                   "map_info_ms": round(timing["info_ms"]), "tab_click_to_ready_ms": round(wall_ms),
                   "idle_frame_ms": round(med(steps["idle"]), 1),
