@@ -18,10 +18,17 @@ all in ``_kernel.c`` compiled on first use into a cache directory, and "numpy"
 
 8-bit features are dotted in exact integer arithmetic with a rounded query:
 int16 everywhere (``precision="fine"``), or, on the fast path, int8 (VNNI) /
-6-bit (AVX2), about 1.3-1.6x faster. Each image's [lower, upper] bounds hold the
-exact score whatever the rounding (its effect is eps_q); ``tighten_k`` re-scans
-the images that could reach the top k with the int16 query, so the fast path
+7-bit (AVX2). Each image's [lower, upper] bounds hold the exact score whatever
+the rounding (its effect is eps_q); ``tighten_k`` re-scans the images that could
+reach the top k with the int16 query (in place, by row id), so the fast path
 costs the refine step almost nothing.
+
+The SIMD kernels put different things in their vector lanes, chosen per query by a
+cost model (``path``): the channels of one cell (one dot per (cell, query cell)
+pair, wide layers on small grids), 16 / 8 consecutive offsets (a transposed copy
+of each image, many offsets and few channels: 14x14, 28x28 grids), or, when the
+query box is the whole grid (one offset: whole-image queries), the channels of
+each cell folded lane by lane without horizontal sums.
 
 Internal modules: :mod:`.query` (query, result, query rounding), :mod:`.build` (compile, load,
 ABI check, self-check), :mod:`.dispatch` (C ABI, thread pool, C calls), :mod:`.numpy_path`.
@@ -36,7 +43,7 @@ import numpy as np
 
 from ...errors import BackendUnavailable, BadParameter
 from . import build
-from .dispatch import DTYPES, LEVELS, default_threads, read_split, scan_c
+from .dispatch import DTYPES, LEVELS, PATHS, default_threads, read_split, scan_c
 from .numpy_path import read_checksum, scan_numpy
 from .query import PRECISIONS, PreparedQuery, ScanResult, qfmt_for
 
@@ -134,6 +141,8 @@ def scan(
     precision: str = "fast",
     tighten_k: int | None = None,
     tighten_floor: float = -math.inf,
+    ids=None,
+    path: str = "auto",
 ) -> ScanResult:
     """Best region-cosine score of `query` in each of the n images.
 
@@ -148,6 +157,9 @@ def scan(
     always uses an int16 query. With ``tighten_k``, every image whose upper bound reaches the
     k-th best lower bound (or ``tighten_floor``, if higher) is re-scanned with
     the int16 query, so the images that can reach a top k have tight bounds.
+    ``ids`` (integers in [0, n)): scan only those rows (result i is row ``ids[i]``), without
+    copying them. ``path`` ("auto", "channels", "offsets", "single") forces where the 8-bit
+    SIMD kernels put their lanes (for tests and benchmarks; "auto" picks by cost).
 
     Raises :class:`~vfsearch.errors.BadParameter` for an unknown ``precision`` or ``backend``
     and :class:`~vfsearch.errors.BackendUnavailable` for a backend this machine lacks.
@@ -156,21 +168,32 @@ def scan(
     if precision not in PRECISIONS:
         raise BadParameter(f"precision must be 'fast' or 'fine', got {precision!r}",
                            param="precision")
+    if path not in PATHS:
+        raise BadParameter(f"path must be one of {', '.join(PATHS)}, got {path!r}", param="path")
+    if ids is not None:
+        ids = np.ascontiguousarray(ids, dtype=np.int64).reshape(-1)
+        if len(ids) and (ids.min() < 0 or ids.max() >= feats.shape[0]):
+            raise ValueError(f"ids must lie in [0, {feats.shape[0]})")
     nthreads = default_threads() if threads is None else max(1, int(threads))
     b = resolve_backend(backend)
     qfmt = qfmt_for(b, precision) if is8 else 0
     if b == "numpy":
+        if ids is not None:
+            feats, sqnorm = feats[ids], sqnorm[ids]
+            scale = None if scale is None else scale[ids]
+            qerr2 = None if qerr2 is None else qerr2[ids]
         return scan_numpy(feats, sqnorm, query, scale, qerr2, threads=nthreads)
     lib = build.load().lib
-    out = scan_c(lib, b, feats, sqnorm, query, scale, qerr2, threads=nthreads, qfmt=qfmt)
+    out = scan_c(lib, b, feats, sqnorm, query, scale, qerr2, threads=nthreads, qfmt=qfmt,
+                 ids=ids, path=path)
     if qfmt and tighten_k and len(out.lower):
         k = min(int(tighten_k), len(out.lower))
         thr = max(float(tighten_floor), float(np.partition(out.lower, -k)[-k]))
         cand = np.flatnonzero(out.upper >= thr)
-        if len(cand):
-            sub = scan_c(lib, b, feats[cand], sqnorm[cand], query,
-                         scale[cand], None if qerr2 is None else qerr2[cand],
-                         threads=nthreads, qfmt=0)  # fmt: skip
+        if len(cand):  # the candidates' rows, re-scanned in place with the int16 query
+            rows = cand if ids is None else ids[cand]
+            sub = scan_c(lib, b, feats, sqnorm, query, scale, qerr2, threads=nthreads, qfmt=0,
+                         ids=rows, path=path)
             out.score[cand], out.offset[cand] = sub.score, sub.offset
             out.upper[cand], out.lower[cand] = sub.upper, sub.lower
             out.rescanned = len(cand)

@@ -8,30 +8,31 @@
  *   den(a,b) = sum_k m_k^2 |x[a+dy_k, b+dx_k]|^2      (|x|^2 given as sqnorm)
  *   score    = num / (qnorm * sqrt(den))              (0 if den <= 0 or qnorm == 0)
  *
- * Every image cell is loaded once per group of up to GMAX query cells for
- * which the implied offset is valid (register-blocked: one accumulator per
- * query cell); the (cell, k) pair lists are built once per call (they do not
- * depend on the image).
+ * Three layouts of the work in SIMD lanes (8-bit features; float16 / float32 use the first):
+ *  - channels in lanes: every image cell is loaded once per group of up to GMAX query cells
+ *    for which the implied offset is valid (register-blocked: one accumulator per query
+ *    cell; the (cell, k) pair lists are built once per call), one horizontal sum per pair,
+ *    then pass B (per offset, summed over k in order) on the H x W grid layout (offset (a, b)
+ *    at a*W + b) so that each of its loops is one contiguous run. Best for wide layers on
+ *    small grids (7x7x512: 225 pairs x 8 vpdpbusd per image).
+ *  - offsets in lanes ("offsets in lanes" below): 16 / 8 consecutive offsets per vector from
+ *    a transposed copy of the image, no horizontal sums; best for many offsets and few
+ *    channels (14x14x112, 28x28x40).
+ *  - one offset (whole-image queries): each cell's channels in lanes, folded lane by lane.
+ * vfs_scan picks one by an estimated cost (choose_offsets_path) unless told.
  *
  * 8-bit features (uint8 / int8 with a per-cell float scale) are dotted in
  * exact int32 arithmetic with an integer query (Qi_k, per-cell scale sq_k):
- * int16 (qfmt 0, every level), int8 (qfmt 1, AVX-512 VNNI vpdpbusd, two images
- * per pass over the query) or 6-bit (qfmt 2, AVX2 vpmaddubsw). The rounding of
- * the query is part of the returned bounds (eps_q), so the caller can re-scan
- * the few images that may reach its top k with the int16 query.
+ * int16 (qfmt 0, every level; |q| <= 8191), int8 (qfmt 1, AVX-512 VNNI vpdpbusd)
+ * or 7-bit (qfmt 2, AVX2 vpmaddubsw). The rounding of the query is part of the
+ * returned bounds (eps_q), so the caller can re-scan the few images that may reach
+ * its top k with the int16 query (ids: a list of rows, scanned in place).
  * float16 / float32 features are accumulated in float32.
- *
- * Pass B (per offset, summed over k in order) runs on the H x W grid layout
- * (offset (a, b) at a*W + b) so that each of its loops is one contiguous run.
  *
  * Built once with "-O3 -fPIC -shared -fno-math-errno -fno-trapping-math" (no
  * -march); the SIMD variants carry target attributes and are selected at run
  * time (vfs_cpu_level()). -DVFS_NO_SIMD builds the generic path only (that is
  * also what non-x86-64 targets get).
- *
- * Cost, 7x7x512, 3x3 query: 225 (cell, k) pairs x 512 bytes; the VNNI path
- * issues 3600 256-bit vpdpbusd per image (2 per cycle on Zen 4) plus the
- * reductions; it is then within ~1.5x of reading the features once.
  *
  * Levels: 0 generic C, 1 AVX2+FMA+F16C, 2 AVX-512 (F, BW, VL, VNNI).
  * Dtypes: 0 uint8, 1 int8, 2 float16, 3 float32.
@@ -63,9 +64,11 @@
 
 enum { DT_U8 = 0, DT_I8 = 1, DT_F16 = 2, DT_F32 = 3 };
 enum { LV_GENERIC = 0, LV_AVX2 = 1, LV_AVX512 = 2 };
-/* 8-bit query formats: int16 rows (C); int8 rows (C padded to 64 with zeros) for the AVX-512
- * VNNI kernel; int8 rows with |q| <= 31 (padded the same way) for the AVX2 vpmaddubsw kernel */
-enum { QF_I16 = 0, QF_I8 = 1, QF_I6 = 2 };
+/* 8-bit query formats: int16 rows (C), |q| <= 8191 (the offsets-in-lanes kernels split each
+ * value into 128 * hi + lo, both int8 with |.| <= 64); int8 rows (C padded to 64 with zeros)
+ * for the AVX-512 VNNI kernel; int8 rows with |q| <= 63 (padded the same way) for the AVX2
+ * vpmaddubsw kernel */
+enum { QF_I16 = 0, QF_I8 = 1, QF_I7 = 2 };
 
 /* ------------------------------------------------------------------------ */
 /* CPU detection                                                             */
@@ -97,7 +100,7 @@ int vfs_cpu_level(void) {
     return level;
 }
 
-int vfs_abi_version(void) { return 2; }
+int vfs_abi_version(void) { return 3; }
 
 /* ------------------------------------------------------------------------ */
 /* helpers                                                                   */
@@ -135,7 +138,9 @@ typedef struct {
 
 typedef struct {
     const uint8_t *feats;
-    int64_t n;
+    int64_t n;            /* images to scan (outputs 0..n-1) */
+    int64_t nrows;        /* rows in feats / scale / sqnorm / qerr2 */
+    const int64_t *ids;   /* NULL: output i is row i; else row ids[i] */
     int H, W, C, esize, h, w;
     const float *scale, *sqnorm, *qerr2;
     int O, K, ngroups, is8;
@@ -148,8 +153,26 @@ typedef struct {
     double *dots;           /* scratch (2, K, H*W): scale_cell * dot for two images */
     uint8_t *ovr;           /* NULL, or room for one image + 64 bytes: kernels that read past a
                              * cell's end scan the array's last image from a copy there */
-    double *num, *den, *qe; /* scratch, O each */
+    double *num, *den, *qe; /* scratch, H*W + 64 each */
+    /* offsets-in-lanes path (8-bit, SIMD): see "offsets in lanes" below */
+    int32_t *T;             /* one channel block of the image, transposed: 16 x HWs words */
+    int32_t *accm;          /* int32 partial sums carried across channel blocks (K x NV x 16) */
+    float *sdf;             /* the image's per-cell scales, zero past the image (H*W + 64) */
+    float *numf, *denf, *qef; /* per-position sums in float (H*W + 64 each) */
+    const int32_t *q4;      /* per k: the query's 4-byte channel groups (K x G4); fine: high parts */
+    const int32_t *q4lo;    /* fine: low parts (q = 128 hi + lo), else NULL */
+    const int32_t *corr;    /* signed features: 128 * sum(q) per k (fine: hi then lo, 2K) */
+    const int32_t *offk;    /* dy_k * W + dx_k */
+    const uint8_t *vmask;   /* bit p % 8 of vmask[p / 8]: position p is a valid offset */
+    int HWs, NV, G4, GT;    /* cells per group row, position vectors, groups, groups in T */
+    /* one-offset path */
+    const int8_t *q8, *q8lo; /* int8 query rows (K x QS; fine: high and low parts) */
+    const int32_t *cvec;     /* signed features: per k, 128 * each lane's query bytes (2 x 16) */
+    int QS, QW;
 } scan_t;
+
+/* the row of output i */
+static inline int64_t row_of(const scan_t *s, int64_t i) { return s->ids ? s->ids[i] : i; }
 
 /* angle bound: |cos(a,b) - cos(a,b^)| <= angle(b, b^) <= asin(d) <= f(d) for
  * d = |b - b^| / |b^|: asin(d) = atan(d / sqrt(1 - d^2)) <= d / sqrt(1 - d^2)
@@ -229,8 +252,9 @@ VFS_INLINE void offsets_image(const scan_t *s, const double *restrict D, int64_t
     const int OH = s->H - s->h + 1, OW = s->W - s->w + 1, K = s->K;
     const int L = (OH - 1) * W + OW;
     double *restrict num = s->num, *restrict den = s->den, *restrict qe = s->qe;
-    const float *restrict sn = s->sqnorm + i * HW;
-    const float *restrict qr = s->qerr2 ? s->qerr2 + i * HW : NULL;
+    const int64_t r = row_of(s, i);
+    const float *restrict sn = s->sqnorm + r * HW;
+    const float *restrict qr = s->qerr2 ? s->qerr2 + r * HW : NULL;
     for (int p = 0; p < L; ++p) num[p] = den[p] = qe[p] = 0.0;
     for (int k = 0; k < K; ++k) {
         const double wk = s->wq[k], mk = s->wm[k];
@@ -280,11 +304,13 @@ VFS_INLINE void scan_driver(const scan_t *s, dot_fn dot, dot2_fn dot2) {
     double ta[16], tb[16];
     int64_t i = 0;
     while (i < s->n) {
-        const uint8_t *ia = s->feats + i * img_bytes;
-        const float *sa = s->scale ? s->scale + i * HW : NULL;
+        const int64_t ra = row_of(s, i);
+        const uint8_t *ia = s->feats + ra * img_bytes;
+        const float *sa = s->scale ? s->scale + ra * HW : NULL;
         if (dot2 && i + 1 < s->n) {
-            const uint8_t *ib = ia + img_bytes;
-            const float *sb = sa ? sa + HW : NULL;
+            const int64_t rb = row_of(s, i + 1);
+            const uint8_t *ib = s->feats + rb * img_bytes;
+            const float *sb = s->scale ? s->scale + rb * HW : NULL;
             for (int gi = 0; gi < s->ngroups; ++gi) {
                 const group_t *g = &s->groups[gi];
                 const int G = g->G, c = g->cell;
@@ -301,7 +327,7 @@ VFS_INLINE void scan_driver(const scan_t *s, dot_fn dot, dot2_fn dot2) {
             offsets_image(s, DB, i + 1);
             i += 2;
         } else {
-            if (s->ovr && i == s->n - 1) {
+            if (s->ovr && ra == s->nrows - 1) {
                 memcpy(s->ovr, ia, (size_t)img_bytes);
                 ia = s->ovr;
             }
@@ -388,7 +414,7 @@ static inline void dot_f16_generic(const void *x_, const group_t *grp, int G, in
 }
 
 static void scan_generic(const scan_t *s, int dtype, int qfmt) {
-    if (qfmt == QF_I8 || qfmt == QF_I6) { /* the same integers as the SIMD paths */
+    if (qfmt == QF_I8 || qfmt == QF_I7) { /* the same integers as the SIMD paths */
         if (dtype == DT_U8) scan_driver(s, dot_u8q8_generic, NULL);
         else scan_driver(s, dot_i8q8_generic, NULL);
         return;
@@ -595,15 +621,14 @@ static VFS_AVX2 void scan_i8_avx2(const scan_t *s) { scan_driver(s, dot_i8_avx2,
 static VFS_AVX2 void scan_f16_avx2(const scan_t *s) { scan_driver(s, dot_f16_avx2, NULL); }
 static VFS_AVX2 void scan_f32_avx2(const scan_t *s) { scan_driver(s, dot_f32_avx2, NULL); }
 
-/* 8-bit x . 6-bit query (int8 rows, |q| <= 31, zero-padded to a multiple of 64), exact:
- * vpmaddubsw multiplies u8 x s8 and adds pairs into int16 (|pair| <= 2*255*31 = 15810, so
- * two chunks' sums, <= 31620, fit without saturating), vpmaddwd with ones widens them to
- * int32: 5 instructions per 64 channels where the int16 query needs 8. Signed x is flipped
- * to unsigned as in the VNNI kernel (x ^ 0x80 = x + 128, minus 128 * sum(q) afterwards).
- * The last partial block of 64 reads up to 63 bytes past the cell (the query is zero there);
- * the driver copies the array's last image into a padded buffer (ovr) so that no read leaves
- * the features. */
-VFS_INLINE VFS_AVX2 void dotq6_avx2_G(const void *x_, const group_t *grp, int C, double f,
+/* 8-bit x . 7-bit query (int8 rows, |q| <= 63, zero-padded to a multiple of 64), exact:
+ * vpmaddubsw multiplies u8 x s8 and adds pairs into int16 (|pair| <= 2*255*63 = 32130: no
+ * saturation), vpmaddwd with ones widens them to int32: 3 instructions per 32 channels where
+ * the int16 query needs 4 and a widening. Signed x is flipped to unsigned as in the VNNI kernel
+ * (x ^ 0x80 = x + 128, minus 128 * sum(q) afterwards). The last partial block of 32 reads up
+ * to 31 bytes past the cell (the query is zero there); the driver copies the array's last
+ * image into a padded buffer (ovr) so that no read leaves the features. */
+VFS_INLINE VFS_AVX2 void dotq7_avx2_G(const void *x_, const group_t *grp, int C, double f,
                                       double *out, const int G, const int sgn) {
     const uint8_t *x = (const uint8_t *)x_;
     __m256i acc[GMAX];
@@ -614,20 +639,13 @@ VFS_INLINE VFS_AVX2 void dotq6_avx2_G(const void *x_, const group_t *grp, int C,
         acc[g] = _mm256_setzero_si256();
         qq[g] = (const int8_t *)grp->q[g];
     }
-    for (int j = 0; j < C; j += 64) {
-        const uint8_t *xb = x + j;
-        __m256i x0 = _mm256_loadu_si256((const __m256i *)xb);
-        __m256i x1 = _mm256_loadu_si256((const __m256i *)(xb + 32));
-        if (sgn) {
-            const __m256i flip = _mm256_set1_epi8((char)0x80);
-            x0 = _mm256_xor_si256(x0, flip);
-            x1 = _mm256_xor_si256(x1, flip);
-        }
+    for (int j = 0; j < C; j += 32) {
+        __m256i x0 = _mm256_loadu_si256((const __m256i *)(x + j));
+        if (sgn) x0 = _mm256_xor_si256(x0, _mm256_set1_epi8((char)0x80));
 #pragma GCC unroll 12
         for (int g = 0; g < G; ++g) {
-            const __m256i t = _mm256_add_epi16(
-                _mm256_maddubs_epi16(x0, _mm256_loadu_si256((const __m256i *)(qq[g] + j))),
-                _mm256_maddubs_epi16(x1, _mm256_loadu_si256((const __m256i *)(qq[g] + j + 32))));
+            const __m256i t =
+                _mm256_maddubs_epi16(x0, _mm256_loadu_si256((const __m256i *)(qq[g] + j)));
             acc[g] = acc_add_epi32(acc[g], _mm256_madd_epi16(t, ones));
         }
     }
@@ -637,20 +655,20 @@ VFS_INLINE VFS_AVX2 void dotq6_avx2_G(const void *x_, const group_t *grp, int C,
     for (int g = 0; g < G; ++g) out[g] = f * (double)(sgn ? t[g] - grp->corr[g] : t[g]);
 }
 
-VFS_INLINE VFS_AVX2 void dot_u8q6_avx2(const void *x, const group_t *grp, int G, int C,
+VFS_INLINE VFS_AVX2 void dot_u8q7_avx2(const void *x, const group_t *grp, int G, int C,
                                        double f, double *out) {
-#define CALL(g) dotq6_avx2_G(x, grp, C, f, out, g, 0)
+#define CALL(g) dotq7_avx2_G(x, grp, C, f, out, g, 0)
     VFS_SWITCH_G(CALL)
 #undef CALL
 }
-VFS_INLINE VFS_AVX2 void dot_i8q6_avx2(const void *x, const group_t *grp, int G, int C,
+VFS_INLINE VFS_AVX2 void dot_i8q7_avx2(const void *x, const group_t *grp, int G, int C,
                                        double f, double *out) {
-#define CALL(g) dotq6_avx2_G(x, grp, C, f, out, g, 1)
+#define CALL(g) dotq7_avx2_G(x, grp, C, f, out, g, 1)
     VFS_SWITCH_G(CALL)
 #undef CALL
 }
-static VFS_AVX2 void scan_u8q6_avx2(const scan_t *s) { scan_driver(s, dot_u8q6_avx2, NULL); }
-static VFS_AVX2 void scan_i8q6_avx2(const scan_t *s) { scan_driver(s, dot_i8q6_avx2, NULL); }
+static VFS_AVX2 void scan_u8q7_avx2(const scan_t *s) { scan_driver(s, dot_u8q7_avx2, NULL); }
+static VFS_AVX2 void scan_i8q7_avx2(const scan_t *s) { scan_driver(s, dot_i8q7_avx2, NULL); }
 
 /* ------------------------------------------------------------------------ */
 /* AVX-512 (VNNI)                                                            */
@@ -691,13 +709,19 @@ VFS_INLINE VFS_AVX512 void dot8_avx512_G(const void *x_, const void *const *q, i
  * vpdpbusd (u8 x s8 products summed in groups of 4 into int32, exact).
  * Signed x is flipped to unsigned (x ^ 0x80 = x + 128) and 128 * sum(q) is
  * subtracted afterwards (corr); padded query bytes are 0, so the masked tail
- * contributes nothing either way. 256-bit vectors: on cores that split 512-bit
- * operations in two (Zen 4) they move as many bytes per cycle and their
- * reductions are cheaper (measured 10-15% faster per image than 512-bit).
+ * contributes nothing either way. 512-bit vectors: where 512-bit operations run
+ * at full width (measured here: a 512-bit vpdpbusd costs 1.1x a 256-bit one) they
+ * move 1.75x the bytes per instruction; where they are split in two (Zen 4) they
+ * move as many bytes as 256-bit ones and cost one more add per reduction.
  *
  * acc += x . q in place (GCC otherwise copies the accumulator around the
  * destructive instruction, or reloads q for every use). */
 VFS_INLINE VFS_AVX512 __m256i dpbusd_acc256(__m256i acc, __m256i x, __m256i q) {
+    __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(x), "v"(q));
+    return acc;
+}
+
+VFS_INLINE VFS_AVX512 __m512i dpbusd_acc512(__m512i acc, __m512i x, __m512i q) {
     __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(x), "v"(q));
     return acc;
 }
@@ -710,40 +734,44 @@ VFS_INLINE VFS_AVX512 __m128i quad_sum256(__m256i a, __m256i b, __m256i c, __m25
     return _mm_add_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256(t, 1));
 }
 
-/* NI images (1 or 2) at once: each 32-byte query chunk is loaded once for all of them */
-VFS_INLINE VFS_AVX512 void dotq8_vnni256_NG(const uint8_t *const *x, const group_t *grp, int C,
-                                            const double *f, double *const *out, const int NI,
-                                            const int G, const int sgn) {
-    __m256i acc[2][GMAX];
+/* NI images (1 or 2) at once: each 64-byte query chunk is loaded once for all of them */
+VFS_INLINE VFS_AVX512 void dotq8_vnni_NG(const uint8_t *const *x, const group_t *grp, int C,
+                                         const double *f, double *const *out, const int NI,
+                                         const int G, const int sgn) {
+    __m512i acc[2][GMAX];
     const int8_t *qq[GMAX];
-    const __m256i flip = _mm256_set1_epi8((char)0x80);
+    const __m512i flip = _mm512_set1_epi8((char)0x80);
 #pragma GCC unroll 2
     for (int u = 0; u < NI; ++u)
 #pragma GCC unroll 12
-        for (int g = 0; g < G; ++g) acc[u][g] = _mm256_setzero_si256();
+        for (int g = 0; g < G; ++g) acc[u][g] = _mm512_setzero_si512();
 #pragma GCC unroll 12
     for (int g = 0; g < G; ++g) qq[g] = (const int8_t *)grp->q[g];
-    for (int j = 0; j < C; j += 32) {
+    for (int j = 0; j < C; j += 64) {
         /* the last block is a masked load: no read past the cell (query bytes there are 0) */
-        const __mmask32 m = j + 32 <= C ? (__mmask32)0xffffffffu : (__mmask32)((1ull << (C - j)) - 1ull);
-        __m256i xv[2];
+        const __mmask64 m = j + 64 <= C ? ~(__mmask64)0 : (((__mmask64)1 << (C - j)) - 1);
+        __m512i xv[2];
 #pragma GCC unroll 2
         for (int u = 0; u < NI; ++u) {
-            xv[u] = _mm256_maskz_loadu_epi8(m, (const void *)(x[u] + j));
-            if (sgn) xv[u] = _mm256_xor_si256(xv[u], flip);
+            xv[u] = _mm512_maskz_loadu_epi8(m, (const void *)(x[u] + j));
+            if (sgn) xv[u] = _mm512_xor_si512(xv[u], flip);
         }
 #pragma GCC unroll 12
         for (int g = 0; g < G; ++g) {
-            const __m256i qv = _mm256_loadu_si256((const __m256i *)(qq[g] + j));
+            const __m512i qv = _mm512_loadu_si512((const void *)(qq[g] + j));
 #pragma GCC unroll 2
-            for (int u = 0; u < NI; ++u) acc[u][g] = dpbusd_acc256(acc[u][g], xv[u], qv);
+            for (int u = 0; u < NI; ++u) acc[u][g] = dpbusd_acc512(acc[u][g], xv[u], qv);
         }
     }
     const __m256i z = _mm256_setzero_si256();
 #pragma GCC unroll 2
     for (int u = 0; u < NI; ++u) {
         const __m256d fv = _mm256_set1_pd(f[u]);
-#define ACC(g) ((g) < G ? acc[u][(g)] : z)
+        __m256i h[GMAX];
+#pragma GCC unroll 12
+        for (int g = 0; g < G; ++g)
+            h[g] = _mm256_add_epi32(_mm512_castsi512_si256(acc[u][g]), _mm512_extracti64x4_epi64(acc[u][g], 1));
+#define ACC(g) ((g) < G ? h[(g)] : z)
 #pragma GCC unroll 3
         for (int g = 0; g < G; g += 4) {
             __m128i t = quad_sum256(ACC(g), ACC(g + 1), ACC(g + 2), ACC(g + 3));
@@ -824,7 +852,7 @@ static VFS_AVX512 void scan_f32_avx512(const scan_t *s) { scan_driver(s, dot_f32
 VFS_INLINE VFS_AVX512 void dotq8_switch(const uint8_t *const *xs, const group_t *grp, int G, int C,
                                         const double *fs, double *const *os, const int NI,
                                         const int sgn) {
-#define CALL(g) dotq8_vnni256_NG(xs, grp, C, fs, os, NI, g, sgn)
+#define CALL(g) dotq8_vnni_NG(xs, grp, C, fs, os, NI, g, sgn)
     VFS_SWITCH_G(CALL)
 #undef CALL
 }
@@ -849,6 +877,717 @@ VFS_INLINE VFS_AVX512 void dotq8_switch(const uint8_t *const *xs, const group_t 
 VFS_Q8_ENTRY(u8, 0)
 VFS_Q8_ENTRY(i8, 1)
 
+/* ------------------------------------------------------------------------ */
+/* 8-bit features, offsets in lanes                                          */
+/* ------------------------------------------------------------------------ */
+/*
+ * num at VL consecutive grid positions p .. p+VL-1 (offset (a, b) at p = a*W + b) for query
+ * cell k reads the cells p + off_k .. p + off_k + VL-1 (off_k = dy_k*W + dx_k): one unaligned
+ * load from a transposed copy of the image, T[g][p] = the 4 bytes of channels 4g..4g+3 of cell
+ * p, dotted with the query's 4 bytes of group g broadcast to every lane (AVX-512 vpdpbusd, 16
+ * lanes; AVX2 vpmaddubsw + vpmaddwd, 8 lanes). No horizontal sums: each lane is one offset;
+ * positions with b >= OW (or p >= L) are computed and ignored. Per image, as many channel
+ * blocks of 64 bytes (16 groups) as fit in CIL_TBYTES are transposed into T (16 x 16 / 8 x 8
+ * dword transposes), and every block of position vectors accumulates, for each k, its int32
+ * dots over those groups (partial sums carry to the next chunk of groups in accm).
+ *
+ * Signed features are flipped to unsigned while transposing (x ^ 0x80 = x + 128; 128 * sum(q)
+ * is subtracted per k). The fine (int16) query is split into q = 128 hi + lo with int8 hi, lo
+ * (|.| <= 64: no vpmaddubsw saturation), two dots per load. Reads: whole cells through masked
+ * loads (AVX-512) or dword masked loads (AVX2; the array's last image goes through the padded
+ * copy ovr when C % 4 != 0), so nothing outside the features is read.
+ *
+ * Per position, num = sum_k wq_k * (scale(cell) * dot), den and qe are summed in float32 in k
+ * order (16 / 8 lanes), and the epilogue runs in float32. Rounding: the int dot converts with
+ * relative error <= u = 2^-24 (exact below 2^24); each of the K terms gets <= 3u more and the
+ * running sum (K - 1)u, so |num - num~| <= (K + 3)u sum_k |t_k| <= (K + 3)u (1 + eps_q) |q||x|
+ * by Cauchy-Schwarz (|t_k| <= m_k^2 |q^_k| |x_k|); den (positive terms) and qe have relative
+ * error <= K u, so sqrt(den) <= (K/2 + 1)u, the division, the 1/qnorm product and the final
+ * rounding to float 3u more: |score - exact dequantised score| <= (3K + 8)u on top of what the
+ * double kernels have; CIL_SLACK(K) adds it to every bound.
+ */
+#define CIL_NB512 10 /* position vectors per block: 10 int32 + 10 float accumulators */
+#define CIL_NB512F 7 /* fine: 14 int32 + 7 float */
+#define CIL_NB2 4    /* AVX2: 4 int32 + 4 float accumulators (+ query, ones, temps) */
+#define CIL_NB2F 3
+#define CIL_TBYTES (32 << 10) /* transposed groups held at once (L1) */
+#define CIL_SLACK(K) (VFS_SLACK + (3.0 * (K) + 8.0) * 5.9604644775390625e-8)
+
+VFS_INLINE VFS_AVX512 void transpose16_epi32(__m512i *r) {
+    __m512i a[16], b[16];
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; ++i) {
+        a[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+        a[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; ++i) {
+        b[4 * i + 0] = _mm512_unpacklo_epi64(a[4 * i], a[4 * i + 2]);
+        b[4 * i + 1] = _mm512_unpackhi_epi64(a[4 * i], a[4 * i + 2]);
+        b[4 * i + 2] = _mm512_unpacklo_epi64(a[4 * i + 1], a[4 * i + 3]);
+        b[4 * i + 3] = _mm512_unpackhi_epi64(a[4 * i + 1], a[4 * i + 3]);
+    }
+    /* b[4i + j], 128-bit lane L = column 4L + j of rows 4i..4i+3 */
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; ++j) {
+        const __m512i c0 = _mm512_shuffle_i32x4(b[j], b[4 + j], 0x44);
+        const __m512i c1 = _mm512_shuffle_i32x4(b[j], b[4 + j], 0xEE);
+        const __m512i c2 = _mm512_shuffle_i32x4(b[8 + j], b[12 + j], 0x44);
+        const __m512i c3 = _mm512_shuffle_i32x4(b[8 + j], b[12 + j], 0xEE);
+        r[j] = _mm512_shuffle_i32x4(c0, c2, 0x88);
+        r[4 + j] = _mm512_shuffle_i32x4(c0, c2, 0xDD);
+        r[8 + j] = _mm512_shuffle_i32x4(c1, c3, 0x88);
+        r[12 + j] = _mm512_shuffle_i32x4(c1, c3, 0xDD);
+    }
+}
+
+/* channel block cb (bytes 64 cb .. +63) of image x into T: T[g * HWs + p] = bytes
+ * 64 cb + 4 (g - g0) .. +3 of cell p, for the block's groups g0 <= g < g0 + ng */
+VFS_INLINE VFS_AVX512 void cil_transpose512(const uint8_t *x, int HW, int C, int cb, int HWs,
+                                            const int sgn, int32_t *T, const uint8_t *pf) {
+    const int j0 = cb * 64;
+    const int nb = C - j0 < 64 ? C - j0 : 64;
+    const __mmask64 m = nb == 64 ? ~(__mmask64)0 : (((__mmask64)1 << nb) - 1);
+    const int ng = (nb + 3) / 4;
+    const __m512i flip = _mm512_set1_epi8((char)0x80);
+    for (int p0 = 0; p0 < HW; p0 += 16) {
+        __m512i r[16];
+        const int nc = HW - p0 < 16 ? HW - p0 : 16;
+#pragma GCC unroll 16
+        for (int i = 0; i < 16; ++i) {
+            if (i < nc) {
+                const int64_t o = (int64_t)(p0 + i) * C + j0;
+                r[i] = _mm512_maskz_loadu_epi8(m, (const void *)(x + o));
+                if (sgn) r[i] = _mm512_xor_si512(r[i], flip);
+                if (pf) __builtin_prefetch(pf + o, 0, 2);
+            } else {
+                r[i] = _mm512_setzero_si512();
+            }
+        }
+        transpose16_epi32(r);
+        for (int g = 0; g < ng; ++g) _mm512_store_si512((void *)(T + g * HWs + p0), r[g]);
+    }
+}
+
+/* One block of NB position vectors (positions 16 v0 ..): for every k, the int32 dots over the
+ * ngc transposed groups in T (query groups gq0 ..); partial sums in accm unless this chunk of
+ * groups is the first / last; at the last chunk, folded into num (float, k order):
+ * num += wq_k * (scale(cell) * dot). */
+VFS_INLINE VFS_AVX512 void cil_block512(const scan_t *s, const int32_t *T, int ngc, int gq0,
+                                        int v0, const int NB, const int fine, const int sgn,
+                                        const int first, const int last) {
+    const int K = s->K, HWs = s->HWs, NV = s->NV;
+    __m512 nacc[CIL_NB512];
+#pragma GCC unroll 10
+    for (int j = 0; j < NB; ++j) nacc[j] = _mm512_setzero_ps();
+    for (int k = 0; k < K; ++k) {
+        __m512i A[CIL_NB512], B[CIL_NB512F];
+        int32_t *am = s->accm + ((int64_t)k * NV + v0) * 16 * (fine ? 2 : 1);
+#pragma GCC unroll 10
+        for (int j = 0; j < NB; ++j) {
+            A[j] = first ? _mm512_setzero_si512() : _mm512_loadu_si512((const void *)(am + 16 * j));
+            if (fine)
+                B[j] = first ? _mm512_setzero_si512() : _mm512_loadu_si512((const void *)(am + 16 * (NB + j)));
+        }
+        const int32_t *q = s->q4 + (int64_t)k * s->QW + gq0;
+        const int32_t *ql = fine ? s->q4lo + (int64_t)k * s->QW + gq0 : q;
+        const int off = s->offk[k];
+        const int32_t *t = T + 16 * v0 + off;
+        for (int g = 0; g < ngc; ++g, t += HWs) {
+            const __m512i qv = _mm512_set1_epi32(q[g]);
+            if (fine) {
+                const __m512i qw = _mm512_set1_epi32(ql[g]);
+#pragma GCC unroll 10
+                for (int j = 0; j < NB; ++j) {
+                    const __m512i xv = _mm512_loadu_si512((const void *)(t + 16 * j));
+                    A[j] = dpbusd_acc512(A[j], xv, qv);
+                    B[j] = dpbusd_acc512(B[j], xv, qw);
+                }
+            } else {
+#pragma GCC unroll 10
+                for (int j = 0; j < NB; ++j)
+                    A[j] = dpbusd_acc512(A[j], _mm512_loadu_si512((const void *)(t + 16 * j)), qv);
+            }
+        }
+        if (!last) {
+#pragma GCC unroll 10
+            for (int j = 0; j < NB; ++j) {
+                _mm512_storeu_si512((void *)(am + 16 * j), A[j]);
+                if (fine) _mm512_storeu_si512((void *)(am + 16 * (NB + j)), B[j]);
+            }
+            continue;
+        }
+        const __m512i ch = _mm512_set1_epi32(sgn ? s->corr[k] : 0);
+        const __m512i cl = _mm512_set1_epi32(sgn && fine ? s->corr[K + k] : 0);
+        const __m512 w = _mm512_set1_ps((float)s->wq[k]);
+        const float *sd = s->sdf + 16 * v0 + off;
+#pragma GCC unroll 10
+        for (int j = 0; j < NB; ++j) {
+            __m512 d = _mm512_cvtepi32_ps(_mm512_sub_epi32(A[j], ch));
+            if (fine)
+                d = _mm512_fmadd_ps(_mm512_set1_ps(128.0f), d,
+                                    _mm512_cvtepi32_ps(_mm512_sub_epi32(B[j], cl)));
+            nacc[j] = _mm512_fmadd_ps(w, _mm512_mul_ps(_mm512_loadu_ps(sd + 16 * j), d), nacc[j]);
+        }
+    }
+    if (last) {
+        float *num = s->numf + 16 * v0;
+#pragma GCC unroll 10
+        for (int j = 0; j < NB; ++j) _mm512_storeu_ps(num + 16 * j, nacc[j]);
+    }
+}
+
+#define VFS_SWITCH_NB(CALL)                                                                 \
+    switch (nb) {                                                                           \
+    case 1: CALL(1); break;                                                                 \
+    case 2: CALL(2); break;                                                                 \
+    case 3: CALL(3); break;                                                                 \
+    case 4: CALL(4); break;                                                                 \
+    case 5: CALL(5); break;                                                                 \
+    case 6: CALL(6); break;                                                                 \
+    case 7: CALL(7); break;                                                                 \
+    case 8: CALL(8); break;                                                                 \
+    case 9: CALL(9); break;                                                                 \
+    default: CALL(10); break;                                                               \
+    }
+
+VFS_INLINE VFS_AVX512 void cil_block512_n(const scan_t *s, const int32_t *T, int ngc, int gq0,
+                                          int v0, int nb, const int fine, const int sgn,
+                                          const int first, const int last) {
+    if (fine) {
+#define CALL(v) cil_block512(s, T, ngc, gq0, v0, (v) > CIL_NB512F ? CIL_NB512F : (v), 1, sgn, first, last)
+        VFS_SWITCH_NB(CALL)
+#undef CALL
+    } else {
+#define CALL(v) cil_block512(s, T, ngc, gq0, v0, (v), 0, sgn, first, last)
+        VFS_SWITCH_NB(CALL)
+#undef CALL
+    }
+}
+
+/* den / qe per position in float, k order (positions 0 .. NV*VL - 1; past L unused) */
+VFS_INLINE void cil_den(const scan_t *s, int64_t r, int npos) {
+    const int HW = s->H * s->W, K = s->K;
+    float *restrict den = s->denf, *restrict qe = s->qef;
+    const float *restrict sn = s->sqnorm + r * HW;
+    const float *restrict qr = s->qerr2 ? s->qerr2 + r * HW : NULL;
+    const int L = (s->H - s->h) * s->W + (s->W - s->w + 1);
+    (void)npos;
+    for (int p = 0; p < L; ++p) den[p] = qe[p] = 0.0f;
+    for (int k = 0; k < K; ++k) {
+        const float mk = (float)s->wm[k];
+        const int off = s->offk[k];
+        const float *restrict sr = sn + off;
+        for (int p = 0; p < L; ++p) den[p] += mk * sr[p];
+        if (qr) {
+            const float *restrict er = qr + off;
+            for (int p = 0; p < L; ++p) qe[p] += mk * er[p];
+        }
+    }
+}
+
+/* bounds and outputs from the best score, the max of score + f, and f at the argmax */
+static inline void cil_outputs(const scan_t *s, int64_t i, float bst, float Us, float fbp,
+                               int bp) {
+    const int W = s->W, OW = s->W - s->w + 1;
+    const double slack = CIL_SLACK(s->K);
+    double up, lo;
+    if (!s->qerr2) {
+        up = (double)bst + s->eps_q + slack;
+        lo = (double)bst - (s->eps_q + slack);
+    } else {
+        if (!(Us > -INFINITY)) Us = bst + (float)VFS_PI;
+        up = (double)Us + s->eps_q + slack;
+        lo = (double)bst - (s->eps_q + (double)fbp + slack);
+    }
+    s->out_score[i] = bst;
+    s->out_offset[i] = (bp / W) * OW + bp % W;
+    s->out_upper[i] = (float)up;
+    s->out_lower[i] = (float)lo;
+}
+
+VFS_INLINE VFS_AVX512 __m512 angle_bound512(__m512 d) {
+    const __m512 v = _mm512_mul_ps(d, _mm512_fmadd_ps(_mm512_set1_ps((float)ANGLE_C), _mm512_mul_ps(d, d), _mm512_set1_ps(1.0f)));
+    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(d, _mm512_set1_ps(0.5f), _CMP_LT_OQ), _mm512_set1_ps((float)VFS_PI), v);
+}
+
+/* the epilogue, 16 positions at a time: what finish_image computes (in float) */
+static VFS_AVX512 void finish_cil512(const scan_t *s, int64_t i) {
+    const int L = (s->H - s->h) * s->W + (s->W - s->w + 1);
+    const int bounds = s->qerr2 != NULL;
+    float *sc = s->numf, *fb = s->qef; /* scores and f, written over num / qe once read */
+    const float *den = s->denf;
+    const __m512 iq = _mm512_set1_ps(s->qnorm > 0.0 ? (float)(1.0 / s->qnorm) : 0.0f);
+    const __m512 one = _mm512_set1_ps(1.0f), zero = _mm512_setzero_ps();
+    const __m512 pi = _mm512_set1_ps((float)VFS_PI);
+    __m512 best = _mm512_set1_ps(-INFINITY), U = best;
+    for (int p = 0; p < L; p += 16) {
+        const __mmask16 valid = (__mmask16)(s->vmask[p >> 3] | (s->vmask[(p >> 3) + 1] << 8));
+        const __m512 d = _mm512_loadu_ps(den + p);
+        const __mmask16 ok = _mm512_cmp_ps_mask(d, zero, _CMP_GT_OQ);
+        const __m512 inv = _mm512_div_ps(one, _mm512_sqrt_ps(_mm512_mask_blend_ps(ok, one, d)));
+        const __m512 r = _mm512_maskz_mul_ps(ok, _mm512_mul_ps(_mm512_loadu_ps(sc + p), inv), iq);
+        __m512 f = zero;
+        if (bounds) {
+            const __m512 e = _mm512_loadu_ps(fb + p);
+            const __mmask16 pos = _mm512_cmp_ps_mask(e, zero, _CMP_GT_OQ);
+            const __m512 fv = angle_bound512(_mm512_mul_ps(_mm512_sqrt_ps(_mm512_max_ps(e, zero)), inv));
+            f = _mm512_maskz_mov_ps(pos, _mm512_mask_blend_ps(ok, pi, fv));
+        }
+        best = _mm512_mask_max_ps(best, valid, best, r);
+        U = _mm512_mask_max_ps(U, valid, U, _mm512_add_ps(r, f));
+        _mm512_storeu_ps(sc + p, r);
+        _mm512_storeu_ps(fb + p, f);
+    }
+    float bst = _mm512_reduce_max_ps(best), Us = _mm512_reduce_max_ps(U);
+    int bp = 0;
+    if (bst > -INFINITY) {
+        const __m512 bv = _mm512_set1_ps(bst);
+        for (int p = 0; p < L; p += 16) {
+            const __mmask16 valid = (__mmask16)(s->vmask[p >> 3] | (s->vmask[(p >> 3) + 1] << 8));
+            const __mmask16 hit = _mm512_cmp_ps_mask(_mm512_loadu_ps(sc + p), bv, _CMP_EQ_OQ) & valid;
+            if (hit) {
+                bp = p + __builtin_ctz((unsigned)hit);
+                break;
+            }
+        }
+    } else {
+        bst = sc[0]; /* NaN guard */
+    }
+    cil_outputs(s, i, bst, Us, fb[bp], bp);
+}
+
+/* the position blocks: NV vectors split into near-equal blocks of at most nbmax */
+static inline int cil_nblocks(int NV, int nbmax) { return (NV + nbmax - 1) / nbmax; }
+
+/* the image's per-cell scales as float, zero past the image (shifted reads go up to H*W + 15) */
+VFS_INLINE void cil_scales(const scan_t *s, int64_t r) {
+    const int HW = s->H * s->W;
+    memcpy(s->sdf, s->scale + r * HW, sizeof(float) * (size_t)HW);
+}
+
+static VFS_AVX512 void scan_cil_avx512(const scan_t *s, const int sgn, const int fine) {
+    const int HW = s->H * s->W, C = s->C, NV = s->NV, HWs = s->HWs, G4 = s->G4, GT = s->GT;
+    const int nblk = cil_nblocks(NV, fine ? CIL_NB512F : CIL_NB512);
+    const int64_t img_bytes = (int64_t)HW * C;
+    for (int64_t i = 0; i < s->n; ++i) {
+        const int64_t r = row_of(s, i);
+        const uint8_t *x = s->feats + r * img_bytes;
+        const uint8_t *pf = NULL; /* the next image's bytes, prefetched while transposing */
+        if (i + 1 < s->n) pf = s->feats + row_of(s, i + 1) * img_bytes;
+        cil_scales(s, r);
+        for (int g0 = 0; g0 < G4; g0 += GT) {
+            const int ngc = G4 - g0 < GT ? G4 - g0 : GT;
+            for (int cb = g0 / 16; cb * 16 < g0 + ngc; ++cb)
+                cil_transpose512(x, HW, C, cb, HWs, sgn, s->T + (cb * 16 - g0) * HWs, pf);
+            for (int b = 0, v0 = 0; b < nblk; ++b) {
+                const int nb = (NV * (b + 1)) / nblk - (NV * b) / nblk;
+                cil_block512_n(s, s->T, ngc, g0, v0, nb, fine, sgn, g0 == 0, g0 + GT >= G4);
+                v0 += nb;
+            }
+        }
+        cil_den(s, r, 16 * NV);
+        finish_cil512(s, i);
+    }
+}
+
+/* --- AVX2: 8 lanes ------------------------------------------------------- */
+
+VFS_INLINE VFS_AVX2 void transpose8_epi32(__m256i *r) {
+    __m256i t[8], u[8];
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; ++i) {
+        t[2 * i] = _mm256_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm256_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+    }
+#pragma GCC unroll 2
+    for (int i = 0; i < 2; ++i) {
+        u[4 * i + 0] = _mm256_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+        u[4 * i + 1] = _mm256_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+        u[4 * i + 2] = _mm256_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+        u[4 * i + 3] = _mm256_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+    }
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; ++j) {
+        r[j] = _mm256_permute2x128_si256(u[j], u[4 + j], 0x20);
+        r[4 + j] = _mm256_permute2x128_si256(u[j], u[4 + j], 0x31);
+    }
+}
+
+/* as cil_transpose512, 8 cells x 32 bytes at a time; dword-granular masked loads (a cell's last
+ * partial dword reads up to 3 bytes of the next cell, or of the padded copy ovr) */
+VFS_INLINE VFS_AVX2 void cil_transpose2(const uint8_t *x, int HW, int C, int cb, int HWs,
+                                        const int sgn, int32_t *T, const uint8_t *pf) {
+    const __m256i flip = _mm256_set1_epi8((char)0x80);
+    for (int h = 0; h < 2; ++h) {
+        const int j0 = cb * 64 + 32 * h;
+        if (j0 >= C) break;
+        const int nw = C - j0 >= 32 ? 8 : (C - j0 + 3) / 4; /* dwords of this half */
+        const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(nw), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        for (int p0 = 0; p0 < HW; p0 += 8) {
+            __m256i r[8];
+            const int nc = HW - p0 < 8 ? HW - p0 : 8;
+#pragma GCC unroll 8
+            for (int i = 0; i < 8; ++i) {
+                if (i < nc) {
+                    const int64_t o = (int64_t)(p0 + i) * C + j0;
+                    r[i] = nw == 8 ? _mm256_loadu_si256((const __m256i *)(x + o))
+                                   : _mm256_maskload_epi32((const int *)(x + o), m);
+                    if (sgn) r[i] = _mm256_xor_si256(r[i], flip);
+                    if (pf) __builtin_prefetch(pf + o, 0, 2);
+                } else {
+                    r[i] = _mm256_setzero_si256();
+                }
+            }
+            transpose8_epi32(r);
+            for (int g = 0; g < nw; ++g) _mm256_store_si256((__m256i *)(T + (8 * h + g) * HWs + p0), r[g]);
+        }
+    }
+}
+
+VFS_INLINE VFS_AVX2 void cil_block2(const scan_t *s, const int32_t *T, int ngc, int gq0,
+                                    int v0, const int NB, const int fine, const int sgn,
+                                    const int first, const int last) {
+    const int K = s->K, HWs = s->HWs, NV = s->NV;
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 nacc[CIL_NB2];
+#pragma GCC unroll 4
+    for (int j = 0; j < NB; ++j) nacc[j] = _mm256_setzero_ps();
+    for (int k = 0; k < K; ++k) {
+        __m256i A[CIL_NB2], B[CIL_NB2F];
+        int32_t *am = s->accm + ((int64_t)k * NV + v0) * 8 * (fine ? 2 : 1);
+#pragma GCC unroll 4
+        for (int j = 0; j < NB; ++j) {
+            A[j] = first ? _mm256_setzero_si256() : _mm256_loadu_si256((const __m256i *)(am + 8 * j));
+            if (fine)
+                B[j] = first ? _mm256_setzero_si256() : _mm256_loadu_si256((const __m256i *)(am + 8 * (NB + j)));
+        }
+        const int32_t *q = s->q4 + (int64_t)k * s->QW + gq0;
+        const int32_t *ql = fine ? s->q4lo + (int64_t)k * s->QW + gq0 : q;
+        const int off = s->offk[k];
+        const int32_t *t = T + 8 * v0 + off;
+        for (int g = 0; g < ngc; ++g, t += HWs) {
+            const __m256i qv = _mm256_set1_epi32(q[g]);
+            if (fine) {
+                const __m256i qw = _mm256_set1_epi32(ql[g]);
+#pragma GCC unroll 4
+                for (int j = 0; j < NB; ++j) {
+                    const __m256i xv = _mm256_loadu_si256((const __m256i *)(t + 8 * j));
+                    A[j] = acc_add_epi32(A[j], _mm256_madd_epi16(_mm256_maddubs_epi16(xv, qv), ones));
+                    B[j] = acc_add_epi32(B[j], _mm256_madd_epi16(_mm256_maddubs_epi16(xv, qw), ones));
+                }
+            } else {
+#pragma GCC unroll 4
+                for (int j = 0; j < NB; ++j) {
+                    const __m256i xv = _mm256_loadu_si256((const __m256i *)(t + 8 * j));
+                    A[j] = acc_add_epi32(A[j], _mm256_madd_epi16(_mm256_maddubs_epi16(xv, qv), ones));
+                }
+            }
+        }
+        if (!last) {
+#pragma GCC unroll 4
+            for (int j = 0; j < NB; ++j) {
+                _mm256_storeu_si256((__m256i *)(am + 8 * j), A[j]);
+                if (fine) _mm256_storeu_si256((__m256i *)(am + 8 * (NB + j)), B[j]);
+            }
+            continue;
+        }
+        const __m256i ch = _mm256_set1_epi32(sgn ? s->corr[k] : 0);
+        const __m256i cl = _mm256_set1_epi32(sgn && fine ? s->corr[K + k] : 0);
+        const __m256 w = _mm256_set1_ps((float)s->wq[k]);
+        const float *sd = s->sdf + 8 * v0 + off;
+#pragma GCC unroll 4
+        for (int j = 0; j < NB; ++j) {
+            __m256 d = _mm256_cvtepi32_ps(_mm256_sub_epi32(A[j], ch));
+            if (fine)
+                d = _mm256_fmadd_ps(_mm256_set1_ps(128.0f), d,
+                                    _mm256_cvtepi32_ps(_mm256_sub_epi32(B[j], cl)));
+            nacc[j] = _mm256_fmadd_ps(w, _mm256_mul_ps(_mm256_loadu_ps(sd + 8 * j), d), nacc[j]);
+        }
+    }
+    if (last) {
+        float *num = s->numf + 8 * v0;
+#pragma GCC unroll 4
+        for (int j = 0; j < NB; ++j) _mm256_storeu_ps(num + 8 * j, nacc[j]);
+    }
+}
+
+VFS_INLINE VFS_AVX2 void cil_block2_n(const scan_t *s, const int32_t *T, int ngc, int gq0,
+                                      int v0, int nb, const int fine, const int sgn,
+                                      const int first, const int last) {
+    if (fine) {
+        if (nb <= 1) cil_block2(s, T, ngc, gq0, v0, 1, 1, sgn, first, last);
+        else if (nb == 2) cil_block2(s, T, ngc, gq0, v0, 2, 1, sgn, first, last);
+        else cil_block2(s, T, ngc, gq0, v0, CIL_NB2F, 1, sgn, first, last);
+    } else {
+        if (nb <= 1) cil_block2(s, T, ngc, gq0, v0, 1, 0, sgn, first, last);
+        else if (nb == 2) cil_block2(s, T, ngc, gq0, v0, 2, 0, sgn, first, last);
+        else if (nb == 3) cil_block2(s, T, ngc, gq0, v0, 3, 0, sgn, first, last);
+        else cil_block2(s, T, ngc, gq0, v0, CIL_NB2, 0, sgn, first, last);
+    }
+}
+
+VFS_INLINE VFS_AVX2 __m256 angle_bound2(__m256 d) {
+    const __m256 v = _mm256_mul_ps(d, _mm256_fmadd_ps(_mm256_set1_ps((float)ANGLE_C), _mm256_mul_ps(d, d), _mm256_set1_ps(1.0f)));
+    return _mm256_blendv_ps(_mm256_set1_ps((float)VFS_PI), v, _mm256_cmp_ps(d, _mm256_set1_ps(0.5f), _CMP_LT_OQ));
+}
+
+/* finish_cil512 with 8 lanes */
+static VFS_AVX2 void finish_cil2(const scan_t *s, int64_t i) {
+    const int L = (s->H - s->h) * s->W + (s->W - s->w + 1);
+    const int bounds = s->qerr2 != NULL;
+    float *sc = s->numf, *fb = s->qef;
+    const float *den = s->denf;
+    const __m256 iq = _mm256_set1_ps(s->qnorm > 0.0 ? (float)(1.0 / s->qnorm) : 0.0f);
+    const __m256 one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
+    const __m256 pi = _mm256_set1_ps((float)VFS_PI);
+    const __m256i bits = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+    __m256 best = _mm256_set1_ps(-INFINITY), U = best;
+    for (int p = 0; p < L; p += 8) {
+        const __m256 valid = _mm256_castsi256_ps(_mm256_cmpgt_epi32(
+            _mm256_and_si256(_mm256_set1_epi32(s->vmask[p >> 3]), bits), _mm256_setzero_si256()));
+        const __m256 d = _mm256_loadu_ps(den + p);
+        const __m256 ok = _mm256_cmp_ps(d, zero, _CMP_GT_OQ);
+        const __m256 inv = _mm256_div_ps(one, _mm256_sqrt_ps(_mm256_blendv_ps(one, d, ok)));
+        const __m256 r = _mm256_and_ps(ok, _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(sc + p), inv), iq));
+        __m256 f = zero;
+        if (bounds) {
+            const __m256 e = _mm256_loadu_ps(fb + p);
+            const __m256 pos = _mm256_cmp_ps(e, zero, _CMP_GT_OQ);
+            const __m256 fv = angle_bound2(_mm256_mul_ps(_mm256_sqrt_ps(_mm256_max_ps(e, zero)), inv));
+            f = _mm256_and_ps(pos, _mm256_blendv_ps(pi, fv, ok));
+        }
+        best = _mm256_blendv_ps(best, _mm256_max_ps(best, r), valid);
+        U = _mm256_blendv_ps(U, _mm256_max_ps(U, _mm256_add_ps(r, f)), valid);
+        _mm256_storeu_ps(sc + p, r);
+        _mm256_storeu_ps(fb + p, f);
+    }
+    float bv[8], uv[8];
+    _mm256_storeu_ps(bv, best);
+    _mm256_storeu_ps(uv, U);
+    float bst = bv[0], Us = uv[0];
+    for (int t = 1; t < 8; ++t) {
+        bst = bv[t] > bst ? bv[t] : bst;
+        Us = uv[t] > Us ? uv[t] : Us;
+    }
+    int bp = 0;
+    if (bst > -INFINITY) {
+        const __m256 bb = _mm256_set1_ps(bst);
+        for (int p = 0; p < L; p += 8) {
+            const int hit = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(sc + p), bb, _CMP_EQ_OQ)) & s->vmask[p >> 3];
+            if (hit) {
+                bp = p + __builtin_ctz((unsigned)hit);
+                break;
+            }
+        }
+    } else {
+        bst = sc[0]; /* NaN guard */
+    }
+    cil_outputs(s, i, bst, Us, fb[bp], bp);
+}
+
+static VFS_AVX2 void scan_cil_avx2(const scan_t *s, const int sgn, const int fine) {
+    const int HW = s->H * s->W, C = s->C, NV = s->NV, HWs = s->HWs, G4 = s->G4, GT = s->GT;
+    const int nblk = cil_nblocks(NV, fine ? CIL_NB2F : CIL_NB2);
+    const int64_t img_bytes = (int64_t)HW * C;
+    for (int64_t i = 0; i < s->n; ++i) {
+        const int64_t r = row_of(s, i);
+        const uint8_t *x = s->feats + r * img_bytes;
+        if (s->ovr && r == s->nrows - 1) {
+            memcpy(s->ovr, x, (size_t)img_bytes);
+            x = s->ovr;
+        }
+        const uint8_t *pf = NULL;
+        if (i + 1 < s->n) pf = s->feats + row_of(s, i + 1) * img_bytes;
+        cil_scales(s, r);
+        for (int g0 = 0; g0 < G4; g0 += GT) {
+            const int ngc = G4 - g0 < GT ? G4 - g0 : GT;
+            for (int cb = g0 / 16; cb * 16 < g0 + ngc; ++cb)
+                cil_transpose2(x, HW, C, cb, HWs, sgn, s->T + (cb * 16 - g0) * HWs, pf);
+            for (int b = 0, v0 = 0; b < nblk; ++b) {
+                const int nb = (NV * (b + 1)) / nblk - (NV * b) / nblk;
+                cil_block2_n(s, s->T, ngc, g0, v0, nb, fine, sgn, g0 == 0, g0 + GT >= G4);
+                v0 += nb;
+            }
+        }
+        cil_den(s, r, 8 * NV);
+        finish_cil2(s, i);
+    }
+}
+
+/* ------------------------------------------------------------------------ */
+/* 8-bit features, one offset (whole-image queries: the box is the grid)     */
+/* ------------------------------------------------------------------------ */
+/*
+ * num = sum_k wq_k * scale(c_k) * <q_k, x_{c_k}> over the query's cells c_k = off_k: per cell,
+ * its channels in lanes (vpdpbusd over 64-byte blocks, or vpmaddubsw + vpmaddwd over 32), the
+ * lane partial sums corrected for the signed-feature flip lane by lane (cvec: 128 * the query
+ * bytes of each lane, so every lane holds its exact int32 partial dot, converted to float
+ * exactly: |lane| < 2^24 for C < 8000) and folded into a float accumulator with the cell's
+ * factor: no horizontal sum per cell, every feature byte read once. The float accumulator
+ * takes at most 16 cells and is then added into a double one: the score moves by at most
+ * 18u (1 + eps_q) from the rounding (Cauchy-Schwarz on the lanes' absolute values, as for the
+ * offsets path), within CIL_SLACK(16). den and qe are summed in double.
+ */
+static inline void single_outputs(const scan_t *s, int64_t i, double num, double den, double qe) {
+    const double qn = s->qnorm;
+    const double sc = den > 0.0 && qn > 0.0 ? num / (qn * sqrt(den)) : 0.0;
+    double f = 0.0;
+    if (s->qerr2 && qe > 0.0) f = den > 0.0 ? angle_bound(sqrt(qe / den)) : VFS_PI;
+    const double slack = CIL_SLACK(16);
+    s->out_score[i] = (float)sc;
+    s->out_offset[i] = 0;
+    s->out_upper[i] = (float)(sc + f + s->eps_q + slack);
+    s->out_lower[i] = (float)(sc - (f + s->eps_q + slack));
+}
+
+static inline void single_den(const scan_t *s, int64_t r, double *den, double *qe) {
+    const int HW = s->H * s->W;
+    const float *sn = s->sqnorm + r * HW, *er = s->qerr2 ? s->qerr2 + r * HW : NULL;
+    double d = 0.0, e = 0.0;
+    for (int k = 0; k < s->K; ++k) {
+        d += s->wm[k] * (double)sn[s->offk[k]];
+        if (er) e += s->wm[k] * (double)er[s->offk[k]];
+    }
+    *den = d;
+    *qe = e;
+}
+
+/* per-cell factors wq_k * scale(c_k) of row r, as float (the fold multiplies in float) */
+static inline void single_factors(const scan_t *s, int64_t r) {
+    const float *sc = s->scale + r * s->H * s->W;
+    for (int k = 0; k < s->K; ++k) s->sdf[k] = (float)(s->wq[k] * (double)sc[s->offk[k]]);
+}
+
+/* int32 lane sums of x . q over C bytes (4 accumulators for long rows; masked tail) */
+VFS_INLINE VFS_AVX512 __m512i single_dot512(const uint8_t *x, const int8_t *q, int C,
+                                            const int sgn, const uint8_t *pf) {
+    const __m512i flip = _mm512_set1_epi8((char)0x80);
+    __m512i A0 = _mm512_setzero_si512(), A1 = A0, A2 = A0, A3 = A0;
+    int j = 0;
+#define LD(o) (sgn ? _mm512_xor_si512(_mm512_loadu_si512((const void *)(x + (o))), flip) \
+                   : _mm512_loadu_si512((const void *)(x + (o))))
+#define QL(o) _mm512_loadu_si512((const void *)(q + (o)))
+    for (; j + 256 <= C; j += 256) {
+        for (int o = 0; o < 256; o += 64) __builtin_prefetch(pf + j + o, 0, 2);
+        A0 = dpbusd_acc512(A0, LD(j), QL(j));
+        A1 = dpbusd_acc512(A1, LD(j + 64), QL(j + 64));
+        A2 = dpbusd_acc512(A2, LD(j + 128), QL(j + 128));
+        A3 = dpbusd_acc512(A3, LD(j + 192), QL(j + 192));
+    }
+    for (; j + 64 <= C; j += 64) {
+        __builtin_prefetch(pf + j, 0, 2);
+        A1 = dpbusd_acc512(A1, LD(j), QL(j));
+    }
+#undef LD
+    if (j < C) {
+        __builtin_prefetch(pf + j, 0, 2);
+        __m512i xv = _mm512_maskz_loadu_epi8(((__mmask64)1 << (C - j)) - 1, (const void *)(x + j));
+        if (sgn) xv = _mm512_xor_si512(xv, flip);
+        A2 = dpbusd_acc512(A2, xv, QL(j));
+    }
+#undef QL
+    return _mm512_add_epi32(_mm512_add_epi32(A0, A1), _mm512_add_epi32(A2, A3));
+}
+
+static VFS_AVX512 void scan_single_avx512(const scan_t *s, const int sgn, const int fine) {
+    const int HW = s->H * s->W, C = s->C, K = s->K, QS = s->QS;
+    const int64_t img_bytes = (int64_t)HW * C;
+    for (int64_t i = 0; i < s->n; ++i) {
+        const int64_t r = row_of(s, i);
+        const uint8_t *x = s->feats + r * img_bytes;
+        const uint8_t *pf = s->feats + row_of(s, i + 1 < s->n ? i + 1 : i) * img_bytes;
+        single_factors(s, r);
+        __m512d D0 = _mm512_setzero_pd(), D1 = D0;
+        __m512 fa[4];
+        for (int t = 0; t < 4; ++t) fa[t] = _mm512_setzero_ps();
+        for (int k = 0; k < K; ++k) {
+            const int64_t co = (int64_t)s->offk[k] * C;
+            __m512i A = single_dot512(x + co, s->q8 + (int64_t)k * QS, C, sgn, pf + co);
+            if (sgn) A = _mm512_sub_epi32(A, _mm512_loadu_si512((const void *)(s->cvec + 32 * k)));
+            __m512 d = _mm512_cvtepi32_ps(A);
+            if (fine) {
+                __m512i B = single_dot512(x + co, s->q8lo + (int64_t)k * QS, C, sgn, pf + co);
+                if (sgn) B = _mm512_sub_epi32(B, _mm512_loadu_si512((const void *)(s->cvec + 32 * k + 16)));
+                d = _mm512_fmadd_ps(_mm512_set1_ps(128.0f), d, _mm512_cvtepi32_ps(B));
+            }
+            fa[k & 3] = _mm512_fmadd_ps(_mm512_set1_ps(s->sdf[k]), d, fa[k & 3]);
+            if ((k & 15) == 15 || k == K - 1) { /* at most 4 terms per lane in float */
+                const __m512 t = _mm512_add_ps(_mm512_add_ps(fa[0], fa[1]), _mm512_add_ps(fa[2], fa[3]));
+                D0 = _mm512_add_pd(D0, _mm512_cvtps_pd(_mm512_castps512_ps256(t)));
+                D1 = _mm512_add_pd(D1, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(t), 1))));
+                for (int u = 0; u < 4; ++u) fa[u] = _mm512_setzero_ps();
+            }
+        }
+        double den, qe;
+        single_den(s, r, &den, &qe);
+        single_outputs(s, i, _mm512_reduce_add_pd(_mm512_add_pd(D0, D1)), den, qe);
+    }
+}
+
+/* AVX2: 32-byte blocks (reads up to 31 bytes past a cell: the array's last image goes through
+ * the padded copy ovr), 7-bit query or its 128 hi + lo split */
+VFS_INLINE VFS_AVX2 __m256i single_dot2(const uint8_t *x, const int8_t *q, int C, const int sgn,
+                                        const uint8_t *pf) {
+    const __m256i flip = _mm256_set1_epi8((char)0x80), ones = _mm256_set1_epi16(1);
+    __m256i A0 = _mm256_setzero_si256(), A1 = A0;
+#define LD(o) (sgn ? _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(x + (o))), flip) \
+                   : _mm256_loadu_si256((const __m256i *)(x + (o))))
+#define DOT(o) _mm256_madd_epi16(_mm256_maddubs_epi16(LD(o), _mm256_loadu_si256((const __m256i *)(q + (o)))), ones)
+    int j = 0;
+    for (; j + 64 <= C; j += 64) {
+        __builtin_prefetch(pf + j, 0, 2);
+        A0 = acc_add_epi32(A0, DOT(j));
+        A1 = acc_add_epi32(A1, DOT(j + 32));
+    }
+    if (j < C) __builtin_prefetch(pf + j, 0, 2);
+    if (j < C) A0 = acc_add_epi32(A0, DOT(j));
+    if (j + 32 < C) A1 = acc_add_epi32(A1, DOT(j + 32));
+#undef DOT
+#undef LD
+    return _mm256_add_epi32(A0, A1);
+}
+
+static VFS_AVX2 void scan_single_avx2(const scan_t *s, const int sgn, const int fine) {
+    const int HW = s->H * s->W, C = s->C, K = s->K, QS = s->QS;
+    const int64_t img_bytes = (int64_t)HW * C;
+    for (int64_t i = 0; i < s->n; ++i) {
+        const int64_t r = row_of(s, i);
+        const uint8_t *x = s->feats + r * img_bytes;
+        if (s->ovr && r == s->nrows - 1) {
+            memcpy(s->ovr, x, (size_t)img_bytes);
+            x = s->ovr;
+        }
+        const uint8_t *pf = s->feats + row_of(s, i + 1 < s->n ? i + 1 : i) * img_bytes;
+        single_factors(s, r);
+        __m256d D0 = _mm256_setzero_pd(), D1 = D0;
+        __m256 fa[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+        for (int k = 0; k < K; ++k) {
+            const int64_t co = (int64_t)s->offk[k] * C;
+            __m256i A = single_dot2(x + co, s->q8 + (int64_t)k * QS, C, sgn, pf + co);
+            if (sgn) A = _mm256_sub_epi32(A, _mm256_loadu_si256((const __m256i *)(s->cvec + 32 * k)));
+            __m256 d = _mm256_cvtepi32_ps(A);
+            if (fine) {
+                __m256i B = single_dot2(x + co, s->q8lo + (int64_t)k * QS, C, sgn, pf + co);
+                if (sgn) B = _mm256_sub_epi32(B, _mm256_loadu_si256((const __m256i *)(s->cvec + 32 * k + 16)));
+                d = _mm256_fmadd_ps(_mm256_set1_ps(128.0f), d, _mm256_cvtepi32_ps(B));
+            }
+            fa[k & 1] = _mm256_fmadd_ps(_mm256_set1_ps(s->sdf[k]), d, fa[k & 1]);
+            if ((k & 15) == 15 || k == K - 1) {
+                const __m256 t = _mm256_add_ps(fa[0], fa[1]);
+                D0 = _mm256_add_pd(D0, _mm256_cvtps_pd(_mm256_castps256_ps128(t)));
+                D1 = _mm256_add_pd(D1, _mm256_cvtps_pd(_mm256_extractf128_ps(t, 1)));
+                fa[0] = fa[1] = _mm256_setzero_ps();
+            }
+        }
+        double t[4];
+        _mm256_storeu_pd(t, _mm256_add_pd(D0, D1));
+        double den, qe;
+        single_den(s, r, &den, &qe);
+        single_outputs(s, i, (t[0] + t[1]) + (t[2] + t[3]), den, qe);
+    }
+}
+
 #endif /* VFS_X86 */
 
 /* ------------------------------------------------------------------------ */
@@ -872,20 +1611,55 @@ static int32_t qsum8(const int8_t *q, int C) {
     return t;
 }
 
+/* where the 8-bit scan puts its lanes: chosen by cost (PATH_AUTO) or forced (tests) */
+enum { PATH_AUTO = 0, PATH_CHANNELS = 1, PATH_OFFSETS = 2, PATH_SINGLE = 3 };
+
+/* Estimated cost per image (ns, fitted to per-core timings on the AVX-512 machine of
+ * DESIGN.md section 5, 7x7 to 28x28 grids, 40 to 1280 channels, 3x3 queries) of the two
+ * layouts: channels in lanes = per valid (cell, k) pair one dot of ceil(C / 64) (AVX2: 32)
+ * vector steps plus its horizontal sum; offsets in lanes = K x channel groups x position
+ * vectors dot steps, the transpose (per cell and 64 channels) and the per-position sums. */
+static int choose_offsets_path(int level, int H, int W, int C, int h, int w, int K, int fine) {
+    const int OH = H - h + 1, OW = W - w + 1, HW = H * W;
+    const int VL = level == LV_AVX512 ? 16 : 8;
+    const double L = (double)(OH - 1) * W + OW, NV = ceil(L / VL), G4 = (C + 3) / 4;
+    const double D = (double)K * G4 * NV, T = (double)HW * ((C + 63) / 64), KL = (double)K * L;
+    const double pairs = (double)OH * OW * K;
+    double offs, chan;
+    if (level == LV_AVX512) {
+        offs = (fine ? 0.9 : 0.45) * D + 1.6 * T + 0.2 * KL;
+        chan = (0.91 * pairs * ((C + 63) / 64) + 0.67 * pairs) * (fine ? 1.15 : 1.0);
+    } else {
+        offs = (fine ? 1.5 : 0.75) * D + 1.6 * T + 0.3 * KL;
+        chan = 0.55 * pairs * ((C + 31) / 32) + 0.62 * pairs;
+        if (fine) chan += 0.15 * pairs * (C % 16); /* the int16 kernel's scalar tail */
+    }
+    return offs < chan;
+}
+
 int vfs_scan(int level, int dtype, const void *feats, int64_t n, int H, int W, int C,
              const float *scale, const float *sqnorm, const float *qerr2, int h, int w, int K,
              const int32_t *dy, const int32_t *dx, const float *m2, const void *qdata,
              const float *qscale, double qnorm, double eps_q, float *out_score,
-             int32_t *out_offset, float *out_upper, float *out_lower, int qfmt) {
+             int32_t *out_offset, float *out_upper, float *out_lower, int qfmt,
+             const int64_t *ids, int64_t nids, int path) {
     if (n < 0 || H < 1 || W < 1 || C < 1 || h < 1 || w < 1 || h > H || w > W || K < 1)
         return -1;
+    if (path < PATH_AUTO || path > PATH_SINGLE) return -1;
+    const int64_t nrows = n;
+    if (ids) {
+        if (nids < 0) return -1;
+        for (int64_t t = 0; t < nids; ++t)
+            if (ids[t] < 0 || ids[t] >= nrows) return -1;
+        n = nids;
+    }
     if (dtype < DT_U8 || dtype > DT_F32) return -1;
     const int is8 = dtype == DT_U8 || dtype == DT_I8;
     if (is8 && (scale == NULL || qscale == NULL)) return -1;
-    if (qfmt != QF_I16 && qfmt != QF_I8 && qfmt != QF_I6) return -1;
+    if (qfmt != QF_I16 && qfmt != QF_I8 && qfmt != QF_I7) return -1;
     if (qfmt != QF_I16 && !is8) return -1;
     if (qfmt == QF_I8 && level == LV_AVX2) return -2; /* int8 query: VNNI or generic */
-    if (qfmt == QF_I6 && level == LV_AVX512) return -2; /* 6-bit query: AVX2 or generic */
+    if (qfmt == QF_I7 && level == LV_AVX512) return -2; /* 7-bit query: AVX2 or generic */
     if (level == LV_AVX2 && vfs_cpu_level() < LV_AVX2) return -2;
     if (level == LV_AVX512 && vfs_cpu_level() < LV_AVX512) return -2;
     if (level < LV_GENERIC || level > LV_AVX512) return -2;
@@ -895,22 +1669,41 @@ int vfs_scan(int level, int dtype, const void *feats, int64_t n, int H, int W, i
     if (n == 0) return 0;
 
     const int OH = H - h + 1, OW = W - w + 1, O = OH * OW, HW = H * W;
-    /* AVX2 with a 6-bit query keeps G accumulators and 6 more vectors in 16 registers */
-    const int gmax = level == LV_GENERIC ? 4 : (qfmt == QF_I6 ? 10 : GMAX);
     for (int k = 0; k < K; ++k)
         if (dy[k] < 0 || dy[k] >= h || dx[k] < 0 || dx[k] >= w) return -1;
-
     if ((int64_t)K * HW > 0x3fffffffLL) return -1;
     const int64_t qstride = qfmt != QF_I16 ? (int64_t)(C + 63) / 64 * 64 : (int64_t)C * (is8 ? 2 : 4);
-    if (qfmt == QF_I6) /* larger values would saturate vpmaddubsw's int16 sums */
-        for (int64_t t = 0; t < (int64_t)K * qstride; ++t) {
-            const int v = ((const int8_t *)qdata)[t];
-            if (v > 31 || v < -31) return -1;
+    int qmax = 0; /* the largest |q| (8-bit features) */
+    if (is8)
+        for (int64_t t = 0; t < (int64_t)K * qstride / (qfmt == QF_I16 ? 2 : 1); ++t) {
+            const int v = qfmt == QF_I16 ? ((const int16_t *)qdata)[t] : ((const int8_t *)qdata)[t];
+            qmax = v > qmax ? v : (-v > qmax ? -v : qmax);
         }
+    if (qfmt == QF_I7 && qmax > 63) return -1; /* would saturate vpmaddubsw's int16 sums */
 
-    /* count groups */
+    /* offsets in lanes / one offset: 8-bit features, SIMD levels, int16 query within
+     * 128 * 64 + 64 (so that it splits into two int8 parts) */
+    const int fine = qfmt == QF_I16;
+    int offsets = 0, single = 0;
+#ifdef VFS_X86
+    if (is8 && level != LV_GENERIC && !(fine && qmax > 8191)) {
+        single = O == 1 && (path == PATH_SINGLE || path == PATH_AUTO);
+        offsets = !single && (path == PATH_OFFSETS ||
+                              (path == PATH_AUTO && choose_offsets_path(level, H, W, C, h, w, K, fine)));
+    }
+#endif
+    const int lanes = offsets || single; /* the setup both share */
+    const int VL = level == LV_AVX512 ? 16 : 8;
+    const int L = (OH - 1) * W + OW, NV = (L + VL - 1) / VL, G4 = (C + 3) / 4;
+    const int HWs = (HW + 15) / 16 * 16;
+    int GT = (int)(CIL_TBYTES / (4 * (int64_t)HWs)) / 16 * 16; /* groups transposed at once */
+    if (GT < 16) GT = 16;
+    if (GT > (G4 + 15) / 16 * 16) GT = (G4 + 15) / 16 * 16;
+    const int gmax = level == LV_GENERIC ? 4 : (qfmt == QF_I7 ? 10 : GMAX);
+
+    /* count groups (channels in lanes) */
     int64_t ngroups = 0;
-    for (int c = 0; c < HW; ++c) {
+    for (int c = 0; c < HW && !lanes; ++c) {
         const int y = c / W, x = c % W;
         int nk = 0;
         for (int k = 0; k < K; ++k) {
@@ -920,21 +1713,38 @@ int vfs_scan(int level, int dtype, const void *feats, int64_t n, int H, int W, i
         ngroups += (nk + gmax - 1) / gmax;
     }
     group_t *groups = (group_t *)calloc((size_t)(ngroups > 0 ? ngroups : 1), sizeof(group_t));
-    /* num, den, qe (H*W each), wq, wm (K each), dots (2, K, H*W); zeroed, so that dots never
-     * written (cells no offset uses) read as 0 */
-    double *scratch = (double *)calloc((size_t)(3 * HW + 2 * K + 2 * K * HW + 16), sizeof(double));
+    /* num, den, qe (H*W + 64 each), wq, wm (K each), dots (2, K, H*W) (channels in lanes) or
+     * sd (H*W + 64) (offsets in lanes); zeroed, so that dots never written (cells no offset
+     * uses) read as 0 and sd is 0 past the image */
+    const int64_t S3 = 3 * ((int64_t)HW + 64);
+    const int64_t nscratch = S3 + 2 * K + (lanes ? HW + 64 : 2 * (int64_t)K * HW) + 16;
+    double *scratch = (double *)calloc((size_t)nscratch, sizeof(double));
     int32_t *kbuf = (int32_t *)malloc(sizeof(int32_t) * (size_t)(2 * K));
-    const int need_ovr = qfmt == QF_I6 && level == LV_AVX2; /* reads whole 64-byte blocks */
+    /* kernels that read past a cell's end: the AVX2 7-bit channels and one-offset kernels
+     * (whole 32-byte blocks) and the AVX2 offsets transpose (whole dwords) */
+    const int need_ovr = level == LV_AVX2 && ((qfmt == QF_I7 && !offsets) || single || (offsets && C % 4));
     uint8_t *ovr = need_ovr ? (uint8_t *)calloc((size_t)HW * (size_t)C + 64, 1) : NULL;
-    if (!groups || !scratch || !kbuf || (need_ovr && !ovr)) {
+    int32_t *T = NULL, *accm = NULL, *q4 = NULL;
+    const int QS = (C + 63) / 64 * 64, QW = QS / 4; /* int8 query row: bytes, words */
+    if (offsets) {
+        T = (int32_t *)aligned_alloc(64, (size_t)(GT * (int64_t)HWs + 64) * 4);
+        accm = (int32_t *)malloc((size_t)(G4 > GT ? (int64_t)K * NV * VL * 2 + 16 : 16) * 4);
+    }
+    if (lanes) /* rows (2 K QW words), corr (2K), offk (K), cvec (32 K), vmask (HW / 8 + 64 B) */
+        q4 = (int32_t *)calloc((size_t)(2 * (int64_t)K * QW + 35 * (int64_t)K + HW / 32 + 16), 4);
+    if (!groups || !scratch || !kbuf || (need_ovr && !ovr) || (offsets && (!T || !accm)) ||
+        (lanes && !q4)) {
         free(groups);
         free(scratch);
         free(kbuf);
         free(ovr);
+        free(T);
+        free(accm);
+        free(q4);
         return -3;
     }
     int gi = 0;
-    for (int c = 0; c < HW; ++c) {
+    for (int c = 0; c < HW && !lanes; ++c) {
         const int y = c / W, x = c % W;
         int nk = 0;
         for (int k = 0; k < K; ++k) {
@@ -964,7 +1774,7 @@ int vfs_scan(int level, int dtype, const void *feats, int64_t n, int H, int W, i
         }
     }
 
-    double *wq = scratch + 3 * HW, *wm = wq + K;
+    double *wq = scratch + S3, *wm = wq + K;
     for (int k = 0; k < K; ++k) {
         wq[k] = is8 ? (double)qscale[k] : 1.0;
         wm[k] = (double)m2[k];
@@ -972,8 +1782,11 @@ int vfs_scan(int level, int dtype, const void *feats, int64_t n, int H, int W, i
 
     static const int esizes[4] = {1, 1, 2, 4};
     scan_t s;
+    memset(&s, 0, sizeof s);
     s.feats = (const uint8_t *)feats;
     s.n = n;
+    s.nrows = nrows;
+    s.ids = ids;
     s.H = H;
     s.W = W;
     s.C = C;
@@ -999,14 +1812,78 @@ int vfs_scan(int level, int dtype, const void *feats, int64_t n, int H, int W, i
     s.out_upper = out_upper;
     s.out_lower = out_lower;
     s.num = scratch;
-    s.den = scratch + HW;
-    s.qe = scratch + 2 * HW;
+    s.den = scratch + HW + 64;
+    s.qe = scratch + 2 * (HW + 64);
     s.dots = wm + K;
     s.ovr = ovr;
+
+    if (lanes) {
+        /* the query's int8 rows (fine: q = 128 hi + lo, both int8), zero past C, read as
+         * 4-byte channel groups by the offsets path; the signed-feature corrections, per k and
+         * per lane (cvec, the one-offset path); and the cells' offsets */
+        int32_t *qh = q4, *ql = q4 + (int64_t)K * QW, *corr = ql + (int64_t)K * QW;
+        int32_t *offk = corr + 2 * K, *cvec = offk + K;
+        int8_t *bh = (int8_t *)qh, *bl = (int8_t *)ql;
+        const int lb = level == LV_AVX512 ? 64 : 32; /* bytes per vector: lane = (c % lb) / 4 */
+        for (int k = 0; k < K; ++k) {
+            int32_t sh = 0, sl = 0;
+            for (int c = 0; c < C; ++c) {
+                int v, vl = 0;
+                if (fine) {
+                    const int q = ((const int16_t *)qdata)[(int64_t)k * C + c];
+                    v = (q + 64) >> 7; /* floor((q + 64) / 128): |v| <= 64, lo in [-64, 63] */
+                    vl = q - 128 * v;
+                } else {
+                    v = ((const int8_t *)qdata)[(int64_t)k * qstride + c];
+                }
+                bh[(int64_t)k * QS + c] = (int8_t)v;
+                bl[(int64_t)k * QS + c] = (int8_t)vl;
+                sh += v;
+                sl += vl;
+                cvec[32 * k + (c % lb) / 4] += 128 * v;
+                cvec[32 * k + 16 + (c % lb) / 4] += 128 * vl;
+            }
+            corr[k] = 128 * sh;
+            corr[K + k] = 128 * sl;
+            offk[k] = dy[k] * W + dx[k];
+        }
+        s.q8 = bh;
+        s.q8lo = bl;
+        s.cvec = cvec;
+        s.QS = QS;
+        s.QW = QW;
+        s.offk = offk;
+        s.T = T;
+        s.accm = accm;
+        float *fs = (float *)s.dots; /* HW + 64 doubles: room for two float arrays */
+        s.sdf = fs;
+        s.numf = (float *)s.num;
+        s.denf = (float *)s.den;
+        s.qef = (float *)s.qe;
+        s.q4 = qh;
+        s.q4lo = fine ? ql : NULL;
+        s.corr = corr;
+        uint8_t *vmask = (uint8_t *)(cvec + 32 * K);
+        for (int p = 0; p < L; ++p)
+            if (p % W < OW) vmask[p >> 3] |= (uint8_t)(1u << (p & 7));
+        s.vmask = vmask;
+        s.HWs = HWs;
+        s.NV = NV;
+        s.G4 = G4;
+        s.GT = GT;
+    }
 
     switch (level) {
 #ifdef VFS_X86
     case LV_AVX512:
+        if (single) {
+            scan_single_avx512(&s, dtype == DT_I8, fine);
+            break;
+        }
+        if (offsets) {
+            scan_cil_avx512(&s, dtype == DT_I8, fine);
+            break;
+        }
         if (qfmt == QF_I8) {
             if (dtype == DT_U8) scan_u8q8_avx512(&s);
             else scan_i8q8_avx512(&s);
@@ -1020,9 +1897,17 @@ int vfs_scan(int level, int dtype, const void *feats, int64_t n, int H, int W, i
         }
         break;
     case LV_AVX2:
-        if (qfmt == QF_I6) {
-            if (dtype == DT_U8) scan_u8q6_avx2(&s);
-            else scan_i8q6_avx2(&s);
+        if (single) {
+            scan_single_avx2(&s, dtype == DT_I8, fine);
+            break;
+        }
+        if (offsets) {
+            scan_cil_avx2(&s, dtype == DT_I8, fine);
+            break;
+        }
+        if (qfmt == QF_I7) {
+            if (dtype == DT_U8) scan_u8q7_avx2(&s);
+            else scan_i8q7_avx2(&s);
             break;
         }
         switch (dtype) {
@@ -1039,6 +1924,9 @@ int vfs_scan(int level, int dtype, const void *feats, int64_t n, int H, int W, i
     free(scratch);
     free(kbuf);
     free(ovr);
+    free(T);
+    free(accm);
+    free(q4);
     return 0;
 }
 

@@ -179,7 +179,8 @@ def load() -> Backends:
                 "build",
                 f"vfsearch: C search kernel unavailable ({e}); using the slow numpy backend",
             )
-            why = f"the C kernel could not be built ({(str(e) or type(e).__name__).splitlines()[0]})"
+            first = (str(e) or type(e).__name__).splitlines()[0]
+            why = f"the C kernel could not be built ({first})"
             _state = Backends(None, ["numpy"], {b: why for b in LEVELS})
             return _state
         level = int(lib.vfs_cpu_level())
@@ -233,6 +234,7 @@ def self_check(lib: ctypes.CDLL, name: str) -> tuple[bool, str]:
                 for wts in (
                     rng.uniform(0.1, 1, (H, W)) * (rng.random((H, W)) < 0.5),
                     np.eye(H, W)[:, ::-1],
+                    np.ones((H, W)),  # the whole grid: one offset
                 ):
                     wts = np.array(wts)
                     wts[2, 3] = 0.7
@@ -241,15 +243,21 @@ def self_check(lib: ctypes.CDLL, name: str) -> tuple[bool, str]:
                         qfeat = np.abs(qfeat)
                     q = PreparedQuery.from_grid(qfeat, wts)
                     fmts = (0, qfmt_for(name)) if scale is not None else (0,)
+                    # 8-bit SIMD: every lane layout (the one-offset one on a grid-sized box)
+                    paths = ("channels", "offsets", "single") \
+                        if scale is not None and name != "generic" else ("auto",)
                     for qfmt in fmts:
-                        b = scan_c(lib, name, feats, sqn, q, scale, qerr2, qfmt=qfmt)
                         if name == "generic":
-                            a = _model_scores(deq, sqn, q)
-                            pairs = [("score", a, b.score)]
+                            b = scan_c(lib, name, feats, sqn, q, scale, qerr2, qfmt=qfmt)
+                            pairs = [("score", _model_scores(deq, sqn, q), b.score)]
                         else:
                             a = scan_c(lib, "generic", feats, sqn, q, scale, qerr2, qfmt=qfmt)
-                            pairs = [(f, getattr(a, f), getattr(b, f))
-                                     for f in ("score", "upper", "lower")]  # fmt: skip
+                            pairs = []
+                            for path in paths:
+                                b = scan_c(lib, name, feats, sqn, q, scale, qerr2, qfmt=qfmt,
+                                           path=path)
+                                pairs += [(f"{path} {f}", getattr(a, f), getattr(b, f))
+                                          for f in ("score", "upper", "lower")]
                         for f, x, y in pairs:
                             if not np.allclose(x, y, rtol=0, atol=1e-4):
                                 return False, f"{np.dtype(dt).name} C={C} q{qfmt}: {f} {x} != {y}"

@@ -18,6 +18,7 @@ __all__ = [
     "ABI_VERSION",
     "DTYPES",
     "LEVELS",
+    "PATHS",
     "bind",
     "default_threads",
     "read_split",
@@ -27,8 +28,11 @@ __all__ = [
 
 #: what ``vfs_abi_version()`` in _kernel.c returns for the signatures :func:`bind` declares;
 #: bump both together whenever an entry point's arguments change
-ABI_VERSION = 2
+ABI_VERSION = 3
 LEVELS = {"generic": 0, "avx2": 1, "avx512": 2}
+#: where an 8-bit scan puts its SIMD lanes: "auto" (by cost), "channels" (one dot per
+#: (cell, query cell) pair), "offsets" (16 / 8 offsets per vector from a transposed image)
+PATHS = {"auto": 0, "channels": 1, "offsets": 2, "single": 3}
 DTYPES = {
     np.dtype(np.uint8): 0,
     np.dtype(np.int8): 1,
@@ -42,21 +46,21 @@ READ_ALIGN = 1 << 16  # read_split splits at multiples of this (whole 8-byte wor
 
 def bind(lib: ctypes.CDLL) -> None:
     """Declare the entry points' signatures on a freshly opened library (ABI ``ABI_VERSION``)."""
-    P, I, I64, D = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_double
+    P, N, I64, D = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_double
     lib.vfs_abi_version.argtypes = []
-    lib.vfs_abi_version.restype = I
+    lib.vfs_abi_version.restype = N
     lib.vfs_cpu_level.argtypes = []
-    lib.vfs_cpu_level.restype = I
+    lib.vfs_cpu_level.restype = N
     lib.vfs_scan.argtypes = [
-        I, I, P, I64, I, I, I,  # level, dtype, feats, n, H, W, C
+        N, N, P, I64, N, N, N,  # level, dtype, feats, n, H, W, C
         P, P, P,  # scale, sqnorm, qerr2
-        I, I, I, P, P, P,  # h, w, K, dy, dx, m2
+        N, N, N, P, P, P,  # h, w, K, dy, dx, m2
         P, P, D, D,  # qdata, qscale, qnorm, eps_q
         P, P, P, P,  # score, offset, upper, lower
-        I,  # qfmt
+        N, P, I64, N,  # qfmt, ids (int64 rows or NULL), nids, path
     ]  # fmt: skip
-    lib.vfs_scan.restype = I
-    lib.vfs_read_floor.argtypes = [P, I64, I]
+    lib.vfs_scan.restype = N
+    lib.vfs_read_floor.argtypes = [P, I64, N]
     lib.vfs_read_floor.restype = ctypes.c_uint64
 
 
@@ -124,11 +128,21 @@ def scan_c(
     threads: int = 1,
     out: ScanResult | None = None,
     qfmt: int = 0,
+    ids: np.ndarray | None = None,
+    path: str = "auto",
 ) -> ScanResult:
-    """``vfs_scan`` at ``backend``'s level over checked, C-contiguous inputs, split by image."""
+    """``vfs_scan`` at ``backend``'s level over checked, C-contiguous inputs, split by image.
+
+    ``ids`` (int64, each in [0, n)): scan only those rows, in that order (result i is row
+    ``ids[i]``) without copying them. ``path``: see :data:`PATHS`."""
     n, H, W, C = feats.shape
-    out = ScanResult.empty(n) if out is None else out
-    if n == 0:
+    if ids is not None:
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        if len(ids) and (ids.min() < 0 or ids.max() >= n):
+            raise IndexError("scan ids out of range")
+    m = n if ids is None else len(ids)
+    out = ScanResult.empty(m) if out is None else out
+    if m == 0:
         return out
     is8 = feats.dtype.itemsize == 1
     if is8:
@@ -138,20 +152,25 @@ def scan_c(
         qdata, qscale, eps_q, qfmt = query.qf, None, 0.0, 0
     level = LEVELS[backend]
     dtype = DTYPES[feats.dtype]
+    code = PATHS[path]
 
     def run(i0: int, i1: int) -> int:
         if i1 <= i0:
             return 0
+        if ids is None:  # rows [i0, i1)
+            rows, r0, sel, nsel = i1 - i0, i0, None, 0
+        else:  # every row, the ids [i0, i1) of them
+            rows, r0, sel, nsel = n, 0, _ptr(ids, i0), i1 - i0
         return lib.vfs_scan(
-            level, dtype, _ptr(feats, i0), i1 - i0, H, W, C,
-            _ptr(scale, i0), _ptr(sqnorm, i0), _ptr(qerr2, i0),
+            level, dtype, _ptr(feats, r0), rows, H, W, C,
+            _ptr(scale, r0), _ptr(sqnorm, r0), _ptr(qerr2, r0),
             query.h, query.w, query.K, _ptr(query.dy), _ptr(query.dx), _ptr(query.m2),
             _ptr(qdata), _ptr(qscale), float(query.qnorm), float(eps_q),
             _ptr(out.score, i0), _ptr(out.offset, i0), _ptr(out.upper, i0), _ptr(out.lower, i0),
-            qfmt,
+            qfmt, sel, nsel, code,
         )  # fmt: skip
 
-    for rc in run_split(n, threads, run):
+    for rc in run_split(m, threads, run):
         if rc != 0:
             raise RuntimeError(f"vfs_scan failed with code {rc} (backend {backend})")
     out.eps_q = float(eps_q)

@@ -117,7 +117,8 @@ class ScanResult:
 # --------------------------------------------------------------------------- #
 
 PRECISIONS = ("fast", "fine")  # what scan(precision=...) accepts
-_QMAX = {1: 127, 2: 31}  # int8 query formats; 0 is int16
+_QMAX = {1: 127, 2: 63}  # int8 query formats; 0 is int16
+QMAX16 = 8191  # int16 query: 128 * hi + lo with int8 |hi|, |lo| <= 64 (offsets-in-lanes kernels)
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,7 @@ class Quant:
     qi: np.ndarray  # int16 (K, C), or int8 (K, C rounded up to 64) for the fast kernels
     sq: np.ndarray  # float32 (K,)
     eps_q: float
-    qfmt: int  # 0: int16 rows, 1: int8 rows (VNNI), 2: int8 rows with |q| <= 31 (AVX2)
+    qfmt: int  # 0: int16 rows, 1: int8 rows (VNNI), 2: int8 rows with |q| <= 63 (AVX2)
 
 
 _quant_cache: weakref.WeakKeyDictionary[PreparedQuery, dict[int, Quant]] = (
@@ -136,7 +137,7 @@ _quant_lock = threading.Lock()
 
 def qfmt_for(backend: str, precision: str = "fast") -> int:
     """The query format a backend uses on 8-bit features: int8 for the AVX-512 VNNI kernel (1),
-    6-bit for the AVX2 one (2) on the fast path; int16 (0) otherwise."""
+    7-bit for the AVX2 one (2) on the fast path; int16 (0) otherwise."""
     if precision == "fine":
         return 0
     return {"avx512": 1, "avx2": 2}.get(backend, 0)
@@ -150,7 +151,7 @@ def quantised(query: PreparedQuery, qfmt: int = 0) -> Quant:
     if hit is not None:
         return hit
     K, C = query.qf.shape
-    qmax = _QMAX[qfmt] if qfmt else min(16383, (2**31 - 1) // (C * 255))
+    qmax = _QMAX[qfmt] if qfmt else min(QMAX16, (2**31 - 1) // (C * 255))
     Q = query.qf.astype(np.float64)
     sq = (np.abs(Q).max(axis=1) / qmax).astype(np.float32)
     sqd = sq.astype(np.float64)
