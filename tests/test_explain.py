@@ -343,3 +343,74 @@ def test_declarations_of_the_new_methods():
     # strings as a command line gives them
     p = check_params("occlusion", {"window": "40", "incremental": "false", "stride": "1e1"})
     assert p["window"] == 40 and p["incremental"] is False and p["stride"] == 10
+
+
+def test_the_widget_cancels_a_running_explanation(small_cache):
+    from vfsearch.errors import Cancelled
+    from vfsearch.widget import SearchWidget
+
+    sw = SearchWidget(small_cache, k=2, query=0)
+    W, H = small_cache.image_size(0)
+    sw.brush.set_box((W * 0.2, H * 0.2, W * 0.6, H * 0.6))
+    assert "lime" in sw.explain_method.options and "mask" in sw.explain_method.options
+    fut = sw.explain(1, "rise", n_masks=4000, batch_size=2, auc_steps=2)
+    assert sw.explain_cancel.layout.visibility == "visible"
+    sw.cancel_explain()
+    with pytest.raises(Cancelled):
+        fut.result(timeout=120)
+    assert "cancelled" in sw.explain_view.value and sw.explanation is None
+    assert sw.explain_cancel.layout.visibility == "hidden" and not sw.explain_button.disabled
+    # the next one runs (a new cancel flag), with progress to the end
+    ex = sw.explain(1, "lime", n_samples=6, segments=12, features=3, auc_steps=2,
+                    batch_size=6).result(timeout=300)
+    assert ex.method == "lime" and sw.explain_progress.value == pytest.approx(1.0)
+
+
+# -- the command line ----------------------------------------------------------------------------
+
+
+def _cli(*args):
+    from click.testing import CliRunner
+
+    from vfsearch.cli import main
+
+    return CliRunner().invoke(main, list(args))
+
+
+def test_cli_lists_the_declared_methods_without_torch_in_help():
+    import subprocess
+    import sys
+
+    r = _cli("explain", "--list-methods")
+    assert r.exit_code == 0, r.output
+    for s in ("lime: ", "mask: ", "n_samples=1000", "iterations=500", "lr=0.1", "{fixed|both}",
+              "incremental=True"):
+        assert s in r.output
+    p = subprocess.run([sys.executable, "-X", "importtime", "-m", "vfsearch.cli", "explain",
+                        "--help"], capture_output=True, text=True, timeout=120, check=False)
+    assert p.returncode == 0 and "--param NAME=VALUE" in p.stdout
+    assert not [ln for ln in p.stderr.splitlines() if ln.rstrip().endswith(("| torch", "| numpy"))]
+
+
+def test_cli_explain_params_and_their_errors(small_cache, tmp_path):
+    c = str(small_cache.path)
+    base = ["explain", c, "-i", "4", "--box", "40,40,200,180", "-r", "1"]
+    for extra, flag, text in (
+            (["--method", "lime", "--param", "n_samples=0"], "--param", "n_samples"),
+            (["--method", "lime", "--param", "n_samples"], "--param", "NAME=VALUE"),
+            (["--method", "rise", "--window", "40"], "--window", "unknown parameter"),
+            (["--method", "rise", "--n-masks", "0"], "--n-masks", "n_masks"),
+            (["--method", "mask", "--param", "lr=-1"], "--param", "lr"),
+            (["--method", "mask", "--param", "size=999"], "--param", "size"),
+            (["--method", "haruspex"], "--method", "haruspex"),
+            (["--method", "occlusion", "--window", "40", "--param", "window=50"], "--param",
+             "given both")):
+        r = _cli(*base, *extra)
+        assert r.exit_code == 2, (extra, r.output)
+        assert r.stderr.startswith(f"error: {flag}: ") and text in r.stderr, (extra, r.stderr)
+    r = _cli(*base, "--method", "mask", "--param", "iterations=2", "--param", "size=4",
+             "--param", "auc_steps=2", "--mode", "both", "-o", str(tmp_path / "m"))
+    assert r.exit_code == 0, r.output
+    assert "objective" in r.output and "model passes" in r.output
+    assert (tmp_path / "m" / "query_mask.png").exists()
+    assert (tmp_path / "m" / "result_1_mask.png").exists()

@@ -5,8 +5,9 @@
 * :class:`MultiHighlightWidget` — several of those in a gallery; ``.masks``.
 * :class:`SearchWidget` — pick a query image, brush, see the results (match boxes drawn) and the
   sorted-score curve; ``.results`` is the latest :class:`~vfsearch.SearchResult`. Its explain
-  view shows why any result matches (exact shares at once; occlusion / RISE in a background thread
-  with a progress bar); ``.explanation`` is the latest :class:`~vfsearch.explain.Explanation`.
+  view shows why any result matches (exact shares at once; the model-running methods — occlusion,
+  RISE, LIME, learned mask — in a background thread with a progress bar and a Cancel button);
+  ``.explanation`` is the latest :class:`~vfsearch.explain.Explanation`.
 * :func:`show` — a static HTML gallery of a :class:`~vfsearch.SearchResult` (renders anywhere).
 
 The brush is the web app's own ES module (``vfsearch/static/brush.js``): its text is sent to the
@@ -29,7 +30,7 @@ import numpy as np
 from PIL import Image
 
 from .. import masks
-from ..errors import VfsError
+from ..errors import Cancelled, VfsError
 
 try:
     import anywidget
@@ -263,6 +264,11 @@ class SearchWidget(ipywidgets.VBox):
                                                 tooltip="why does this result match the region?")
         self.explain_progress = ipywidgets.FloatProgress(
             value=0.0, min=0.0, max=1.0, layout=ipywidgets.Layout(width="160px", visibility="hidden"))
+        self.explain_cancel = ipywidgets.Button(
+            description="Cancel", tooltip="stop the running explanation",
+            layout=ipywidgets.Layout(width="80px", visibility="hidden"))
+        self.explain_cancel.on_click(lambda _b: self.cancel_explain())
+        self._explain_stop = threading.Event()
         self.explain_view = ipywidgets.HTML("")
         self._explain_pool = ThreadPoolExecutor(1, thread_name_prefix="vfsearch-explain")
         self._explain_lock = threading.Lock()
@@ -274,7 +280,7 @@ class SearchWidget(ipywidgets.VBox):
         self.brush.observe(self._on_mask, names="mask_data")
         top = ipywidgets.HBox([self.picker, self.k_box, self.status])
         bar = ipywidgets.HBox([self.explain_pick, self.explain_method, self.explain_button,
-                               self.explain_progress])
+                               self.explain_progress, self.explain_cancel])
         super().__init__(children=[top, self.brush, self.gallery, bar, self.explain_view], **kw)
 
     @property
@@ -325,6 +331,8 @@ class SearchWidget(ipywidgets.VBox):
         self.results = res
         with self._explain_lock:
             self._explain_seq += 1  # a running explanation of the old results is not shown
+            self._explain_stop.set()  # … and stops at its next batch
+        self.explain_cancel.layout.visibility = "hidden"
         self.explanation = None
         self.explain_view.value = ""
         self.explain_progress.layout.visibility = "hidden"
@@ -360,8 +368,11 @@ class SearchWidget(ipywidgets.VBox):
         with self._explain_lock:
             self._explain_seq += 1
             seq = self._explain_seq
+            self._explain_stop.set()  # a previous one stops at its next batch
+            stop = self._explain_stop = threading.Event()
         self.explain_progress.value = 0.0
         self.explain_progress.layout.visibility = "visible"
+        self.explain_cancel.layout.visibility = "visible"
         self.explain_button.disabled = True
         self.explain_view.value = (f"<i>explaining #{match.id} with {html.escape(method)}…</i>")
 
@@ -375,13 +386,18 @@ class SearchWidget(ipywidgets.VBox):
                     return False
                 self.explain_button.disabled = not self.explain_pick.options
                 self.explain_progress.layout.visibility = "hidden"
+                self.explain_cancel.layout.visibility = "hidden"
                 self.explain_view.value = body
                 return True
 
         def work():
             # runs in the background thread; the Future is done once the view shows the result
             try:
-                ex = explain(self.cache, res.query, match.id, method, progress=progress, **params)
+                ex = explain(self.cache, res.query, match.id, method, progress=progress,
+                             cancel=stop, **params)
+            except Cancelled:
+                show(f"<i>explanation of #{match.id} with {html.escape(method)} cancelled</i>")
+                raise
             except Exception as e:
                 show(f"<span style='color:#b00'>{html.escape(type(e).__name__)}: "
                      f"{html.escape(str(e))}</span>")
@@ -394,6 +410,11 @@ class SearchWidget(ipywidgets.VBox):
         if wait:
             fut.result()
         return fut
+
+    def cancel_explain(self) -> None:
+        """Stop the running explanation (it ends at its next batch of model passes; its Future
+        raises :class:`~vfsearch.errors.Cancelled`)."""
+        self._explain_stop.set()
 
 
 # -- static gallery -------------------------------------------------------------------------------------

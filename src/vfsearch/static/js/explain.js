@@ -1,12 +1,50 @@
 // The explain dialog: why a result matches (saliency on both images, score shares, top channels
 // with the dataset patches where each is most active), for the result in the large view.
+// The methods and their parameters come from the server (GET /api/explain/methods, the
+// explainers' own declarations); the images are shown at once, the heat maps when they are done.
 import { $, clamp, dpr, el, fmt, basename, cmap } from "./util.js";
 import { api, enc, thumbURL, loadImage, reportError } from "./api.js";
 import { choiceLabel } from "./state.js";
 import { inputRect } from "./geometry.js";
 import { modalMatch } from "./modal.js";
 
-const EXPLAIN = { seq: 0 };
+const EXPLAIN = { seq: 0, methods: null, job: null };
+
+/** The explain methods as the server declares them (fetched once); the select lists them. */
+async function loadMethods() {
+  if (EXPLAIN.methods) return EXPLAIN.methods;
+  try {
+    const r = await api("/api/explain/methods");
+    EXPLAIN.methods = Object.fromEntries(r.methods.map((m) => [m.name, m]));
+  } catch (e) {
+    return null; // an older server: keep the page's own list
+  }
+  const sel = $("#explain-method");
+  const keep = sel.value;
+  sel.replaceChildren(...Object.values(EXPLAIN.methods).map((m) => el("option", {
+    value: m.name, text: m.name === "rise" ? "RISE" : m.name === "lime" ? "LIME" : m.name,
+    title: `${m.title}${m.runs_model ? " (runs the model on perturbed images: seconds)" : " (instant)"}`,
+  })));
+  if (EXPLAIN.methods[keep]) sel.value = keep;
+  sel.title = Object.values(EXPLAIN.methods).map((m) => `${m.name}: ${m.title}${m.runs_model ? " (seconds)" : " (instant)"}`).join(" · ");
+  return EXPLAIN.methods;
+}
+
+/** Request parameters: both images perturbed where the method can ("mode": "both"), so the
+ *  dialog shows a map on each; the declared defaults otherwise. */
+function methodParams(method) {
+  const m = EXPLAIN.methods && EXPLAIN.methods[method];
+  if (!m) return ["occlusion", "rise", "mask"].includes(method) ? { mode: "both" } : undefined;
+  const mode = m.params.find((p) => p.name === "mode");
+  return mode && (mode.choices || []).includes("both") ? { mode: "both" } : undefined;
+}
+
+/** Best effort: ask the server to stop a running explanation job (the dialog was closed). */
+function cancelJob() {
+  const job = EXPLAIN.job;
+  EXPLAIN.job = null;
+  if (job) fetch(`/api/jobs/${enc(job)}/cancel`, { method: "POST" }).catch(() => {});
+}
 
 function drawSaliency(canvas, img, size, geom, sal, maxCss) {
   const s = Math.min(maxCss[0] / size[0], maxCss[1] / size[1]);
@@ -54,15 +92,28 @@ function drawSaliency(canvas, img, size, geom, sal, maxCss) {
   g.restore();
 }
 
-function queryImageURL(ex, ctx) {
-  const im = ex.query.image || {};
+function queryImageURL(query, ctx) {
+  const im = (query && query.image) || {};
   if (im.upload) return `/api/uploads/${enc(im.upload)}/image`;
   return thumbURL(im.cache || ctx.choice.cache, im.id);
 }
 
+const maxCssSize = () => [Math.min(500, window.innerWidth * 0.44), Math.min(420, window.innerHeight * 0.5)];
+
+/** The two images without heat (while a model-running method works), dimmed as they will be. */
+async function showImages(m, ctx, seq) {
+  const q = ctx.query || {};
+  const [qimg, rimg] = await Promise.all([loadImage(queryImageURL(q, ctx)).catch(() => null),
+    loadImage(thumbURL(ctx.choice.cache, m.id)).catch(() => null)]);
+  if (seq !== EXPLAIN.seq) return;
+  const size = (img, s) => s || (img ? [img.naturalWidth, img.naturalHeight] : [1, 1]);
+  drawSaliency($("#explain-q"), qimg, size(qimg, q.image_size), q.geometry, null, maxCssSize());
+  drawSaliency($("#explain-r"), rimg, size(rimg, m.image_size), m.geometry, null, maxCssSize());
+}
+
 async function renderExplanation(ex, ctx) {
-  const maxCss = [Math.min(500, window.innerWidth * 0.44), Math.min(420, window.innerHeight * 0.5)];
-  const [qimg, rimg] = await Promise.all([loadImage(queryImageURL(ex, ctx)).catch(() => null),
+  const maxCss = maxCssSize();
+  const [qimg, rimg] = await Promise.all([loadImage(queryImageURL(ex.query, ctx)).catch(() => null),
     loadImage(thumbURL(ctx.choice.cache, ex.result.id)).catch(() => null)]);
   drawSaliency($("#explain-q"), qimg, ex.query.image_size, ex.query.geometry, ex.query_saliency, maxCss);
   drawSaliency($("#explain-r"), rimg, ex.result.image_size, ex.result.geometry, ex.saliency, maxCss);
@@ -109,42 +160,59 @@ function drawPatch(cv, img, p) {
 
 async function explainCurrent() {
   const { m, ctx } = modalMatch();
+  await loadMethods();
   const method = $("#explain-method").value;
   const seq = ++EXPLAIN.seq;
+  cancelJob();
   $("#explain").hidden = false;
   $("#explain-title").textContent = `Why does ${basename(m.path)} match?`;
-  $("#explain-info").textContent = `${choiceLabel(ctx.choice)} · ${method}`;
-  for (const id of ["#explain-q", "#explain-r"]) { const c = $(id); c.width = c.height = 1; }
+  const info = EXPLAIN.methods && EXPLAIN.methods[method];
+  $("#explain-info").textContent = `${choiceLabel(ctx.choice)} · ${info ? info.title : method}`;
   $("#explain-stats").replaceChildren(el("span", { class: "muted", text: "explaining…" }));
   $("#explain-channels").replaceChildren();
   delete document.body.dataset.explained;
+  // the images at once (a model-running method takes seconds); the heat maps when it is done
+  const shown = showImages(m, ctx, seq).catch(() => {});
   const bar = $("#explain-progress");
-  // the model-running methods also perturb the query image ("both"), so both images get a map
-  const params = method === "occlusion" || method === "rise" ? { mode: "both" } : undefined;
+  const params = methodParams(method);
   const r = await api(`/api/searches/${ctx.sid}/explain`, { json: { id: m.id, method, params } });
   let j = r;
+  if (j.status === "running") EXPLAIN.job = j.job;
   while (j.status === "running") {
     bar.hidden = false;
     $("i", bar).style.width = `${(100 * j.progress).toFixed(0)}%`;
-    $("span", bar).textContent = `${method}: ${(100 * j.progress).toFixed(0)} % · ${j.seconds.toFixed(1)} s (runs the model on perturbed images)`;
+    $("span", bar).textContent = `${info ? info.title : method}: ${(100 * j.progress).toFixed(0)} % · ${j.seconds.toFixed(1)} s (runs the model on perturbed images)`;
     await new Promise((res) => setTimeout(res, 500));
     if (seq !== EXPLAIN.seq || $("#explain").hidden) return;
     j = await api(`/api/jobs/${j.job}`);
   }
+  EXPLAIN.job = null;
   bar.hidden = true;
   if (seq !== EXPLAIN.seq) return;
-  if (j.status === "error") throw new Error(`explain failed: ${j.error}`);
+  if (j.status === "error") {
+    $("#explain-stats").replaceChildren(el("span", { class: "muted", text: j.code === "cancelled" ? "cancelled" : "failed" }));
+    if (j.code === "cancelled") return;
+    throw new Error(`explain failed: ${j.error}`);
+  }
+  await shown;
+  if (seq !== EXPLAIN.seq) return;
   await renderExplanation(j.result, ctx);
 }
 
+function closeExplain() {
+  $("#explain").hidden = true;
+  EXPLAIN.seq++;
+  cancelJob();
+}
+
 export function wireExplain() {
+  loadMethods().catch(() => {}); // the select lists every declared method (LIME, mask…)
   $("#modal-explain").addEventListener("click", () => explainCurrent().catch(reportError));
-  $("#explain-close").addEventListener("click", () => { $("#explain").hidden = true; EXPLAIN.seq++; });
-  $("#explain").addEventListener("click", (e) => { if (e.target.id === "explain") { $("#explain").hidden = true; EXPLAIN.seq++; } });
+  $("#explain-close").addEventListener("click", closeExplain);
+  $("#explain").addEventListener("click", (e) => { if (e.target.id === "explain") closeExplain(); });
   window.addEventListener("keydown", (e) => {
     if (!$("#explain").hidden && e.key === "Escape") {
-      $("#explain").hidden = true;
-      EXPLAIN.seq++;
+      closeExplain();
       e.stopImmediatePropagation();
       e.preventDefault();
     }
