@@ -5,7 +5,7 @@
 import { decodeMask } from "../brush.js";
 import { $, $$, clamp, el, basename, fitRect } from "./util.js";
 import { api, enc, toast, reportError } from "./api.js";
-import { S, choiceKey, parseChoice, choiceLabel, queryMode } from "./state.js";
+import { S, choiceKey, parseChoice, choiceLabel, queryMode, MODE_TEXT } from "./state.js";
 import { brush, setQuery } from "./query.js";
 import { setChoiceUI, reloadDatasetIfNeeded } from "./dataset.js";
 import { drawDist } from "./curve.js";
@@ -71,7 +71,7 @@ export function renderHistory() {
       renderHistory();
       drawDist();
     });
-    return el("div", { class: "hist" + (h === cur ? " current" : ""), title: `${h.label}\n${h.choices.map(choiceLabel).join(" vs ")}`, onclick: () => restoreHistory(h).catch(reportError) },
+    return el("div", { class: "hist" + (h === cur ? " current" : ""), title: `${h.label} · ${MODE_TEXT[h.mode] || h.mode}\n${h.choices.map(choiceLabel).join(" vs ")}`, onclick: () => restoreHistory(h).catch(reportError) },
       el("img", { src: h.thumb, alt: "" }), dot, el("div", { text: `${h.label.split(" ")[0]} ${h.choices.length > 1 ? "⇄" : ""}` }));
   }));
 }
