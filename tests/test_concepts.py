@@ -254,3 +254,18 @@ def test_kmeans_and_label_metrics_on_known_cases():
     t = np.zeros((4, 3))
     np.add.at(t, (a, b), 1)
     assert nmi(t) == pytest.approx(normalized_mutual_info_score(b, a), abs=1e-9)
+
+
+def test_saliency_with_fixed_rise_runs_the_model(planted):
+    import torch
+
+    cache, _ = planted
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny model passes: one thread is ~10× faster on a busy machine
+    try:
+        cs = discover(cache, "blocks.10", "saliency", n_concepts=1, queries=[0], k=1, keep=1,
+                      saliency="rise", rise={"n_masks": 2, "batch_size": 2}, store=False)
+    finally:
+        torch.set_num_threads(before)
+    assert cs.attrs["params"]["saliency"] == "rise" and len(cs.extra["crop_image"]) == 1
+    assert cs.extra["crop_query"].tolist() == [0] and cs.extra["crop_image"][0] != 0

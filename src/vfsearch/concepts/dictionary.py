@@ -91,8 +91,9 @@ class _Patches:
         self.pool = {n: v[keep] for n, v in both.items()}
 
 
-def _sample(cache, layer, rows, target: int, rng) -> np.ndarray:
-    """A uniform sample of about ``target`` valid, non-zero cells (one streamed pass)."""
+def _sample(cache, layer, rows, target: int, rng) -> tuple[np.ndarray, bool]:
+    """A uniform sample of about ``target`` valid, non-zero cells (one streamed pass), and
+    whether it holds every such cell."""
     h, w = cache.grid(layer)
     total = max(1, int(cache.valid.sum()) * h * w)
     p = min(1.0, target / total)
@@ -103,8 +104,8 @@ def _sample(cache, layer, rows, target: int, rng) -> np.ndarray:
             cells = cells[rng.random(len(cells)) < p]
         parts.append(cells[np.einsum("mc,mc->m", cells, cells) > 0])
     if not parts:
-        return np.zeros((0, cache.layer_info(layer)["channels"]), np.float32)
-    return np.concatenate(parts)
+        return np.zeros((0, cache.layer_info(layer)["channels"]), np.float32), True
+    return np.concatenate(parts), p >= 1.0
 
 
 def discover_dictionary(cache, layer: str | None = None, *, n_concepts: int = 32,
@@ -132,12 +133,11 @@ def discover_dictionary(cache, layer: str | None = None, *, n_concepts: int = 32
     H, W = cache.grid(layer)
     C = int(info["channels"])
     target = int(min(sample, max(1000, sample_bytes // (4 * C))))
-    x = _sample(cache, layer, rows, target, rng)
+    x, sampled_all = _sample(cache, layer, rows, target, rng)
     if len(x) == 0:
         raise BadParameter(f"every cell of {layer!r} is zero", param="layer")
     t_sample = time.perf_counter() - t0
     centres, _, obj = kmeans(x, n_concepts, seed=seed)
-    sampled_all = len(x) >= int(cache.valid.sum()) * H * W
     history = [{"step": "sample", "cells": int(len(x)), "objective_per_cell": obj / len(x)}]
     if log:
         log(f"  {layer}: k-means on a sample of {len(x)} cells ({time.perf_counter() - t0:.1f} s)")

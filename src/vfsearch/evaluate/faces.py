@@ -110,16 +110,32 @@ def detect_faces(mtcnn, img, min_prob: float = 0.9) -> list[tuple[float, ...]]:
 
 
 def detect_cache_faces(cache, out_csv, *, min_prob: float = 0.95, min_face_size: int = 20,
-                       device: str = "cpu", log: Callable[[str], None] | None = None,
-                       progress: bool = False) -> Path:
+                       device: str = "cpu", threads: int | None = 1,
+                       log: Callable[[str], None] | None = None, progress: bool = False) -> Path:
     """Detect the faces of every indexed image of ``cache`` into a boxes CSV
     (``path,x0,y0,x1,y1,label`` with the cache's paths, label = ``face``, plus ``prob``).
 
-    Resumable: a ``.progress.json`` file next to the CSV records how many images are done, with
-    the settings; the same call continues where an interrupted one stopped."""
+    ``threads``: torch threads while detecting (MTCNN runs hundreds of tiny operations per
+    image; on a busy 2-core machine one thread was 10× faster than two: 1.8 s vs 20 s on an
+    ImageNet photo). Resumable: a ``.progress.json`` file next to the CSV records how many
+    images are done, with the settings; the same call continues where an interrupted one
+    stopped."""
+    import torch
+
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return _detect_cache_faces(cache, Path(out_csv), min_prob, min_face_size, device, log,
+                                   progress)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _detect_cache_faces(cache, out_csv: Path, min_prob, min_face_size, device, log,
+                        progress) -> Path:
     from ..images import load_image
 
-    out_csv = Path(out_csv)
     state_p = out_csv.with_name(out_csv.name + ".progress.json")
     setup = {"cache": str(cache.path), "fingerprint": cache.fingerprint(), "min_prob": min_prob,
              "min_face_size": min_face_size}
