@@ -122,7 +122,7 @@ def test_search_many_equals_single_searches_and_curve(small_cache):
     qs = [make_query(c, 1, box=_central_box(c, 1, 0.3)), make_query(c, 9, whole=True),
           make_query(c, 12, box=_central_box(c, 12, 0.5), layer="blocks.10")]
     many = search_many(c, qs, k=5, return_scores=True)
-    for q, r in zip(qs, many):
+    for q, r in zip(qs, many, strict=True):
         one = search(c, q, k=5)
         assert list(one.ids) == list(r.ids)
         curve = r.sorted_scores()
@@ -209,9 +209,11 @@ def test_cli_search_prints_table_and_json(small_cache):
     assert "rank" in out.stdout and len(out.stdout.strip().splitlines()) == 5
     js = subprocess.run(cmd + ["--json"], capture_output=True, text=True)
     d = json.loads(js.stdout)
-    assert len(d["matches"]) == 3 and {"id", "path", "label", "score", "box"} <= set(d["matches"][0])
+    assert len(d["matches"]) == 3
+    assert {"id", "path", "label", "score", "box"} <= set(d["matches"][0])
     bad = subprocess.run(cmd[:-4] + ["--box", "1,2"], capture_output=True, text=True)
-    assert bad.returncode == 2 and bad.stderr.startswith("error: ") and "Traceback" not in bad.stderr
+    assert bad.returncode == 2 and bad.stderr.startswith("error: ")
+    assert "Traceback" not in bad.stderr
 
 
 @pytest.mark.parametrize("layer", ["blocks.15", "blocks.10"])
@@ -229,5 +231,139 @@ def test_torch_backend_gives_the_same_results(small_cache, layer):
     rk = kernel.scan(d.features, d.sqnorm, pq, scale=d.scale, qerr2=d.qerr2)
     rt = torch_backend.scan(d.features, d.sqnorm, pq, scale=d.scale, qerr2=d.qerr2, block=5)
     assert np.allclose(rk.score, rt.score, atol=2e-3)
-    exact, _, _ = exact_scores(np.stack([c.features(i, layer) for i in range(len(c))]), q.weights, q.features)
+    feats = np.stack([c.features(i, layer) for i in range(len(c))])
+    exact, _, _ = exact_scores(feats, q.weights, q.features)
     assert np.all(rt.lower <= exact + 1e-6) and np.all(exact <= rt.upper + 1e-6)
+
+
+# -- exact refine on synthetic caches: exact copies, the refine layout and its upgrade ----------
+
+
+def _tiled_cache(path, base, copies, order, chunk=32):
+    """An 8-bit cache (f32 refine) whose row i holds ``base[order[i]]`` (NHWC float32)."""
+    from vfsearch.cache import synthetic_cache
+
+    n = len(order)
+    H, W, C = base.shape[1:]
+    w = synthetic_cache(path, n, layer="L", channels=C, grid=(H, W), nonnegative=False,
+                        refine="f32", chunk=chunk, compression="zstd")
+    w.write_block(0, features={"L": base[order]}, path=[f"{i}.jpg" for i in range(n)],
+                  label=[str(o) for o in order], size=[(224, 224)] * n, status=1)
+    from vfsearch import open_cache
+
+    return open_cache(path)
+
+
+def _region_query(cache, qid, box):
+    import dataclasses
+
+    q = make_query(cache, qid, whole=True, layer="L")
+    wts = np.zeros(q.weights.shape, np.float32)
+    y0, x0, h, w = box
+    wts[y0:y0 + h, x0:x0 + w] = 1
+    return dataclasses.replace(q, weights=wts, mode="region")
+
+
+def test_many_exact_copies_of_the_best_image_tie_and_rank_by_id(tmp_path):
+    """60 exact copies of the query image among 400: every copy scores the same, the top 10 are
+    the 10 lowest-id copies (the float64 reference's order), and the refine reads each candidate
+    once (the copies, no more)."""
+    from vfsearch.engine.reference import reference_scores
+
+    rng = np.random.default_rng(40)
+    base = rng.standard_normal((40, 14, 14, 24)).astype(np.float32)
+    order = rng.integers(1, 40, 400)
+    copies = rng.choice(np.arange(1, 400), 60, replace=False)
+    order[copies] = 0
+    order[0] = 0
+    c = _tiled_cache(tmp_path / "c", base, 60, order)
+    q = _region_query(c, 0, (5, 6, 3, 3))
+    res = search(c, q, k=10)
+    want = np.sort(copies)[:10]
+    assert list(res.ids) == list(want)
+    assert len(set(res.top_scores.tolist())) == 1 and res.top_scores[0] > 0.9999
+    ref = reference_scores(base[order[:120]], q.weights, q.features)[0]  # a slice: 14 copies
+    ref[0] = -np.inf
+    in_slice = np.sort(copies[copies < 120])
+    assert list(np.argsort(-ref, kind="stable")[:len(in_slice)]) == list(in_slice)
+    assert res.stats["candidates"] == 60  # exact ties cannot be told apart by bounds
+
+
+def _downgrade_to_format_2(path):
+    """What a format-2 cache looked like: the refine copy zstd-compressed in 16-row chunks."""
+    import zarr
+
+    from vfsearch.cache.layout import compressor
+
+    root = zarr.open_group(str(path), mode="r+")
+    for layer in root.attrs["vfsearch"]["layers"]:
+        key = f"layers/{layer}/refine"
+        data = root[key][:]
+        del root[key]
+        a = root.create_array(key, shape=data.shape, chunks=(16,) + data.shape[1:],
+                              dtype=data.dtype, fill_value=0, compressors=compressor("zstd"))
+        a[:] = data
+    attrs = dict(root.attrs["vfsearch"])
+    attrs["format_version"] = 2
+    root.attrs["vfsearch"] = attrs
+
+
+def test_a_format_2_cache_upgrades_in_place_resumably_to_the_same_results(tmp_path):
+    import shutil
+
+    from vfsearch import open_cache
+    from vfsearch.cache import upgrade
+    from vfsearch.cache.rows import raw_chunks
+
+    rng = np.random.default_rng(41)
+    base = rng.standard_normal((30, 7, 7, 40)).astype(np.float32)
+    order = rng.integers(0, 30, 150)
+    fresh = _tiled_cache(tmp_path / "new", base, 0, order, chunk=32)
+    shutil.copytree(tmp_path / "new", tmp_path / "old")
+    _downgrade_to_format_2(tmp_path / "old")
+    old = open_cache(tmp_path / "old")
+    assert old.format_version == 2 and raw_chunks(old._arr("L", "refine")) is None
+    assert raw_chunks(fresh._arr("L", "refine")) is not None  # format 3: one row, one read
+    q = _region_query(fresh, 3, (2, 2, 3, 3))
+    a = search(fresh, q, k=8, return_scores=True)
+    b = search(old, q, k=8, return_scores=True)  # readable as is, only slower
+    assert list(a.ids) == list(b.ids) and np.array_equal(a.top_scores, b.top_scores)
+
+    calls = []
+
+    def stop_after_two(i, n):
+        calls.append(i)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):  # interrupted half-way through the copy
+        upgrade(tmp_path / "old", progress=stop_after_two)
+    assert open_cache(tmp_path / "old").format_version == 2
+    upgrade(tmp_path / "old")  # resumes
+    up = open_cache(tmp_path / "old")
+    assert up.format_version == 3 and raw_chunks(up._arr("L", "refine")) is not None
+    assert not (tmp_path / "old" / "layers" / "L" / "refine.v3").exists()
+    assert np.array_equal(up._arr("L", "refine")[:], fresh._arr("L", "refine")[:])
+    c = search(up, q, k=8, return_scores=True)
+    assert list(c.ids) == list(a.ids) and np.array_equal(c.scores, a.scores)
+    assert upgrade(tmp_path / "old") == []  # nothing left to do
+
+
+def test_refine_rows_are_read_one_by_one(tmp_path):
+    """The format-3 refine copy: scattered rows (repeats, any order) read straight from the chunk
+    files equal Zarr's reading; a chunk never written reads as the fill value."""
+    from vfsearch.cache.rows import read_ids, take_rows
+
+    rng = np.random.default_rng(42)
+    base = rng.standard_normal((10, 3, 4, 5)).astype(np.float32)
+    c = _tiled_cache(tmp_path / "c", base, 0, rng.integers(0, 10, 70), chunk=32)
+    ref = c._arr("L", "refine")
+    ids = np.array([69, 0, 33, 33, 16, 15, 68])
+    np.testing.assert_array_equal(read_ids(ref, ids), take_rows(ref, ids))
+    for f in (tmp_path / "c" / "layers" / "L" / "refine" / "c").glob("4/*/*/*"):
+        f.unlink()  # rows 64..69 were never written
+    got = read_ids(ref, ids)
+    assert np.all(got[0] == 0) and np.all(got[-1] == 0)
+    np.testing.assert_array_equal(got[1:-1], take_rows(ref, ids[1:-1]))
+    with pytest.raises(IndexError):
+        read_ids(ref, [70])

@@ -1,6 +1,6 @@
 """The cache's on-disk layout: every array name, dtype, shape and codec, written once.
 
-Nothing outside :mod:`vfsearch.cache` knows these names. Layout (format version 2)::
+Nothing outside :mod:`vfsearch.cache` knows these names. Layout (format version 3)::
 
     CACHE/zarr.json                 root attributes ``vfsearch``: format version, model, weights
                                     hash, transform, image root, layers, dtype, compression
@@ -14,12 +14,14 @@ Nothing outside :mod:`vfsearch.cache` knows these names. Layout (format version 
     CACHE/layers/<layer>/scale      (N, H, W) float32   per-cell scale (8-bit only)
     CACHE/layers/<layer>/sqnorm     (N, H, W) float32   squared norm of each (dequantised) cell
     CACHE/layers/<layer>/qerr2      (N, H, W) float32   squared quantisation error (8-bit only)
-    CACHE/layers/<layer>/refine     (N, H, W, C)        higher-precision copy for exact re-ranking
+    CACHE/layers/<layer>/refine     (N, H, W, C)        higher-precision copy for exact re-ranking,
+                                                        uncompressed (format 3): one row, one read
     CACHE/layers/<layer>/pooled     (N, C) float32      mean of the (float) cells: global search
     CACHE/derived/<kind>/<layer>/<name>/...             stored results (maps, atlases, concepts)
 
-All per-image arrays are chunked along N with the same chunk length (the refine copy in smaller
-chunks: the refine step reads scattered rows), and ``images/status`` is written last for a
+All per-image arrays are chunked along N with the same chunk length (the refine copy in smaller,
+uncompressed chunks: the refine step reads scattered rows, each straight from its chunk file at
+its offset, so it reads O(candidates) bytes), and ``images/status`` is written last for a
 chunk: Zarr's local store replaces each chunk file atomically, so a chunk whose status is
 written is complete.
 """
@@ -37,7 +39,7 @@ from ..errors import BadParameter, CacheError
 
 warnings.filterwarnings("ignore", message=".*does not have a Zarr V3 specification")
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 PENDING, INDEXED, SKIPPED = 0, 1, 2
 DTYPES = ("int8", "f16", "f32")
 REFINE = ("f32", "f16", "none")
@@ -121,7 +123,7 @@ def layer_specs(meta: dict, layer: str) -> list[ArraySpec]:
         if meta["refine"] != "none":
             rdt = np.float16 if meta["refine"] == "f16" else np.float32
             specs.append(ArraySpec(layer_key(layer, "refine"), (h, w, ch), rdt,
-                                   min(c, REFINE_CHUNK)))
+                                   min(c, REFINE_CHUNK), compressed=False))
     return specs
 
 

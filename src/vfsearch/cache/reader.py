@@ -16,7 +16,7 @@ from ..errors import CacheError, CacheMismatch, CacheNotFound, NotFound, Unknown
 from ..transforms import Transform
 from . import versions
 from .layout import INDEXED, PENDING, SKIPPED, derived_key, image_key, layer_key, meta_key
-from .rows import read_rows, take_rows
+from .rows import read_ids, read_rows, take_rows
 
 __all__ = ["FeatureCache", "LayerData", "Stored", "disk_usage", "open_cache"]
 
@@ -366,7 +366,7 @@ class FeatureCache:
         i = self._check_id(i)
         ref = self._arr(layer, "refine")
         if exact and ref is not None:
-            return np.asarray(ref[i], dtype=np.float32)
+            return self._refine_rows(ref, [i])[0]
         if layer in self._loaded:
             return self._loaded[layer].dequantised(np.array([i]))[0]
         f = np.asarray(self._arr(layer, "features")[i], dtype=np.float32)
@@ -390,14 +390,25 @@ class FeatureCache:
             f *= take_rows(sc, ids)[..., None]
         return f
 
-    def exact_rows(self, layer: str, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-        """Higher-precision features + squared norms for a few rows (the refine step), or None
-        when the cache has no refine copy."""
+    def exact_rows(self, layer: str, ids: np.ndarray, norms: bool = True
+                   ) -> tuple[np.ndarray, np.ndarray | None] | None:
+        """Higher-precision features + squared norms (None unless ``norms``) for a few rows (the
+        refine step), or None when the cache has no refine copy."""
         ref = self._arr(layer, "refine")
         if ref is None:
             return None
-        f = take_rows(ref, np.asarray(ids, dtype=np.int64)).astype(np.float32, copy=False)
-        return f, np.einsum("nhwc,nhwc->nhw", f, f)
+        f = self._refine_rows(ref, ids)
+        return f, (np.einsum("nhwc,nhwc->nhw", f, f) if norms else None)
+
+    @staticmethod
+    def _refine_rows(ref, ids) -> np.ndarray:
+        """Rows of a refine copy as float32: one read per row where it is stored uncompressed
+        (format 3), else through Zarr (whole chunks decompressed)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        f = read_ids(ref, ids)
+        if f is None:
+            f = take_rows(ref, ids)
+        return f.astype(np.float32, copy=False)
 
     def pooled(self, layer: str | None = None, ids=None) -> np.ndarray:
         """Mean-pooled float features (N, C) — or rows ``ids`` — of a layer (global search)."""

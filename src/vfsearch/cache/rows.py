@@ -1,8 +1,10 @@
 """Reading rows of a per-image array fast: uncompressed local arrays straight from their chunk
-files (several times faster than through Zarr for big blocks), everything else through Zarr."""
+files (several times faster than through Zarr for big blocks; scattered rows one read each),
+everything else through Zarr."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -66,6 +68,57 @@ def read_rows(arr, start: int, stop: int) -> np.ndarray:
             if got:
                 raise CacheError(f"chunk {ci} of {arr.path} is truncated")
             out[a - start:b - start] = arr.fill_value
+    return out
+
+
+def read_ids(arr, ids: np.ndarray) -> np.ndarray | None:
+    """Scattered rows ``ids`` (any order, repeats allowed) of an array whose chunk files are raw
+    (:func:`raw_chunks`): one ``pread`` per distinct row, straight into the result, so the cost
+    is the rows' bytes. None when the array must be read through Zarr."""
+    base = raw_chunks(arr)
+    if base is None:
+        return None
+    ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+    out = np.empty((len(ids),) + tuple(arr.shape[1:]), dtype=arr.dtype)
+    if not len(ids):
+        return out
+    if ids.min() < 0 or ids.max() >= arr.shape[0]:
+        raise IndexError(f"row ids out of range for {arr.path} ({arr.shape[0]} rows)")
+    uniq, first = np.unique(ids, return_index=True)
+    ch = int(arr.chunks[0])
+    row = out.itemsize * int(np.prod(arr.shape[1:], dtype=np.int64))
+    flat = out.reshape(len(ids), -1).view(np.uint8)
+    rest = "/0" * (arr.ndim - 1)
+    fd, open_chunk = -1, -1
+    try:
+        for r, j in zip(uniq.tolist(), first.tolist(), strict=True):
+            ci = r // ch
+            if ci != open_chunk:
+                if fd >= 0:
+                    os.close(fd)
+                    fd = -1
+                open_chunk = ci
+                try:
+                    fd = os.open(base / "c" / f"{ci}{rest}", os.O_RDONLY)
+                except FileNotFoundError:  # a chunk never written holds the fill value
+                    fd = -1
+            dst = memoryview(flat[j])
+            got = 0
+            while fd >= 0 and got < row:
+                k = os.preadv(fd, [dst[got:]], (r - ci * ch) * row + got)
+                if not k:
+                    break
+                got += k
+            if got < row:
+                if got:
+                    raise CacheError(f"chunk {ci} of {arr.path} is truncated")
+                out[j] = arr.fill_value
+    finally:
+        if fd >= 0:
+            os.close(fd)
+    if len(uniq) < len(ids):  # repeats: copy from the first occurrence
+        pos = np.searchsorted(uniq, ids)
+        out[:] = out[first[pos]]
     return out
 
 

@@ -6,8 +6,9 @@ and reads every older version it knows: what an older cache lacks is listed in
 missing array refuses with :class:`~vfsearch.errors.CacheOutdated`, naming the upgrade
 (``vfsearch upgrade CACHE`` / :func:`vfsearch.cache.upgrade`) — never a silent misread;
 extending an older cache (``vfsearch index`` into it) upgrades it first. The upgrade adds what
-is missing chunk by chunk and records its progress, so an interrupted upgrade resumes. A cache
-written by a newer vfsearch is refused.
+is missing chunk by chunk and records its progress, so an interrupted upgrade resumes; arrays
+whose storage changed (:data:`RESTORED`) are rewritten the same way. A cache written by a newer
+vfsearch is refused.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from .layout import FORMAT_VERSION
 
 #: format version → per-layer arrays it added (what an older cache lacks)
 ADDED: dict[int, tuple[str, ...]] = {2: ("pooled",)}
+#: format version → per-layer arrays it stores differently (an older cache has them and reads
+#: correctly, only slower): 3 keeps ``refine`` uncompressed, so that one row is one read
+RESTORED: dict[int, tuple[str, ...]] = {3: ("refine",)}
 OLDEST = 1
 
 
@@ -34,6 +38,12 @@ def check_readable(path: Path, attrs: dict) -> None:
 def missing(version: int) -> tuple[str, ...]:
     """Per-layer arrays a cache of ``version`` lacks."""
     return tuple(a for v in range(version + 1, FORMAT_VERSION + 1) for a in ADDED.get(v, ()))
+
+
+def restored(version: int) -> tuple[str, ...]:
+    """Per-layer arrays a cache of ``version`` stores in an older way (the upgrade rewrites
+    them)."""
+    return tuple(a for v in range(version + 1, FORMAT_VERSION + 1) for a in RESTORED.get(v, ()))
 
 
 def require(cache, layer: str, name: str) -> None:

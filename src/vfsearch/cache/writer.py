@@ -34,7 +34,7 @@ from .layout import (
     pooled,
 )
 from .reader import FeatureCache
-from .rows import read_rows
+from .rows import raw_chunks, read_rows
 
 __all__ = ["CacheWriter", "RowRecord", "synthetic_cache", "upgrade"]
 
@@ -328,8 +328,52 @@ class CacheWriter:
                         self.meta.get("upgrade", {}).get(layer) is not None:
                     self._upgrade_pooled(layer, progress)
                     added.append(f"{layer}/pooled")
-        self.update_attrs(format_version=FORMAT_VERSION, upgrade={})
+        if "refine" in versions.restored(v):
+            for layer in self.meta["layers"]:
+                if self._upgrade_refine(layer, progress):
+                    added.append(f"{layer}/refine (uncompressed)")
+        self.update_attrs(format_version=FORMAT_VERSION, upgrade={}, upgrade_refine={})
         return added
+
+    def _upgrade_refine(self, layer: str, progress) -> bool:
+        """Rewrite a layer's refine copy uncompressed (format 3): copied block by block into
+        ``refine.v3`` (progress in the ``upgrade_refine`` attribute), then swapped in for the old
+        array, which is removed. Resumes at any point. Returns whether anything was rewritten."""
+        key = layer_key(layer, "refine")
+        tmp, old = key + ".v3", key + ".v2"
+        d_key, d_tmp, d_old = self.path / key, self.path / tmp, self.path / old
+        state = dict(self.meta.get("upgrade_refine") or {})
+        if state.get(layer) != "swap" and not d_old.exists():
+            if key not in self.root:
+                return False
+            src = self.root[key]
+            if raw_chunks(src) is not None and tmp not in self.root:
+                return False  # already stored row by row
+            spec = next(sp for sp in layer_specs(self.meta, layer) if sp.key == key)
+            n = int(src.shape[0])
+            self._ensure(ArraySpec(tmp, spec.row_shape, spec.dtype, spec.chunk,
+                                   compressed=False, fill=spec.fill), n)
+            dst = self.root[tmp]
+            block = max(spec.chunk, self.chunk // spec.chunk * spec.chunk)
+            nblocks = (n + block - 1) // block
+            for b in range(int(state.get(layer) or 0), nblocks):
+                s, e = b * block, min(n, (b + 1) * block)
+                dst[s:e] = read_rows(src, s, e)
+                state[layer] = b + 1
+                self.update_attrs(upgrade_refine=state)
+                if progress:
+                    progress(b + 1, nblocks)
+            state[layer] = "swap"
+            self.update_attrs(upgrade_refine=state)
+        # the copy is complete: swap it in (each step is a rename, so a resumed run finishes it)
+        if d_key.exists() and d_tmp.exists():
+            d_key.rename(d_old)
+        if d_tmp.exists():
+            d_tmp.rename(d_key)
+        shutil.rmtree(d_old, ignore_errors=True)
+        state[layer] = "done"
+        self.update_attrs(upgrade_refine=state)
+        return True
 
     def _upgrade_pooled(self, layer: str, progress) -> None:
         spec = next(s for s in layer_specs(self.meta, layer) if s.key.endswith("/pooled"))

@@ -65,7 +65,8 @@ class SearchResult:
         return np.array([m.score for m in self.matches], dtype=np.float64)
 
     def cell_weights(self) -> np.ndarray:
-        """The query's mask weights on the grid, cropped to its box (h, w): what each match covers."""
+        """The query's mask weights on the grid, cropped to its box (h, w): what each match
+        covers."""
         r0, c0, h, w = self.query.cell_box
         return self.query.weights[r0:r0 + h, c0:c0 + w]
 
@@ -142,7 +143,7 @@ def exact_scores(feats: np.ndarray, weights: np.ndarray, qfeat: np.ndarray, bloc
         sq = np.einsum("nhwc,nhwc->nhw", f, f)
         num = np.zeros((len(f), A, B))
         den = np.zeros((len(f), A, B))
-        for k, (y, x) in enumerate(zip(ys - r0, xs - c0)):
+        for k, (y, x) in enumerate(zip(ys - r0, xs - c0, strict=True)):
             num += f[:, y:y + A, x:x + B, :] @ Q[k]
             den += m2[k] * sq[:, y:y + A, x:x + B]
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -155,11 +156,11 @@ def exact_scores(feats: np.ndarray, weights: np.ndarray, qfeat: np.ndarray, bloc
     return best, off, maps
 
 
-# -- scanning ----------------------------------------------------------------------------------------
+# -- scanning --------------------------------------------------------------------------------
 
 
-def _scan_block(data: LayerData, pq, backend: str, threads: int | None, tighten_k: int | None = None,
-                floor: float = -np.inf):
+def _scan_block(data: LayerData, pq, backend: str, threads: int | None,
+                tighten_k: int | None = None, floor: float = -np.inf):
     if backend.startswith("torch"):
         from . import torch_backend
 
@@ -205,7 +206,7 @@ def _scan_all(cache, layer, pqs, *, memory, backend, threads, tighten_k: int | N
     best_lower = [np.full(0, -np.inf, np.float32) for _ in pqs]  # the top tighten_k lowers so far
     for data in _blocks(cache, layer, memory):
         sl = slice(data.start, data.start + data.n)
-        for j, (pq, out) in enumerate(zip(pqs, outs)):
+        for j, (pq, out) in enumerate(zip(pqs, outs, strict=True)):
             floor = -np.inf
             if tighten_k and len(best_lower[j]) >= tighten_k:
                 floor = float(best_lower[j].min())
@@ -214,23 +215,31 @@ def _scan_all(cache, layer, pqs, *, memory, backend, threads, tighten_k: int | N
             out["upper"][sl], out["lower"][sl] = r.upper, r.lower
             if tighten_k:
                 b = np.concatenate([best_lower[j], r.lower])
-                best_lower[j] = b if len(b) <= tighten_k else np.partition(b, -tighten_k)[-tighten_k:]
+                best_lower[j] = (b if len(b) <= tighten_k
+                                 else np.partition(b, -tighten_k)[-tighten_k:])
     return outs
 
 
 def _topk(values: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the k largest finite values, best first (partial selection, no full sort)."""
+    """Indices of the k largest finite values, best first, ties by the lower index (partial
+    selection, no full sort)."""
     finite = np.isfinite(values)
     k = min(k, int(finite.sum()))
     if k <= 0:
         return np.zeros(0, np.int64)
     v = np.where(finite, values, -np.inf)
-    idx = np.argpartition(-v, k - 1)[:k] if k < len(v) else np.arange(len(v))
+    if k < len(v):  # argpartition picks arbitrary ones among ties: take the lowest ids
+        kth = v[np.argpartition(-v, k - 1)[k - 1]]
+        above = np.flatnonzero(v > kth)
+        idx = np.concatenate([above, np.flatnonzero(v == kth)[:k - len(above)]])
+    else:
+        idx = np.arange(len(v))
     return idx[np.lexsort((idx, -v[idx]))]
 
 
 def _finish(cache: FeatureCache, q: Query, out: dict, *, k: int, exclude_self: bool,
-            return_scores: bool, dedup: float | None, exact: bool) -> SearchResult:
+            return_scores: bool, dedup: float | None, exact: bool, backend: str = "auto",
+            threads: int | None = None) -> SearchResult:
     n = len(cache)
     valid = cache.valid.copy()
     if exclude_self and q.source_id is not None:
@@ -251,15 +260,16 @@ def _finish(cache: FeatureCache, q: Query, out: dict, *, k: int, exclude_self: b
         L = lower[_topk(lower, kk)[-1]] if kk else -np.inf
         cand = np.flatnonzero(upper >= L)
         stats["candidates"] = int(len(cand))
-        rows = cache.exact_rows(q.layer, cand)
-        best, off, _ = exact_scores(rows[0], q.weights, q.features)
+        rows, _ = cache.exact_rows(q.layer, cand, norms=False)  # one read per row (format 3)
+        kb = backend if backend in kernel.BACKENDS else "auto"
+        best, off = kernel.exact_best(rows, q.weights, q.features, backend=kb, threads=threads)
         score[cand] = best.astype(np.float32)
         offset[cand] = off
         stats["refined"] = int(len(cand))
         # exact scores decide the top-k (ties broken by id, like the scan)
-        exact_best = np.full(n, -np.inf)
-        exact_best[cand] = best
-        top = _topk(exact_best, want)
+        exact_score = np.full(n, -np.inf)
+        exact_score[cand] = best
+        top = _topk(exact_score, want)
     else:
         top = _topk(score, want)
     if dedup:
@@ -326,7 +336,7 @@ def _finish_global(cache: FeatureCache, q: Query, *, k: int, exclude_self: bool,
     if dedup:
         top = _dedup(cache, q.layer, top, dedup)
     top = top[:k]
-    best = dict(zip(top.tolist(), exact.tolist()))
+    best = dict(zip(top.tolist(), exact.tolist(), strict=True))
     paths, labels = cache.paths, cache.labels
     matches = []
     for rank, i in enumerate(top, start=1):
@@ -369,8 +379,9 @@ def search(
     ``memory`` bounds RAM by streaming the cache in blocks (bytes; "auto" streams only when the
     cache does not fit). ``backend``: "auto" (compiled kernel), "avx2", "generic", "numpy",
     or "torch[:DEVICE]" (e.g. "torch:cuda" on a GPU). ``dedup`` drops results whose pooled
-    features have cosine ≥ ``dedup`` with a better result. ``scheduler`` (``"local:N"`` or a Dask address) maps the scan over the
-    cache's chunks on Dask workers; the results are identical.
+    features have cosine ≥ ``dedup`` with a better result. ``scheduler`` (``"local:N"`` or a
+    Dask address) maps the scan over the cache's chunks on Dask workers; the results are
+    identical.
     """
     return search_many(cache, [_as_query(cache, query, image, mask, box, whole, layer, mode)], k=k,
                        exclude_self=exclude_self, return_scores=return_scores, dedup=dedup,
@@ -417,12 +428,13 @@ def search_many(
             from .dask_backend import scan_distributed
 
             rows = None if mem is None else max(cache.chunk_len(), int(mem) // 4)
-            outs = scan_distributed(cache, layer, pqs, get_client(scheduler), rows=rows, backend=backend,
-                                    tighten_k=tighten)
+            outs = scan_distributed(cache, layer, pqs, get_client(scheduler), rows=rows,
+                                    backend=backend, tighten_k=tighten)
         else:
             outs = _scan_all(cache, layer, pqs, memory=mem, backend=backend, threads=threads,
                              tighten_k=tighten)
-        for j, out in zip(js, outs):
+        for j, out in zip(js, outs, strict=True):
             results[j] = _finish(cache, queries[j], out, k=k, exclude_self=exclude_self,
-                                 return_scores=return_scores, dedup=dedup, exact=exact)
+                                 return_scores=return_scores, dedup=dedup, exact=exact,
+                                 backend=backend, threads=threads)
     return results

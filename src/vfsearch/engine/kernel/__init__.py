@@ -41,10 +41,10 @@ import os
 
 import numpy as np
 
-from ...errors import BackendUnavailable, BadParameter
+from ...errors import BackendUnavailable, BadMask, BadParameter
 from . import build
-from .dispatch import DTYPES, LEVELS, PATHS, default_threads, read_split, scan_c
-from .numpy_path import read_checksum, scan_numpy
+from .dispatch import DTYPES, LEVELS, PATHS, default_threads, exact_c, read_split, scan_c
+from .numpy_path import exact_numpy, read_checksum, scan_numpy
 from .query import PRECISIONS, PreparedQuery, ScanResult, qfmt_for
 
 __all__ = [
@@ -52,6 +52,7 @@ __all__ = [
     "PreparedQuery",
     "ScanResult",
     "available_backends",
+    "exact_best",
     "read_floor",
     "resolve_backend",
     "scan",
@@ -198,6 +199,35 @@ def scan(
             out.upper[cand], out.lower[cand] = sub.upper, sub.lower
             out.rescanned = len(cand)
     return out
+
+
+def exact_best(feats, weights, qfeat, *, threads=None, backend: str = "auto"):
+    """Exact region-cosine of a few images (the refine step): float64 best score and its
+    offset (lowest on ties) per image, from float features (m, H, W, C) (float16 / float32;
+    float32 arithmetic on the values as stored, sums in float64), ``weights`` (H, W) the mask
+    on the grid and ``qfeat`` (H, W, C) the query's feature map. Each image's result depends
+    on its values alone, so identical rows tie exactly. Returns (best (m,), offset (m,))."""
+    feats = np.ascontiguousarray(feats, dtype=np.float32)
+    weights = np.asarray(weights, dtype=np.float64)
+    ys, xs = np.nonzero(weights > 0)
+    if not len(ys):
+        raise BadMask("the mask is empty: no cell of the feature grid has a weight above 0",
+                      param="weights")
+    dy = np.ascontiguousarray(ys - ys.min(), dtype=np.int32)
+    dx = np.ascontiguousarray(xs - xs.min(), dtype=np.int32)
+    m2 = np.ascontiguousarray(weights[ys, xs] ** 2)
+    q = np.asarray(qfeat, dtype=np.float64)[ys, xs]
+    Q = np.ascontiguousarray(m2[:, None] * q)
+    qnorm = math.sqrt(float(np.sum(m2 * np.einsum("kc,kc->k", q, q))))
+    if feats.ndim != 4 or feats.shape[1:3] != weights.shape or feats.shape[3] != q.shape[1]:
+        raise ValueError("exact_best: feats must be (m, H, W, C) on the mask's grid and C")
+    b = resolve_backend(backend)
+    if b == "numpy":
+        best, off = exact_numpy(feats, dy, dx, m2, Q, qnorm)
+    else:
+        nthreads = default_threads() if threads is None else max(1, int(threads))
+        best, off = exact_c(build.load().lib, b, feats, dy, dx, m2, Q, qnorm, threads=nthreads)
+    return best, off.astype(np.int64)
 
 
 def read_floor(arr, threads=None) -> int:

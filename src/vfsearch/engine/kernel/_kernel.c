@@ -100,7 +100,7 @@ int vfs_cpu_level(void) {
     return level;
 }
 
-int vfs_abi_version(void) { return 3; }
+int vfs_abi_version(void) { return 4; }
 
 /* ------------------------------------------------------------------------ */
 /* helpers                                                                   */
@@ -1927,6 +1927,161 @@ int vfs_scan(int level, int dtype, const void *feats, int64_t n, int H, int W, i
     free(T);
     free(accm);
     free(q4);
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* exact re-scoring (the refine step): float32 features, float64 sums        */
+/* ------------------------------------------------------------------------ */
+/*
+ * Best score and its offset (lowest on ties) of m float32 images, in double. Every dot
+ * <x_cell, Q_k> and squared norm |x_cell|^2 sums its channels in a fixed lane pattern (lane l
+ * of the vector takes channels l, l + VL, ...; then a fixed reduction), and num / den add the
+ * pairs in a fixed order, so an image's result depends on its values alone, not on where it
+ * sits in memory or in the batch: identical rows tie exactly (and are ranked by id). Each cell
+ * is loaded once for all the query cells (up to 8 at a time) it meets. Levels as vfs_scan
+ * (AVX-512: 8 doubles per vector; AVX2: 4; generic: 4 scalar lanes).
+ */
+#define EX_G 8
+
+/* out[g] = <x, q[g]> and, when sq, *sq = |x|^2, for g < G */
+static void exact_dots_generic(const float *x, const double *const *q, int G, int C, double *out,
+                               double *sq) {
+    for (int g = 0; g < G; ++g) {
+        double a[4] = {0.0, 0.0, 0.0, 0.0};
+        for (int j = 0; j < C; ++j) a[j & 3] += (double)x[j] * q[g][j];
+        out[g] = (a[0] + a[1]) + (a[2] + a[3]);
+    }
+    if (sq) {
+        double a[4] = {0.0, 0.0, 0.0, 0.0};
+        for (int j = 0; j < C; ++j) a[j & 3] += (double)x[j] * (double)x[j];
+        *sq = (a[0] + a[1]) + (a[2] + a[3]);
+    }
+}
+
+#ifdef VFS_X86
+static VFS_AVX512 void exact_dots_avx512(const float *x, const double *const *q, int G, int C,
+                                         double *out, double *sq) {
+    __m512d acc[EX_G], s2 = _mm512_setzero_pd();
+    for (int g = 0; g < EX_G; ++g) acc[g] = _mm512_setzero_pd();
+    for (int j = 0; j < C; j += 8) { /* masked tail: the lanes past C add exact zeros */
+        const __mmask8 m = C - j >= 8 ? 0xff : (__mmask8)((1u << (C - j)) - 1u);
+        const __m512d xv = _mm512_cvtps_pd(_mm256_maskz_loadu_ps(m, x + j));
+        s2 = _mm512_fmadd_pd(xv, xv, s2);
+#pragma GCC unroll 8
+        for (int g = 0; g < EX_G; ++g)
+            if (g < G) acc[g] = _mm512_fmadd_pd(xv, _mm512_maskz_loadu_pd(m, q[g] + j), acc[g]);
+    }
+    for (int g = 0; g < G; ++g) out[g] = _mm512_reduce_add_pd(acc[g]);
+    if (sq) *sq = _mm512_reduce_add_pd(s2);
+}
+
+VFS_INLINE VFS_AVX2 double hsum4_pd(__m256d v) {
+    const __m128d t = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(t, _mm_unpackhi_pd(t, t)));
+}
+
+static VFS_AVX2 void exact_dots_avx2(const float *x, const double *const *q, int G, int C,
+                                     double *out, double *sq) {
+    __m256d acc[EX_G], s2 = _mm256_setzero_pd();
+    for (int g = 0; g < EX_G; ++g) acc[g] = _mm256_setzero_pd();
+    int j = 0;
+    for (; j + 4 <= C; j += 4) {
+        const __m256d xv = _mm256_cvtps_pd(_mm_loadu_ps(x + j));
+        s2 = _mm256_fmadd_pd(xv, xv, s2);
+#pragma GCC unroll 8
+        for (int g = 0; g < EX_G; ++g)
+            if (g < G) acc[g] = _mm256_fmadd_pd(xv, _mm256_loadu_pd(q[g] + j), acc[g]);
+    }
+    double t[EX_G], t2 = hsum4_pd(s2);
+    for (int g = 0; g < G; ++g) t[g] = hsum4_pd(acc[g]);
+    for (; j < C; ++j) { /* scalar tail, in order */
+        const double xj = (double)x[j];
+        t2 += xj * xj;
+        for (int g = 0; g < G; ++g) t[g] += xj * q[g][j];
+    }
+    for (int g = 0; g < G; ++g) out[g] = t[g];
+    if (sq) *sq = t2;
+}
+#endif
+
+/*
+ * feats (m, H, W, C) float32; query: K cells (dy, dx) in an h x w box, m2[K], Q (K, C) double
+ * (= m2_k q_k), qnorm. Outputs best[m] (double) and offset[m] (a * (W - w + 1) + b).
+ * Returns 0, or < 0 on bad arguments / out of memory.
+ */
+int vfs_exact(int level, const float *feats, int64_t m, int H, int W, int C, int h, int w,
+              int K, const int32_t *dy, const int32_t *dx, const double *m2, const double *Q,
+              double qnorm, double *best, int32_t *offset) {
+    if (m < 0 || H < 1 || W < 1 || C < 1 || h < 1 || w < 1 || h > H || w > W || K < 1) return -1;
+    if (level < LV_GENERIC || level > LV_AVX512 || level > vfs_cpu_level()) return -2;
+    for (int k = 0; k < K; ++k)
+        if (dy[k] < 0 || dy[k] >= h || dx[k] < 0 || dx[k] >= w) return -1;
+    const int OH = H - h + 1, OW = W - w + 1, HW = H * W, O = OH * OW;
+    /* per cell, the (k, offset) pairs it takes part in, k ascending */
+    int32_t *start = (int32_t *)malloc(sizeof(int32_t) * (size_t)(HW + 1));
+    int32_t *pk = (int32_t *)malloc(sizeof(int32_t) * (size_t)O * K);
+    int32_t *po = (int32_t *)malloc(sizeof(int32_t) * (size_t)O * K);
+    double *sq = (double *)malloc(sizeof(double) * (size_t)(HW + 2 * O + EX_G));
+    if (!start || !pk || !po || !sq) {
+        free(start);
+        free(pk);
+        free(po);
+        free(sq);
+        return -3;
+    }
+    int np = 0;
+    for (int c = 0; c < HW; ++c) {
+        start[c] = np;
+        const int y = c / W, xx = c % W;
+        for (int k = 0; k < K; ++k) {
+            const int a = y - dy[k], b = xx - dx[k];
+            if (a >= 0 && a < OH && b >= 0 && b < OW) {
+                pk[np] = k;
+                po[np++] = a * OW + b;
+            }
+        }
+    }
+    start[HW] = np;
+    double *num = sq + HW, *den = num + O, d[EX_G];
+    const double *qg[EX_G];
+    for (int64_t i = 0; i < m; ++i) {
+        const float *x = feats + i * (int64_t)HW * C;
+        for (int o = 0; o < O; ++o) num[o] = den[o] = 0.0;
+        for (int c = 0; c < HW; ++c) {
+            const float *xc = x + (int64_t)c * C;
+            double sqc = 0.0;
+            for (int t0 = start[c]; t0 < start[c + 1]; t0 += EX_G) {
+                const int G = start[c + 1] - t0 < EX_G ? start[c + 1] - t0 : EX_G;
+                for (int g = 0; g < G; ++g) qg[g] = Q + (int64_t)pk[t0 + g] * C;
+                double *want = t0 == start[c] ? &sqc : NULL;
+#ifdef VFS_X86
+                if (level == LV_AVX512) exact_dots_avx512(xc, qg, G, C, d, want);
+                else if (level == LV_AVX2) exact_dots_avx2(xc, qg, G, C, d, want);
+                else exact_dots_generic(xc, qg, G, C, d, want);
+#else
+                exact_dots_generic(xc, qg, G, C, d, want);
+#endif
+                for (int g = 0; g < G; ++g) num[po[t0 + g]] += d[g];
+            }
+            for (int t = start[c]; t < start[c + 1]; ++t) den[po[t]] += m2[pk[t]] * sqc;
+        }
+        double bs = -INFINITY;
+        int bo = 0;
+        for (int o = 0; o < O; ++o) {
+            const double sc = den[o] > 0.0 && qnorm > 0.0 ? num[o] / (qnorm * sqrt(den[o])) : 0.0;
+            if (sc > bs) { /* strictly greater: the lowest offset wins ties */
+                bs = sc;
+                bo = o;
+            }
+        }
+        best[i] = bs > -INFINITY ? bs : 0.0;
+        offset[i] = bo;
+    }
+    free(start);
+    free(pk);
+    free(po);
+    free(sq);
     return 0;
 }
 

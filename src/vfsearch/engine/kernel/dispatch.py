@@ -21,6 +21,7 @@ __all__ = [
     "PATHS",
     "bind",
     "default_threads",
+    "exact_c",
     "read_split",
     "run_split",
     "scan_c",
@@ -28,7 +29,7 @@ __all__ = [
 
 #: what ``vfs_abi_version()`` in _kernel.c returns for the signatures :func:`bind` declares;
 #: bump both together whenever an entry point's arguments change
-ABI_VERSION = 3
+ABI_VERSION = 4
 LEVELS = {"generic": 0, "avx2": 1, "avx512": 2}
 #: where an 8-bit scan puts its SIMD lanes: "auto" (by cost), "channels" (one dot per
 #: (cell, query cell) pair), "offsets" (16 / 8 offsets per vector from a transposed image)
@@ -60,6 +61,12 @@ def bind(lib: ctypes.CDLL) -> None:
         N, P, I64, N,  # qfmt, ids (int64 rows or NULL), nids, path
     ]  # fmt: skip
     lib.vfs_scan.restype = N
+    lib.vfs_exact.argtypes = [
+        N, P, I64, N, N, N,  # level, feats (float32), m, H, W, C
+        N, N, N, P, P, P, P, D,  # h, w, K, dy, dx, m2 (double), Q (double K x C), qnorm
+        P, P,  # best (double), offset (int32)
+    ]  # fmt: skip
+    lib.vfs_exact.restype = N
     lib.vfs_read_floor.argtypes = [P, I64, N]
     lib.vfs_read_floor.restype = ctypes.c_uint64
 
@@ -175,6 +182,30 @@ def scan_c(
             raise RuntimeError(f"vfs_scan failed with code {rc} (backend {backend})")
     out.eps_q = float(eps_q)
     return out
+
+
+def exact_c(lib, backend: str, feats: np.ndarray, dy, dx, m2, Q, qnorm: float,
+            threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """``vfs_exact`` over C-contiguous float32 ``feats`` (m, H, W, C), split by image."""
+    m, H, W, C = feats.shape
+    best = np.zeros(m, np.float64)
+    offset = np.zeros(m, np.int32)
+    if m == 0:
+        return best, offset
+    h, w = int(dy.max()) + 1, int(dx.max()) + 1
+    level = LEVELS[backend]
+
+    def run(i0: int, i1: int) -> int:
+        if i1 <= i0:
+            return 0
+        return lib.vfs_exact(level, _ptr(feats, i0), i1 - i0, H, W, C, h, w, len(dy), _ptr(dy),
+                             _ptr(dx), _ptr(m2), _ptr(Q), float(qnorm), _ptr(best, i0),
+                             _ptr(offset, i0))
+
+    for rc in run_split(m, threads, run, min_per_thread=4):
+        if rc != 0:
+            raise RuntimeError(f"vfs_exact failed with code {rc} (backend {backend})")
+    return best, offset
 
 
 def read_split(read, nbytes: int, threads: int) -> int:

@@ -10,7 +10,7 @@ import numpy as np
 from .dispatch import run_split
 from .query import PreparedQuery, ScanResult, quantised
 
-__all__ = ["CHUNK", "angle_bound", "read_checksum", "scan_numpy"]
+__all__ = ["CHUNK", "angle_bound", "exact_numpy", "read_checksum", "scan_numpy"]
 
 SLACK = 1e-5  # float rounding allowance of the bounds (VFS_SLACK in _kernel.c)
 ANGLE_C = 0.6190  # slope of the chord of (1 - x)^(-1/2) over [0, 1/4], rounded up
@@ -130,3 +130,27 @@ def read_checksum(flat: np.ndarray, i0: int, i1: int) -> int:
     if m < len(part):
         acc ^= int(np.bitwise_xor.reduce(part[m:]))
     return acc
+
+
+def exact_numpy(feats, dy, dx, m2, Q, qnorm: float) -> tuple[np.ndarray, np.ndarray]:
+    """What ``vfs_exact`` computes, in numpy: float64 best score and offset per image, every
+    image on its own in the same order of operations (identical rows tie exactly)."""
+    m, H, W, C = feats.shape
+    h, w = int(dy.max()) + 1, int(dx.max()) + 1
+    OH, OW = H - h + 1, W - w + 1
+    best = np.zeros(m, np.float64)
+    offset = np.zeros(m, np.int32)
+    for i in range(m):
+        x = feats[i].astype(np.float64)
+        sq = np.einsum("hwc,hwc->hw", x, x)
+        num = np.zeros((OH, OW))
+        den = np.zeros((OH, OW))
+        for k in range(len(dy)):
+            y, xx = int(dy[k]), int(dx[k])
+            num += x[y:y + OH, xx:xx + OW] @ Q[k]
+            den += m2[k] * sq[y:y + OH, xx:xx + OW]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            s = np.where((den > 0) & (qnorm > 0), num / (qnorm * np.sqrt(den)), 0.0)
+        o = int(np.argmax(s))
+        best[i], offset[i] = s.reshape(-1)[o], o
+    return best, offset
