@@ -46,8 +46,11 @@ __all__ = [
     "TOLERANCE",
     "Forward",
     "StopEarly",
+    "cuda_batch_size",
+    "export_cached",
     "export_dir",
     "fold_batchnorm",
+    "openvino_available",
     "relative_error",
 ]
 
