@@ -15,10 +15,11 @@ its concepts, weight 1 per image; saliency: each crop; full frame and random: ea
 ``top`` — each concept's first ``n_patches`` patches, what a user browses (full frame: the images
 nearest its centre; random: random members). Each view is a (concept × label) table of weights;
 **purity** = Σ_k max_l T[k, l] / Σ T and **NMI** = I(K; L) / mean(H(K), H(L)). The 95 % CIs
-resample the images (with replacement) 1000 times, recompute both from the table and take the
-basic bootstrap interval (2θ − q97.5, 2θ − q2.5): both statistics are biased upwards by
-resampling, and a percentile interval would then sit above the estimate. Random assignment
-shows how much purity and NMI a clustering of this size gets by chance.
+resample the images (with replacement) 1000 times and recompute both from the table (percentile
+interval, widened to contain the estimate, as :func:`~.metrics.bootstrap_ci` does). Both
+statistics are biased upwards by resampling (a duplicated image agrees with itself), so an
+interval often starts at the estimate; the resamples' mean is reported with it. Random
+assignment shows how much purity and NMI a clustering of this size gets by chance.
 
 This is not seed 004's Table 2, which scores attributes by insertion/deletion through a trained
 attribute model (SANE): purity and NMI only ask how well the concepts follow the labels.
@@ -39,6 +40,9 @@ __all__ = ["METHODS", "contingency", "nmi", "purity", "run_concepts_eval",
            "write_concepts_report"]
 
 METHODS = ("dictionary", "saliency", "fullframe", "random")
+#: variants for ablations (``methods=[..., "saliency:raw"]``)
+_VARIANTS = {"saliency:raw": {"baseline": False}, "saliency:whole": {"search": "whole"},
+             "dictionary:nmf": {"algorithm": "nmf"}}
 
 
 def contingency(concept: np.ndarray, label: np.ndarray, weight: np.ndarray, k: int,
@@ -87,15 +91,37 @@ def _boot(members: dict, lab: np.ndarray, n_img: int, k: int, n_labels: int, n_b
         ps[b], ns[b] = purity(tb), nmi(tb)
     for key, v in (("purity", ps), ("nmi", ns)):
         if n_boot:
-            # the basic (reverse-percentile) interval: resampling images with replacement
-            # inflates both statistics (duplicates look like agreement), and this interval
-            # reflects that bias instead of reproducing it
+            # percentile interval, widened to contain the estimate (as bootstrap_ci does):
+            # resampling images with replacement inflates both statistics (a duplicated image
+            # agrees with itself), so the resamples' mean is kept to show that bias
             q_lo, q_hi = np.quantile(v, [0.025, 0.975])
-            out[key + "_lo"] = float(2 * out[key] - q_hi)
-            out[key + "_hi"] = float(2 * out[key] - q_lo)
+            out[key + "_lo"] = float(min(q_lo, out[key]))
+            out[key + "_hi"] = float(max(q_hi, out[key]))
             out[key + "_boot_mean"] = float(v.mean())
         else:
             out[key + "_lo"] = out[key + "_hi"] = out[key]
+    out["_boot"] = {"purity": ps, "nmi": ns}  # the resamples, for paired differences
+    return out
+
+
+def _differences(rows: list[dict], refs=("random", "fullframe")) -> list[dict]:
+    """Paired differences (method − reference, same view) on the same resampled images: every
+    method's resamples use one seed, so the resampling bias they share cancels."""
+    out = []
+    by = {(r["method"], r["view"]): r for r in rows}
+    for (m, view), r in by.items():
+        for ref in refs:
+            b = by.get((ref, view))
+            if b is None or ref == m or (ref == "fullframe" and m == "random"):
+                continue
+            d = {"method": m, "reference": ref, "view": view}
+            for key in ("purity", "nmi"):
+                est = r[key] - b[key]
+                diff = r["_boot"][key] - b["_boot"][key]
+                lo, hi = np.quantile(diff, [0.025, 0.975]) if len(diff) else (est, est)
+                d[key] = est
+                d[key + "_lo"], d[key + "_hi"] = float(min(lo, est)), float(max(hi, est))
+            out.append(d)
     return out
 
 
@@ -140,12 +166,16 @@ def run_concepts_eval(cache, layer: str, *, n_concepts: int = 32, n_queries: int
     rng = np.random.default_rng(seed)
     for method in methods:
         t0 = time.perf_counter()
-        if method in ("dictionary", "saliency"):
-            kw = {"n_patches": n_patches, "seed": seed}
-            cs = discover(cache, layer, method, n_concepts=n_concepts, n_queries=n_queries,
+        base = method.split(":")[0]
+        if ":" in method and method not in _VARIANTS:
+            raise EvalError(f"unknown method variant {method!r} (known: {', '.join(_VARIANTS)})",
+                            param="methods")
+        if base in ("dictionary", "saliency"):
+            kw = {"n_patches": n_patches, "seed": seed, **_VARIANTS.get(method, {})}
+            cs = discover(cache, layer, base, n_concepts=n_concepts, n_queries=n_queries,
                           store=False, **kw)
             k = len(cs)
-            if method == "dictionary":
+            if base == "dictionary":
                 counts = cs.extra["image_counts"][ids].astype(np.float64)
                 tot = counts.sum(1, keepdims=True)
                 w = np.divide(counts, tot, out=np.zeros_like(counts), where=tot > 0)
@@ -156,8 +186,8 @@ def run_concepts_eval(cache, layer: str, *, n_concepts: int = 32, n_queries: int
                 add(method, "members", {"image": pos[ex["crop_image"]],
                                         "concept": ex["crop_concept"].astype(np.int64),
                                         "weight": np.ones(len(ex["crop_image"]))}, k)
-                info["saliency"] = {n: cs.attrs[n] for n in ("crops", "distinct_crops",
-                                                             "kept_per_query")}
+                info[method] = {n: cs.attrs[n] for n in ("crops", "distinct_crops",
+                                                         "kept_per_query")}
             add(method, "top", _members_top(cs, pos), k)
             timing[method] = cs.attrs.get("seconds")
         elif method == "fullframe":
@@ -186,6 +216,9 @@ def run_concepts_eval(cache, layer: str, *, n_concepts: int = 32, n_queries: int
         if log is not None:
             log(f"  {method}: {time.perf_counter() - t0:.1f} s")
     counts = np.bincount(lab, minlength=L)
+    diffs = _differences(rows)
+    for r in rows:
+        r.pop("_boot")
     return {
         "protocol": "concepts", "n": int(n_img), "k": int(n_concepts), "seed": seed,
         "bootstrap": n_boot, "ci": 0.95,
@@ -196,7 +229,8 @@ def run_concepts_eval(cache, layer: str, *, n_concepts: int = 32, n_queries: int
         "labels": {"source": str(labels) if labels else (column or "label"), "n_labels": L,
                    "majority_fraction": float(counts.max() / counts.sum()),
                    "names": names if L <= 50 else names[:50]},
-        "n_queries": n_queries, "n_patches": n_patches, "rows": rows, "seconds": timing,
+        "n_queries": n_queries, "n_patches": n_patches, "rows": rows, "differences": diffs,
+        "seconds": timing,
         "info": info,
     }
 
@@ -249,6 +283,15 @@ def concepts_markdown(rep: dict) -> str:
             f"| {r['method']} | {r['view']} | {r['k']} | {r['members']} | {r['images']} | "
             f"{r['purity']:.3f} [{r['purity_lo']:.3f}, {r['purity_hi']:.3f}] | "
             f"{r['nmi']:.3f} [{r['nmi_lo']:.3f}, {r['nmi_hi']:.3f}] |")
+    if rep.get("differences"):
+        lines += ["", "Paired differences (method − reference, same view, same resampled images):",
+                  "", "| method | reference | view | purity [95 % CI] | NMI [95 % CI] |",
+                  "|---|---|---|---|---|"]
+        for d in rep["differences"]:
+            lines.append(
+                f"| {d['method']} | {d['reference']} | {d['view']} | "
+                f"{d['purity']:+.3f} [{d['purity_lo']:+.3f}, {d['purity_hi']:+.3f}] | "
+                f"{d['nmi']:+.3f} [{d['nmi_lo']:+.3f}, {d['nmi_hi']:+.3f}] |")
     secs = ", ".join(f"{m} {s:.1f} s" for m, s in rep["seconds"].items() if s is not None)
     lines += ["", f"Time: {secs}."]
     return "\n".join(lines) + "\n"
