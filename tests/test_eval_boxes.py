@@ -167,3 +167,15 @@ def test_mtcnn_finds_the_astronauts_face():
     x0, y0, x1, y1, p = faces[0]
     assert p > 0.99
     assert iou((x0, y0, x1, y1), (181, 62, 268, 172)) > 0.8  # her face, measured once
+
+
+def test_missing_facenet_names_the_install_command(monkeypatch):
+    import sys
+
+    from vfsearch.evaluate.faces import INSTALL, load_mtcnn
+
+    monkeypatch.setitem(sys.modules, "facenet_pytorch", None)  # import fails as if absent
+    with pytest.raises(EvalError) as e:
+        load_mtcnn()
+    assert INSTALL in e.value.message and INSTALL == "pip install --no-deps facenet-pytorch"
+    assert e.value.param == "detect"

@@ -106,7 +106,8 @@ def arms_from_paths(protocol: str, cache_path: str, cache2_path: str | None, lay
 def eval_cmd(protocol, cache, cache2, layer, layer2, n, k, seed, boot, kinds, column, out, name,
              work, pool, min_side, max_side, label_pattern, boxes, detect, n_concepts,
              labels_file, no_figures, quiet):
-    """Quantitative experiments: PROTOCOL is labels, overlap, precision or localize.
+    """Quantitative experiments: PROTOCOL is labels, overlap, precision, localize, concepts
+    or boxes.
 
     \b
     labels     CACHE [CACHE2]: distinct labels in the top-k (per layer / cache)
