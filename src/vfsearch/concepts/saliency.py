@@ -10,7 +10,8 @@ For each of ``n_queries`` query images:
    :func:`vfsearch.explain.cell_shares`), of the score *minus an average image's score*
    (``baseline``: the cells that make this neighbour more similar than a typical image, rather
    than the background every image matches); ``saliency="rise"`` runs fixed-reference RISE
-   through the model instead (slow: two RISE runs per neighbour);
+   through the model instead (slow: a RISE run per neighbour over the query, and one over each
+   kept neighbour);
 3. the neighbours whose query-side peak falls in the most common location (the peaks binned on
    a grid of at most 7 × 7, as the seed's "unit square in a 7 × 7 grid") are kept, the ``keep``
    most similar of them;
@@ -62,9 +63,13 @@ def _pool_to_grid(sal: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
 def saliency_maps(cache, layer: str, qid: int, qfeat: np.ndarray, rids: Sequence[int],
                   rfeat: np.ndarray, *, search: str = "global", saliency: str = "exact",
                   baseline: np.ndarray | None = None, rise: dict | None = None,
-                  model=None) -> tuple[np.ndarray, np.ndarray]:
+                  model=None, query_side: bool = True,
+                  result_side: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(query-side maps (k, H, W), neighbour-side maps (k, H, W)) of query ``qid`` against each
     neighbour: how much each cell of one image contributes to its similarity with the other.
+    With RISE, where every map is a run of the model, ``query_side=False`` skips the
+    query-side maps and ``result_side`` (indices into ``rids``) limits the neighbour-side maps
+    to those neighbours (the others stay zero).
 
     ``exact``: the score's exact per-cell shares. With a ``baseline`` (what an average image
     contributes: the mean unit pooled vector for ``global``, the mean normalised feature map
@@ -82,10 +87,12 @@ def saliency_maps(cache, layer: str, qid: int, qfeat: np.ndarray, rids: Sequence
         qq = query_from_features(cache, qfeat, cache.image_size(qid), layer, source_id=qid)
         qmaps, rmaps = np.zeros((k, H, W)), np.zeros((k, H, W))
         for j, r in enumerate(rids):
-            rq = query_from_features(cache, rfeat[j], cache.image_size(int(r)), layer,
-                                     source_id=int(r))
-            qmaps[j] = _pool_to_grid(ex.explain(rq, qid).saliency, (H, W))  # q perturbed
-            rmaps[j] = _pool_to_grid(ex.explain(qq, int(r)).saliency, (H, W))  # r perturbed
+            if query_side:  # the query perturbed, the neighbour fixed
+                rq = query_from_features(cache, rfeat[j], cache.image_size(int(r)), layer,
+                                         source_id=int(r))
+                qmaps[j] = _pool_to_grid(ex.explain(rq, qid).saliency, (H, W))
+        for j in range(k) if result_side is None else result_side:  # the neighbour perturbed
+            rmaps[int(j)] = _pool_to_grid(ex.explain(qq, int(rids[int(j)])).saliency, (H, W))
         return qmaps, rmaps
     q64 = qfeat.astype(np.float64)
     r64 = rfeat.astype(np.float64)
@@ -198,12 +205,16 @@ def discover_saliency(cache, layer: str | None = None, *, n_concepts: int = 32,
             kept_per_query.append(0)
             continue
         rfeat = rows(rids)
+        kw = dict(search=search, saliency=saliency, baseline=base, rise=rise, model=model)
+        lazy = saliency == "rise"  # model runs: the neighbour side only for the kept ones
         qmaps, rmaps = saliency_maps(cache, layer, int(qi), q.features, rids, rfeat,
-                                     search=search, saliency=saliency, baseline=base,
-                                     rise=rise, model=model)
+                                     result_side=() if lazy else None, **kw)
         bins = peak_bins(qmaps)
         modal = np.bincount(bins).argmax()
         sel = np.flatnonzero(bins == modal)[:keep]  # results are best first
+        if lazy:
+            _, rmaps = saliency_maps(cache, layer, int(qi), q.features, rids, rfeat,
+                                     query_side=False, result_side=sel, **kw)
         kept_per_query.append(len(sel))
         win = _windows(rmaps[sel], crop)
         for j, (r0, c0) in zip(sel, win, strict=True):
