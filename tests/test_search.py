@@ -367,3 +367,16 @@ def test_refine_rows_are_read_one_by_one(tmp_path):
     np.testing.assert_array_equal(got[1:-1], take_rows(ref, ids[1:-1]))
     with pytest.raises(IndexError):
         read_ids(ref, [70])
+
+
+def test_bench_layers_runs_and_checks_exactness(tmp_path):
+    """vfsearch bench --shape: tiled synthetic maps, every timing present, top-10 = float64."""
+    from vfsearch.bench import run_layers
+
+    res = run_layers(shapes=["6x5x24"], n=600, queries=(3,), rounds=1, reference=True,
+                     workdir=tmp_path, out=tmp_path / "out", log=lambda *_: None)
+    row = res["rows"][0]
+    assert row["shape"] == "6x5x24" and row["label"] == "synthetic" and row["n"] == 600
+    assert all(v for v in row["exact"].values() if isinstance(v, bool))
+    assert row["floor_s"] > 0 and row["reference_s"] > 0 and row["scan_s"] > 0
+    assert (tmp_path / "out" / "bench_shapes.md").read_text().count("| 6x5x24 |") == 1

@@ -61,7 +61,8 @@ def reference_method(feats_nhwc: np.ndarray, qfeat: np.ndarray, mask: np.ndarray
     ys, xs = np.nonzero(mask > 0)
     top, left, bot, right = ys.min(), xs.min(), ys.max() + 1, xs.max() + 1
     m = torch.tensor(mask[top:bot, left:right], dtype=torch.float32)[None, None]
-    q = torch.from_numpy(np.ascontiguousarray(qfeat.transpose(2, 0, 1)))[None, :, top:bot, left:right]
+    q = torch.from_numpy(np.ascontiguousarray(qfeat.transpose(2, 0, 1)))
+    q = q[None, :, top:bot, left:right]
     region = q * m
     filt = region / torch.linalg.vector_norm(region, dim=[1, 2, 3], keepdim=True) * m
     sq_mask = m * m
@@ -153,7 +154,8 @@ def _time_alternating(fns: dict, repeat: int) -> tuple[dict, dict]:
 
 def _ours_u8(d: _Data, n: int, pq, k: int = 10, threads=None):
     """8-bit scan + exact refine from the f32 copy (what search() does on an 8-bit cache)."""
-    r = kernel.scan(d.u8[:n], d.sqnorm8[:n], pq, scale=d.scale[:n], qerr2=d.qerr2[:n], threads=threads,
+    r = kernel.scan(d.u8[:n], d.sqnorm8[:n], pq, scale=d.scale[:n], qerr2=d.qerr2[:n],
+                    threads=threads,
                     tighten_k=k)
     L = r.lower[_topk(r.lower, k)[-1]]
     cand = np.flatnonzero(r.upper >= L)
@@ -233,11 +235,13 @@ def run_bench(sizes=(25_000, 50_000, 75_000, 100_000), repeat: int = 3, referenc
         row: dict = {"n": n, "backend": backend}
         truth_top, truth = _float64_truth(d, n)
         top, ncand, r8 = _ours_u8(d, n, pq, threads=threads)
-        t, rounds = _time_alternating({"floor_s": partial(kernel.read_floor, d.u8[:n], threads=threads),
-                                       "u8_s": partial(_ours_u8, d, n, pq, threads=threads)}, repeat)
+        t, rounds = _time_alternating(
+            {"floor_s": partial(kernel.read_floor, d.u8[:n], threads=threads),
+             "u8_s": partial(_ours_u8, d, n, pq, threads=threads)}, repeat)
         row.update(t)
         # each round's scan over the same round's read: both see the same memory bandwidth
-        row["u8_over_floor_paired"] = float(np.median(np.array(rounds["u8_s"]) / np.array(rounds["floor_s"])))
+        row["u8_over_floor_paired"] = float(
+            np.median(np.array(rounds["u8_s"]) / np.array(rounds["floor_s"])))
         row["u8_candidates"] = ncand
         row["u8_top10_identical"] = bool(np.array_equal(top, truth_top))
         row["u8_scan_max_err"] = float(np.abs(r8.score - truth).max())
@@ -254,7 +258,8 @@ def run_bench(sizes=(25_000, 50_000, 75_000, 100_000), repeat: int = 3, referenc
         row["peak_rss_gb"] = _peak_rss_gb()
         log(json.dumps({k: (round(v, 5) if isinstance(v, float) else v) for k, v in row.items()}))
         rows.append(row)
-    result = {"rows": rows, "machine": _machine(), "threads": threads or len(os.sched_getaffinity(0))}
+    result = {"rows": rows, "machine": _machine(),
+              "threads": threads or len(os.sched_getaffinity(0))}
     if disk:
         n = sizes[min(1, len(sizes) - 1)]
         work = Path(workdir or "/tmp/vfsearch-bench")
@@ -275,7 +280,8 @@ def run_bench(sizes=(25_000, 50_000, 75_000, 100_000), repeat: int = 3, referenc
                     ts.append(time.perf_counter() - t)
                 result[f"disk_{label}_s"] = float(np.median(ts))
             result["disk_n"] = n
-            log(f"disk n={n}: cold {result['disk_cold_s']:.3f} s, warm {result['disk_warm_s']:.3f} s "
+            log(f"disk n={n}: cold {result['disk_cold_s']:.3f} s, "
+                f"warm {result['disk_warm_s']:.3f} s "
                 "(streamed in 256 MiB blocks)")
             shutil.rmtree(path)
     result["markdown"] = _markdown(result)
@@ -301,24 +307,399 @@ def _e(r: dict, key: str) -> str:
 
 
 def _markdown(res: dict) -> str:
-    lines = ["| N | floor (u8 read) | ours u8 | × floor (paired rounds) | ours f16 | ours f32 | reference (paper's method) "
-             "| speed-up u8 | top-10 = float64 (u8/f16/f32/ref) | max err u8 scan / f16 / f32 | refined |",
+    lines = ["| N | floor (u8 read) | ours u8 | × floor (paired rounds) | ours f16 | ours f32 "
+             "| reference (paper's method) | speed-up u8 | top-10 = float64 (u8/f16/f32/ref) "
+             "| max err u8 scan / f16 / f32 | refined |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in res["rows"]:
         ref = f"{r['reference_s']:.2f} s" if "reference_s" in r else "–"
         sp = f"{r['speedup_u8_vs_reference']:.0f}×" if "reference_s" in r else "–"
-        same = "/".join("yes" if r.get(f"{k}_top10_identical") else "no" for k in ("u8", "f16", "f32", "reference") if f"{k}_top10_identical" in r)
+        same = "/".join("yes" if r.get(f"{k}_top10_identical") else "no"
+                        for k in ("u8", "f16", "f32", "reference")
+                        if f"{k}_top10_identical" in r)
         lines.append(
             f"| {r['n']:,} | {r['floor_s'] * 1000:.1f} ms | {r['u8_s'] * 1000:.1f} ms "
             f"| {r['u8_over_floor']:.2f} ({r.get('u8_over_floor_paired', float('nan')):.2f}) "
             f"| {_ms(r, 'f16_s')} | {_ms(r, 'f32_s')} | {ref} | {sp} | {same} "
-            f"| {r['u8_scan_max_err']:.1e} / {_e(r, 'f16_max_err')} / {_e(r, 'f32_max_err')} | {r['u8_candidates']} |")
+            f"| {r['u8_scan_max_err']:.1e} / {_e(r, 'f16_max_err')} / {_e(r, 'f32_max_err')} "
+            f"| {r['u8_candidates']} |")
     if "disk_n" in res:
         lines.append("")
-        lines.append(f"Streamed from disk (N={res['disk_n']:,}, 8-bit, 256 MiB blocks, read overlapped "
-                     f"with compute): cold {res['disk_cold_s']:.3f} s, warm {res['disk_warm_s']:.3f} s.")
+        lines.append(f"Streamed from disk (N={res['disk_n']:,}, 8-bit, 256 MiB blocks, read "
+                     f"overlapped with compute): cold {res['disk_cold_s']:.3f} s, "
+                     f"warm {res['disk_warm_s']:.3f} s.")
     m = res["machine"]
     lines.append("")
-    lines.append(f"Machine: {m['cpus']} CPUs, AVX-512 VNNI: {m['avx512_vnni']}, backends {m['backends']}; "
+    lines.append(f"Machine: {m['cpus']} CPUs, AVX-512 VNNI: {m['avx512_vnni']}, "
+                 f"backends {m['backends']}; "
                  f"threads {res['threads']}.")
+    return "\n".join(lines) + "\n"
+
+
+# ============================================================================================ #
+# Per layer shape: real features (a user's cache, tiled to N) or synthetic maps
+# ============================================================================================ #
+#
+# For each shape, one run times in interleaved rounds (medians; ratios paired per round):
+# one read of the 8-bit features (the floor), the search (scan + exact refine, top-10) on the
+# best kernel and on the AVX2 one, the scan alone, a whole-image query, the same query on a
+# copy of the data where each image appears ~N/231 times as exact copies, and the reference
+# library's method on a subset (scaled linearly to N). The top-10 is checked against a float64
+# scoring of every row (kernel.exact_best, which agrees with engine.reference to 1e-12).
+
+#: the default model's layers (real features) and synthetic shapes of the issue
+REAL_LAYERS = {"14x14x112": "blocks.10", "28x28x40": "blocks.4", "7x7x320": "blocks.15",
+               "7x7x1280": "head"}
+SYNTHETIC = ("7x7x512", "16x16x384", "14x14x1024")
+COPY_SOURCES = 231  # the exact-copy case: this many source images, each repeated ~N / 231 times
+
+
+def parse_shape(text: str) -> tuple[int, int, int]:
+    """``HxWxC`` → (H, W, C)."""
+    from .errors import BadParameter
+
+    try:
+        H, W, C = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise BadParameter(f"a shape is HxWxC (e.g. 14x14x112), got {text!r}",
+                           param="shape") from None
+    if min(H, W, C) < 1:
+        raise BadParameter(f"shape {text!r} has a zero dimension", param="shape")
+    return H, W, C
+
+
+def tile_rows(src: np.ndarray, ids: np.ndarray, vary: bool = True) -> np.ndarray:
+    """Rows ``ids`` of ``src`` (M, H, W, C) tiled to any N: row i is source i % M; with ``vary``
+    its grid is rolled by r = i // M cells (row-major, wrapping into the next row) and mirrored
+    left-right when r is odd, so that copies are different images."""
+    M, H, W, C = src.shape
+    ids = np.asarray(ids, dtype=np.int64)
+    out = src[ids % M]
+    if vary:
+        r = ids // M
+        for rr in np.unique(r):
+            if rr == 0:
+                continue
+            sel = np.flatnonzero(r == rr)
+            b = np.roll(out[sel].reshape(len(sel), H * W, C), int(rr) % (H * W), axis=1)
+            b = b.reshape(len(sel), H, W, C)
+            out[sel] = b[:, :, ::-1] if rr % 2 else b
+    return out
+
+
+def synthetic_sources(H: int, W: int, C: int, m: int = 1000, signed: bool = True,
+                      seed: int = 0) -> np.ndarray:
+    """``m`` synthetic feature maps with spatial structure (each cell a mix of a few smooth
+    per-image patterns, plus noise; ReLU'd when not ``signed``), float32 (m, H, W, C)."""
+    rng = np.random.default_rng(seed)
+    out = np.empty((m, H, W, C), np.float32)
+    yy, xx = np.meshgrid(np.linspace(0, 1, H), np.linspace(0, 1, W), indexing="ij")
+    basis = rng.standard_normal((16, C)).astype(np.float32)
+    for i in range(m):
+        fy, fx, ph = rng.uniform(0.5, 3, (3, 8))
+        arg = fy[:, None, None] * yy + fx[:, None, None] * xx
+        waves = np.sin(2 * np.pi * arg + ph[:, None, None])
+        mix = rng.standard_normal((8, 16)).astype(np.float32)
+        x = np.tensordot(waves.astype(np.float32), mix @ basis, axes=(0, 0))
+        x += 0.5 * rng.standard_normal((H, W, C)).astype(np.float32)
+        out[i] = x if signed else np.maximum(x - 0.5, 0)
+    return out
+
+
+def build_tiled_cache(src, layer: str, n: int, path, vary: bool = True,
+                      sources: int | None = None, log=print):
+    """A real vfsearch cache (8-bit + f32 refine, uncompressed) at ``path`` whose rows tile the
+    first ``sources`` images of ``src`` (a FeatureCache or an (M, H, W, C) array) to ``n``
+    (:func:`tile_rows`). Reused when a previous build with the same parameters is there."""
+    from .cache import CacheWriter, open_cache
+    from .transforms import Transform
+
+    path = Path(path)
+    if isinstance(src, np.ndarray):
+        feats, info = src, {"channels": src.shape[3], "grid": list(src.shape[1:3]),
+                            "stride": 1.0, "nonnegative": bool((src >= 0).all()),
+                            "kind": "synthetic"}
+        model, wh, tr, root, paths, labels, sizes = "synthetic", "0", Transform(), Path("/"), \
+            None, None, None
+    else:
+        ids = np.flatnonzero(src.valid)[:sources]
+        feats = src.rows_features(layer, ids)
+        info = src.meta["layer_info"][layer]
+        model, wh, tr, root = src.model, src.weights_hash, src.transform, src.image_root
+        paths, labels, sizes = src.paths[ids], src.labels[ids], src.sizes[ids]
+    feats = feats[:sources] if sources else feats
+    M = len(feats)
+    stamp = {"n": n, "vary": vary, "sources": M, "layer": layer, "model": model,
+             "shape": list(feats.shape[1:]), "digest": float(np.float64(feats[:, 0, 0, :4]).sum())}
+    sfile = path / "bench-stamp.json"
+    if sfile.exists() and json.loads(sfile.read_text()) == stamp:
+        return open_cache(path), feats
+    shutil.rmtree(path, ignore_errors=True)
+    w = CacheWriter.create(path, model=model, weights_hash=wh, weights_path=None, transform=tr,
+                           image_root=root, layer_info={layer: info}, dtype="int8", refine="f32",
+                           chunk=1024, compression="none")
+    w.grow(n)
+    log(f"writing {n} rows tiled from {M} images ({'varied' if vary else 'exact'} copies) "
+        f"to {path} …")
+    for s in range(0, n, 1024):
+        ids = np.arange(s, min(n, s + 1024))
+        kw = {}
+        if paths is not None:
+            kw = {"path": paths[ids % M], "label": labels[ids % M], "size": sizes[ids % M]}
+        else:
+            kw = {"path": [f"{i}" for i in ids], "label": [str(i % M) for i in ids],
+                  "size": [(224, 224)] * len(ids)}
+        w.write_block(s, features={layer: tile_rows(feats, ids, vary)}, status=1, **kw)
+    sfile.write_text(json.dumps(stamp))
+    return open_cache(path), feats
+
+
+def central_query(cache, qid: int, layer: str, cells: int = 3):
+    """Query by dataset id: the central ``cells`` x ``cells`` cells of image ``qid``."""
+    import dataclasses
+
+    from .engine import make_query
+
+    q = make_query(cache, qid, whole=True, layer=layer)
+    H, W = q.weights.shape
+    wts = np.zeros((H, W), np.float32)
+    h = min(cells, H)
+    w = min(cells, W)
+    wts[(H - h) // 2:(H - h) // 2 + h, (W - w) // 2:(W - w) // 2 + w] = 1
+    return dataclasses.replace(q, weights=wts, mode="region")
+
+
+def float64_top(cache, layer: str, q, k: int = 10, block: int = 2048) -> np.ndarray:
+    """Top-k ids (ties by id, the query image excluded) by a float64 scoring of every row's
+    refine copy."""
+    n = len(cache)
+    best = np.empty(n)
+    for s in range(0, n, block):
+        rows = cache.rows_features(layer, np.arange(s, min(n, s + block)))
+        best[s:s + len(rows)] = kernel.exact_best(rows, q.weights, q.features)[0]
+    if q.source_id is not None:
+        best[q.source_id] = -np.inf
+    return _topk(best, k)
+
+
+def _cpu() -> dict:
+    info = {"model": "?", "family": "?", "flags": []}
+    try:
+        for line in open("/proc/cpuinfo"):
+            key, _, val = line.partition(":")
+            key = key.strip()
+            if key == "model name":
+                info["model"] = val.strip()
+            elif key == "cpu family":
+                info["family"] = val.strip()
+            elif key == "model" and "model_id" not in info:
+                info["model_id"] = val.strip()
+            elif key == "flags" and not info["flags"]:
+                f = val.split()
+                info["flags"] = [x for x in ("avx2", "avx512f", "avx512bw", "avx512vl",
+                                             "avx512_vnni", "avx_vnni", "avx512_bf16") if x in f]
+    except OSError:
+        pass
+    info["cpus"] = len(os.sched_getaffinity(0))
+    info["backends"] = kernel.available_backends()
+    info["load_average"] = [round(v, 2) for v in os.getloadavg()]
+    return info
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def _time_rounds(fns: dict, rounds: int) -> tuple[dict, dict, dict]:
+    """Like :func:`_time_alternating` (one warm-up round, then ``rounds`` interleaved rounds),
+    recording each call's wall time and the calling thread's CPU time. Returns (median wall
+    times, wall times per round, CPU times per round)."""
+    for fn in fns.values():
+        fn()
+    ts: dict = {k: [] for k in fns}
+    cpu: dict = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            c, t = time.thread_time(), time.perf_counter()
+            fn()
+            ts[k].append(time.perf_counter() - t)
+            cpu[k].append(time.thread_time() - c)
+    return {k: float(np.median(v)) for k, v in ts.items()}, ts, cpu
+
+
+def bench_layer(cache, layer: str, *, copies=None, queries=(7,), rounds: int = 5,
+                reference: bool = True, ref_n: int = 5000, threads: int | None = None,
+                label: str = "", log=print) -> dict:
+    """Time one layer of ``cache`` (and of ``copies``, the exact-copy variant, if given) in
+    interleaved rounds; see the section comment. Returns a JSON-able row."""
+    from .engine import make_query
+    from .engine.searcher import search
+
+    H, W = cache.grid(layer)
+    C = cache.layer_info(layer)["channels"]
+    data = cache.load(layer)
+    n = len(cache)
+    backends = [b for b in ("avx512", "avx2") if b in kernel.available_backends()]
+    best_b = kernel.resolve_backend("auto")
+    qs = [central_query(cache, i, layer) for i in queries]
+    qw = make_query(cache, queries[0], whole=True, layer=layer)
+    qc = [central_query(copies, i % COPY_SOURCES, layer) for i in queries] if copies else []
+    ref_n = min(n, ref_n, max(256, int(1.5e9 // (H * W * C * 4))))
+    ref_feats = cache.rows_features(layer, np.arange(ref_n)) if reference else None
+    fns: dict = {"floor": lambda: kernel.read_floor(data.features, threads=threads)}
+    for b in backends:
+        for j, q in enumerate(qs):
+            fns[f"search/{b}/{j}"] = partial(search, cache, q, k=10, backend=b, threads=threads)
+        fns[f"whole/{b}"] = partial(search, cache, qw, k=10, backend=b, threads=threads)
+        for j, q in enumerate(qc):
+            fns[f"copies/{b}/{j}"] = partial(search, copies, q, k=10, backend=b, threads=threads)
+    pq = kernel.PreparedQuery.from_grid(qs[0].features, qs[0].weights)
+    for m in sorted({n // 4, n // 2, n}):  # linear in N: the scan on prefixes
+        fns[f"scan/{m}"] = partial(kernel.scan, data.features[:m], data.sqnorm[:m], pq,
+                                   scale=data.scale[:m], qerr2=data.qerr2[:m], tighten_k=11,
+                                   threads=threads)
+    if reference:
+        fns["reference"] = partial(reference_method, ref_feats, qs[0].features, qs[0].weights)
+    if copies:
+        cdata = copies.load(layer)
+        fns["floor_copies"] = lambda: kernel.read_floor(cdata.features, threads=threads)
+    # one thread, CPU time (what the other jobs of a shared machine cannot inflate): the
+    # first query, the read floor and the search on each kernel
+    fns["1t/floor"] = lambda: kernel.read_floor(data.features, threads=1)
+    for b in backends:
+        fns[f"1t/search/{b}"] = partial(search, cache, qs[0], k=10, backend=b, threads=1)
+    # exactness (untimed): every query's top-10 against float64 over all rows
+    exact = {}
+    for j, q in enumerate(qs):
+        truth = float64_top(cache, layer, q)
+        for b in backends:
+            r = search(cache, q, k=10, backend=b, threads=threads)
+            exact[f"search/{b}/{j}"] = bool(np.array_equal(r.ids, truth))
+            exact[f"stats/{j}"] = r.stats
+    for j, q in enumerate(qc):
+        truth = float64_top(copies, layer, q)
+        r = search(copies, q, k=10, threads=threads)
+        exact[f"copies/{j}"] = bool(np.array_equal(r.ids, truth))
+        exact[f"copies_stats/{j}"] = r.stats
+    tw = float64_top(cache, layer, qw)
+    exact["whole"] = bool(np.array_equal(search(cache, qw, k=10, threads=threads).ids, tw))
+    gc.collect()
+    med, ts, cpu = _time_rounds(fns, rounds)
+    fl = np.array(ts["floor"])
+    ratio = {k: float(np.median(np.array(v) / fl)) for k, v in ts.items() if k != "floor"}
+    fl1 = np.array(cpu["1t/floor"])
+    row = {"layer": layer, "shape": f"{H}x{W}x{C}", "label": label, "n": n,
+           "dtype": str(data.features.dtype), "floor_s": med["floor"],
+           "floor_gb_s": data.features.nbytes / med["floor"] / 1e9, "best_backend": best_b,
+           "rounds": rounds, "exact": exact, "queries": list(queries)}
+    for b in backends:
+        row[f"search_{b}_s"] = float(np.median([med[f"search/{b}/{j}"] for j in range(len(qs))]))
+        row[f"search_{b}_x_floor"] = float(np.median([ratio[f"search/{b}/{j}"]
+                                                     for j in range(len(qs))]))
+        row[f"whole_{b}_s"] = med[f"whole/{b}"]
+        row[f"whole_{b}_x_floor"] = ratio[f"whole/{b}"]
+        if qc:
+            row[f"copies_{b}_s"] = float(np.median([med[f"copies/{b}/{j}"]
+                                                   for j in range(len(qc))]))
+            row[f"copies_{b}_x_distinct"] = float(np.median(
+                [np.median(np.array(ts[f"copies/{b}/{j}"]) / np.array(ts[f"search/{b}/{j}"]))
+                 for j in range(len(qc))]))
+    if "avx2" in backends and "avx512" in backends:
+        row["avx2_over_avx512"] = float(np.median(
+            [np.median(np.array(ts[f"search/avx2/{j}"]) / np.array(ts[f"search/avx512/{j}"]))
+             for j in range(len(qs))]))
+    for b in backends:
+        row[f"cpu1_search_{b}_s"] = float(np.median(cpu[f"1t/search/{b}"]))
+        row[f"cpu1_search_{b}_x_floor"] = float(np.median(np.array(cpu[f"1t/search/{b}"]) / fl1))
+    row["cpu1_floor_s"] = float(np.median(fl1))
+    row["round_times_s"] = {k: [round(t, 5) for t in v] for k, v in ts.items()}
+    row["scan_us_per_image"] = {str(m): med[f"scan/{m}"] / m * 1e6
+                                for m in sorted({n // 4, n // 2, n})}
+    row["scan_s"] = med[f"scan/{n}"]
+    if reference:
+        row["reference_n"] = ref_n
+        row["reference_s"] = med["reference"] * n / ref_n
+        row["speedup_vs_reference"] = row["reference_s"] / row[f"search_{best_b}_s"]
+    log(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()
+                    if k not in ("exact", "round_times_s")}))
+    return row
+
+
+def run_layers(*, cache=None, layers=None, shapes=None, n: int = 50_000, vary: bool = True,
+               copies: bool = True, queries=(7, 123, 456), rounds: int = 5,
+               reference: bool = True, workdir=None, out=None, threads: int | None = None,
+               keep: bool = True, log=print) -> dict:
+    """``vfsearch bench --cache`` / ``--shape``: one row per layer (real features of ``cache``)
+    or per shape (synthetic maps, labelled so), written to ``out`` as JSON + markdown."""
+    from .cache import open_cache
+
+    work = Path(workdir or "/tmp/vfsearch-bench")
+    rows = []
+    todo = []
+    if cache is not None:
+        src = open_cache(cache) if not hasattr(cache, "load") else cache
+        for layer in (layers or [src.default_layer]):
+            todo.append((layer, src, "real"))
+    for shp in shapes or []:
+        H, W, C = parse_shape(shp)
+        todo.append((f"synthetic_{H}x{W}x{C}", synthetic_sources(H, W, C, signed=C != 512),
+                     "synthetic"))
+    for layer, src, label in todo:
+        name = layer.replace("/", "_")
+        c, _ = build_tiled_cache(src, layer, n, work / f"{name}-{n}", vary=vary, log=log)
+        cc = None
+        if copies:
+            cc, _ = build_tiled_cache(src, layer, n, work / f"{name}-{n}-copies", vary=False,
+                                      sources=COPY_SOURCES, log=log)
+        qids = [int(i) % min(len(c), COPY_SOURCES) for i in queries]
+        rows.append(bench_layer(c, layer, copies=cc, queries=qids, rounds=rounds,
+                                reference=reference, threads=threads, label=label, log=log))
+        del c, cc
+        gc.collect()
+        if not keep:
+            shutil.rmtree(work / f"{name}-{n}", ignore_errors=True)
+            shutil.rmtree(work / f"{name}-{n}-copies", ignore_errors=True)
+    result = {"rows": rows, "cpu": _cpu(), "threads": threads or len(os.sched_getaffinity(0)),
+              "n": n, "vary": vary}
+    result["markdown"] = _layers_markdown(result)
+    if out:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        stem = "bench_layers" if cache is not None else "bench_shapes"
+        Path(out, f"{stem}.json").write_text(json.dumps(result, indent=2))
+        Path(out, f"{stem}.md").write_text(result["markdown"])
+    return result
+
+
+def _layers_markdown(res: dict) -> str:
+    yn = {True: "yes", False: "NO"}
+    lines = ["| layer | shape | N | floor (u8 read) | search AVX-512 | × floor | AVX2 | AVX2 / "
+             "AVX-512 | whole-image × floor | exact copies × distinct | reference (scaled) | "
+             "× reference | top-10 = float64 | candidates | 1 thread, CPU time: × floor "
+             "AVX-512 / AVX2 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in res["rows"]:
+        b = "avx512" if "search_avx512_s" in r else r["best_backend"]
+        ex = r["exact"]
+        ok = all(v for k, v in ex.items() if isinstance(v, bool))
+        cand = [v["candidates"] for k, v in ex.items() if k.startswith("stats/")]
+        lines.append(
+            f"| {r['layer']}{' (synthetic)' if r['label'] == 'synthetic' else ''} | {r['shape']} "
+            f"| {r['n']:,} | {r['floor_s'] * 1e3:.1f} ms | {r[f'search_{b}_s'] * 1e3:.1f} ms "
+            f"| {r[f'search_{b}_x_floor']:.2f} "
+            f"| {r.get('search_avx2_s', float('nan')) * 1e3:.1f} ms "
+            f"| {r.get('avx2_over_avx512', float('nan')):.2f} | {r[f'whole_{b}_x_floor']:.2f} "
+            f"| {r.get(f'copies_{b}_x_distinct', float('nan')):.2f} "
+            f"| {r.get('reference_s', float('nan')):.1f} s "
+            f"| {r.get('speedup_vs_reference', float('nan')):.0f}× | {yn[ok]} | {cand} "
+            f"| {r.get('cpu1_search_avx512_x_floor', float('nan')):.2f} / "
+            f"{r.get('cpu1_search_avx2_x_floor', float('nan')):.2f} |")
+    cpu = res["cpu"]
+    lines += ["", f"CPU: {cpu['model']} (family {cpu['family']}, model {cpu.get('model_id')}), "
+              f"{cpu['cpus']} CPUs, flags {', '.join(cpu['flags'])}; backends "
+              f"{cpu['backends']}; threads {res['threads']}; load average at the end "
+              f"{cpu['load_average']}.",
+              "Search = scan + exact refine, top-10, query by dataset id (central 3×3 cells); "
+              "medians of interleaved rounds, × floor paired per round."]
     return "\n".join(lines) + "\n"

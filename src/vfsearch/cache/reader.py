@@ -94,6 +94,7 @@ class FeatureCache:
         self.image_root = Path(image_root).expanduser().resolve() if image_root else Path(attrs["image_root"])
         self._cols: dict[str, np.ndarray] = {}
         self._has: dict[str, bool] = {}
+        self._arrays: dict[str, object] = {}
         self._loaded: dict[str, LayerData] = {}
         self._n: int | None = None
 
@@ -168,6 +169,7 @@ class FeatureCache:
         self._n = None
         self._cols.clear()
         self._has.clear()
+        self._arrays.clear()
         self._loaded.clear()
         self.__dict__.pop("_unit_pooled", None)
 
@@ -298,8 +300,12 @@ class FeatureCache:
 
     # -- features ------------------------------------------------------------------------------
     def _arr(self, layer: str, name: str):
+        """The layer's Zarr array ``name`` (None if absent), memoised: each lookup of Zarr
+        metadata costs milliseconds, more than a refine step's reads."""
         key = layer_key(layer, name)
-        return self.root[key] if key in self.root else None
+        if key not in self._arrays:
+            self._arrays[key] = self.root[key] if self.has(layer, name) else None
+        return self._arrays[key]
 
     def has(self, layer: str, name: str) -> bool:
         """Whether ``layer`` stores the array ``name`` (e.g. "refine", "pooled")."""

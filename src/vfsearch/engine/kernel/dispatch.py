@@ -202,7 +202,7 @@ def exact_c(lib, backend: str, feats: np.ndarray, dy, dx, m2, Q, qnorm: float,
                              _ptr(dx), _ptr(m2), _ptr(Q), float(qnorm), _ptr(best, i0),
                              _ptr(offset, i0))
 
-    for rc in run_split(m, threads, run, min_per_thread=4):
+    for rc in run_split(m, threads, run, min_per_thread=64):
         if rc != 0:
             raise RuntimeError(f"vfs_exact failed with code {rc} (backend {backend})")
     return best, offset
