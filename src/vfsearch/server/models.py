@@ -15,6 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field
 __all__ = [
     "MAX_INT",
     "CachesResponse",
+    "ConceptsInfo",
+    "DiscoverRequest",
     "ErrorBody",
     "ExplainMethods",
     "ExplainRequest",
@@ -79,14 +81,23 @@ class ResultFilter(_Request):
     value: str | int | float | None = None
 
 
+class ConceptSpec(_Request):
+    """A stored concept of the searched layer (``GET /api/caches/{name}/concepts``)."""
+
+    id: Int
+    method: Literal["dictionary", "saliency"] = "dictionary"
+
+
 class SearchRequest(_Request):
     """One search. ``mode`` "region" (the default): exactly one of ``box`` (image pixels) or
     ``mask``; "whole" (or ``whole: true``): the paper's rigid whole-image query; "global":
-    similar images by the cosine of mean-pooled features (no region)."""
+    similar images by the cosine of mean-pooled features (no region). Or a ``concept`` instead
+    of ``image`` and its region: the concept's direction as a one-cell query."""
 
     cache: Name
     layer: Name | None = None
-    image: ImageRef
+    image: ImageRef | None = None
+    concept: ConceptSpec | None = None
     mode: Literal["region", "whole", "global"] | None = None
     box: Annotated[list[float], Field(min_length=4, max_length=4)] | None = None
     mask: MaskSpec | None = None
@@ -107,6 +118,13 @@ class ExplainRequest(_Request):
     id: Int
     method: Name = "exact"
     params: dict[Annotated[str, Field(max_length=64)], ParamValue] | None = None
+
+
+class DiscoverRequest(_Request):
+    """Parameters of a concept discovery (``n_queries``: the saliency method's queries)."""
+
+    n_concepts: Annotated[int, Field(ge=1, le=128)] = 32
+    n_queries: Annotated[int, Field(ge=1, le=2000)] = 200
 
 
 # -- responses -------------------------------------------------------------------------------
@@ -198,6 +216,16 @@ class UploadRecord(_Response):
     geometry: dict[str, Geometry] = Field(description="the model's view of it, per cache name")
 
 
+class QueryConcept(_Response):
+    """The concept a concept search queried (it has no query image)."""
+
+    id: int
+    method: str
+    layer: str
+    size: int = Field(description="cells assigned to the concept")
+    version: str | None = Field(None, description="the stored set's version (sheet URLs)")
+
+
 class QueryRecord(_Response):
     image: dict[str, Any]
     layer: str
@@ -212,6 +240,8 @@ class QueryRecord(_Response):
     mode: Literal["region", "whole", "global"] = "region"
     notes: list[str] = Field(default_factory=list, description="what the user should know "
                              "(e.g. a region partly outside the model's view)")
+    concept: QueryConcept | None = Field(None, description="a concept search: the concept "
+                                         "(the query image is virtual: the model input)")
 
 
 class Carry(_Response):
@@ -376,3 +406,41 @@ class MethodInfo(_Response):
 
 class ExplainMethods(_Response):
     methods: list[MethodInfo]
+
+
+class ConceptPatch(_Response):
+    id: int
+    path: str
+    label: str
+    size: list[int] = Field(description="the image's size (the box is in its pixels)")
+    box: list[float]
+    score: float
+    cells: list[int] = Field(description="row0, col0, h, w on the layer's grid")
+
+
+class ConceptRecord(_Response):
+    id: int
+    size: int = Field(description="cells assigned to the concept")
+    n_patches: int = Field(description="stored patches (the first `patches` are listed)")
+    patches: list[ConceptPatch]
+    labels: list[tuple[str, int]] = Field(description="labels of all its stored patches, "
+                                          "most first")
+
+
+class ConceptsInfo(_Response):
+    cache: str
+    layer: str
+    method: str
+    status: Literal["missing", "computing", "ready"]
+    stored: dict[str, bool] = Field(description="which methods have concepts of this layer")
+    job: Job | None = None
+    n_concepts: int | None = None
+    stale: bool | None = None
+    algorithm: str | None = None
+    params: dict[str, Any] | None = None
+    grid: list[int] | None = None
+    n_images: int | None = None
+    n_cells: int | None = None
+    seconds: float | None = None
+    version: str | None = None
+    concepts: list[ConceptRecord] | None = None

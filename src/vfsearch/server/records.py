@@ -38,13 +38,16 @@ def meta(e: CacheEntry, i: int) -> dict[str, str]:
 def query_record(q: Query, echo: dict) -> dict:
     """The query as the page draws it: its cells, weights, box and geometry."""
     r0, c0, h, w = q.cell_box
-    return {
+    rec = {
         "image": echo, "layer": q.layer, "grid": list(q.grid), "cell_box": [r0, c0, h, w],
         "weights": np.round(q.weights[r0:r0 + h, c0:c0 + w].astype(np.float64), 4).tolist(),
         "n_cells": q.n_cells, "box": [round(v, 2) for v in q.box],
         "image_size": list(q.image_size), "geometry": q.geometry.to_dict(),
         "label": q.label, "mode": q.mode, "notes": list(q.notes),
     }
+    if "concept" in echo:  # a concept search: the query image is virtual (the model input)
+        rec["concept"] = echo["concept"]
+    return rec
 
 
 def match_record(e: CacheEntry, q: Query, i: int, rank: int, score: float, offset, box) -> dict:

@@ -37,6 +37,7 @@ from ..errors import (
 )
 from ..images import load_image
 from ..masks import box_mask, decode_spec, fit_mask
+from .concepts import Concepts
 from .entry import CacheEntry
 from .lru import LRU
 from .records import curve, image_record, match_boxes, match_record, query_record
@@ -81,6 +82,7 @@ class AppState:
             0 if q.mask is None else q.mask.nbytes))
         self.originals = LRU(16, max_bytes=128 << 20, sizeof=lambda t: len(t[0]))
         self.sem = threading.Semaphore(max_concurrent or max(2, (os.cpu_count() or 2)))
+        self.concepts = Concepts()  # stored concept sets, discovery jobs, concept queries
         self.started = time.time()
 
     # -- lookups ------------------------------------------------------------------------------
@@ -376,8 +378,12 @@ class AppState:
                 e.column(str(flt["column"]))
             except NotFound as exc:
                 raise NotFound(exc.message, param="filter.column") from None
-        image, echo = self.resolve_image(e, body.get("image") or {})
-        q = self.build_query(e, layer, image, body)
+        if body.get("concept") is not None or body.get("image") is None:
+            # a concept query (no query image), or the error naming what is missing
+            q, echo = self.concepts.search_query(e, layer, body)
+        else:
+            image, echo = self.resolve_image(e, body.get("image") or {})
+            q = self.build_query(e, layer, image, body)
         t1 = time.perf_counter()
         e.warm_up(layer)
         with self.sem:

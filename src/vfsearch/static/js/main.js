@@ -17,6 +17,7 @@
 //   compare.js  the compare choice and the panes' overlap
 //   map.js      dataset map view
 //   explain.js  explain dialog
+//   concepts.js concepts tab, a concept as the query
 //
 // The modules only declare things when imported (some import each other, e.g. query ↔ search);
 // nothing runs until main() below wires the page and loads the caches.
@@ -33,9 +34,10 @@ import { closeModal, wireModal } from "./modal.js";
 import { wireCompare } from "./compare.js";
 import { MAP, wireMap } from "./map.js";
 import { wireExplain } from "./explain.js";
+import { CONCEPTS, wireConcepts } from "./concepts.js";
 
 // what tests and benchmarks read from the page: the state, the timings, the brush, the map
-window.vfs = { S, timings, MAP };
+window.vfs = { S, timings, MAP, CONCEPTS };
 
 function wire() {
   wireQuery();
@@ -65,6 +67,7 @@ function wire() {
   window.addEventListener("keydown", onKey);
   wireMap();
   wireExplain();
+  wireConcepts();
 }
 
 function onKey(e) {

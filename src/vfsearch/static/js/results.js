@@ -180,7 +180,7 @@ function refreshSpreads() {
 function setFilter(f) {
   S.filter = f && f.column ? f : null;
   fillColumnSelects();
-  if (S.query) runSearch().catch(reportError);
+  if (S.query || S.concept) runSearch().catch(reportError);
 }
 
 export function setOverlay(mode) {

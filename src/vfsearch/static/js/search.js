@@ -7,6 +7,7 @@ import { brush, renderQueryMeta } from "./query.js";
 import { renderPanes } from "./results.js";
 import { drawDist, renderStrip } from "./curve.js";
 import { addHistory, renderHistory, writeHash } from "./history.js";
+import { conceptBody, conceptEntry, conceptMask, renderConceptMeta } from "./concepts.js";
 
 let inflight = null;
 
@@ -40,8 +41,9 @@ export async function runSearch(opts = {}) {
 
 async function doSearch({ t0 = performance.now() } = {}) {
   const q = S.query;
-  if (!q) return;
-  if (!S.whole && brush.isEmpty()) {
+  const cq = S.concept; // a concept as the query (concepts.js): no query image, no compare
+  if (!q && !cq) return;
+  if (!cq && !S.whole && brush.isEmpty()) {
     clearResults("The mask is empty: brush a region of the query image.");
     return;
   }
@@ -51,23 +53,24 @@ async function doSearch({ t0 = performance.now() } = {}) {
   const signal = inflight.signal;
   document.body.dataset.state = "searching";
   status("searching…", true);
-  const mask = maskSnapshot();
+  const mask = cq ? null : maskSnapshot();
   // the mask as drawn (brush resolution, 8 bits, lossless PNG): share links store the same bytes
   const mode = queryMode();
-  const region = mode !== "region" ? { mode } : { mode, mask: { png: mask.canvas.toDataURL("image/png").split(",")[1] } };
+  const region = cq ? {} : mode !== "region" ? { mode } : { mode, mask: { png: mask.canvas.toDataURL("image/png").split(",")[1] } };
   const tEnc = performance.now();
-  const choices = [S.choice, ...(S.compare ? [S.compare] : [])];
-  const body = (c) => ({ cache: c.cache, layer: c.layer, image: imageRef(q), k: S.k, exclude_self: S.excludeSelf, filter: S.filter || undefined, thumbs: true, ...region });
+  const choices = cq ? [{ cache: cq.cache, layer: cq.layer }] : [S.choice, ...(S.compare ? [S.compare] : [])];
+  const body = cq ? () => ({ ...conceptBody(cq), k: S.k, filter: S.filter || undefined, thumbs: true })
+    : (c) => ({ cache: c.cache, layer: c.layer, image: imageRef(q), k: S.k, exclude_self: S.excludeSelf, filter: S.filter || undefined, thumbs: true, ...region });
   const settled = await Promise.allSettled(choices.map((c) => api("/api/search", { json: body(c), signal })));
   if (seq !== S.seq) return;
   const tServer = performance.now();
   const anyOk = settled.some((r) => r.status === "fulfilled");
-  const entry = anyOk ? addHistory(q, mask, choices) : { ctxs: [], color: "#999", label: "" };
+  const entry = !anyOk ? { ctxs: [], color: "#999", label: "" } : cq ? conceptEntry(cq) : addHistory(q, mask, choices);
   S.panes = settled.map((r, i) => {
     if (r.status === "rejected") return { choice: choices[i], error: r.reason };
     const resp = r.value;
     primeThumbs(choices[i].cache, resp.thumbs);
-    const ctx = { sid: resp.search_id, choice: choices[i], query: resp.query, mask, top: resp.matches[0] ? resp.matches[0].score : 1, curve: resp.curve, color: entry.color, dashed: i > 0, label: `${entry.label} · ${shortChoice(choices[i])}` };
+    const ctx = { sid: resp.search_id, choice: choices[i], query: resp.query, mask: cq ? conceptMask(resp.query) : mask, top: resp.matches[0] ? resp.matches[0].score : 1, curve: resp.curve, color: entry.color, dashed: i > 0, label: `${entry.label} · ${shortChoice(choices[i])}` };
     entry.ctxs[i] = ctx;
     return { choice: choices[i], ctx, matches: resp.matches, total: resp.total, timing: resp.timing, stats: resp.stats, heat: {} };
   });
@@ -75,7 +78,8 @@ async function doSearch({ t0 = performance.now() } = {}) {
   else if (!$("#toast").hidden && !$("#toast").classList.contains("info")) $("#toast").hidden = true;
   S.win = null;
   S.activeCurve = S.panes[0].ctx ? S.panes[0].ctx.sid : null;
-  renderQueryMeta();
+  if (cq) renderConceptMeta(cq);
+  else renderQueryMeta();
   const tHist = performance.now();
   S.prof = { draw: 0 };
   await renderPanes();
@@ -87,7 +91,7 @@ async function doSearch({ t0 = performance.now() } = {}) {
   // history and the URL are not part of the results: update them after the frame
   setTimeout(() => {
     renderHistory();
-    writeHash();
+    if (!cq) writeHash(); // share links hold image queries
   }, 0);
   const p0 = S.panes[0];
   S.lastTiming = { total: t1 - t0, server: tServer - t0, draw: t1 - tServer, serverSearch: p0.timing ? p0.timing.search_ms : null,
@@ -113,7 +117,7 @@ export function clearResults(message) {
 export function wireSearch() {
   $("#k").addEventListener("change", (e) => {
     S.k = parseInt(e.target.value, 10);
-    if (S.query) runSearch().catch(reportError);
+    if (S.query || S.concept) runSearch().catch(reportError);
   });
   $("#exclude-self").addEventListener("change", (e) => {
     S.excludeSelf = e.target.checked;
