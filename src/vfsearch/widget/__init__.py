@@ -9,6 +9,9 @@
   RISE, LIME, learned mask — in a background thread with a progress bar and a Cancel button);
   ``.explanation`` is the latest :class:`~vfsearch.explain.Explanation`.
 * :func:`show` — a static HTML gallery of a :class:`~vfsearch.SearchResult` (renders anywhere).
+* :func:`show_concept` — a static HTML gallery of a stored concept's best patches
+  (:mod:`vfsearch.concepts`); :meth:`SearchWidget.search_concept` searches a concept and shows
+  its results like any search.
 
 The brush is the web app's own ES module (``vfsearch/static/brush.js``): its text is sent to the
 browser in a traitlet and imported from a Blob URL, so the app and the widget share one module.
@@ -44,10 +47,12 @@ __all__ = [
     "HighlightWidget",
     "MultiHighlightWidget",
     "SearchWidget",
+    "concept_html",
     "decode_mask",
     "explanation_html",
     "results_html",
     "show",
+    "show_concept",
 ]
 
 _HERE = Path(__file__).resolve().parent
@@ -239,6 +244,7 @@ class SearchWidget(ipywidgets.VBox):
         self.k = int(k)
         self.results = None
         self.error: str | None = None
+        self._concept: tuple[int, str] | None = None  # (id, method) while a concept is the query
         valid = np.flatnonzero(cache.valid)
         if len(valid) == 0:
             raise ValueError("the cache has no indexed images")
@@ -292,6 +298,7 @@ class SearchWidget(ipywidgets.VBox):
         self.brush.label = f"#{i} {self.cache.labels[i]}"
 
     def _on_pick(self, change) -> None:
+        self._concept = None
         self._set_results(None)
         self.gallery.value = ""
         self.status.value = "<i>Brush a region of the query image to search.</i>"
@@ -299,10 +306,42 @@ class SearchWidget(ipywidgets.VBox):
 
     def _on_k(self, change) -> None:
         self.k = int(change["new"])
-        self.run()
+        if self._concept is not None:
+            self.search_concept(*self._concept)
+        else:
+            self.run()
 
     def _on_mask(self, change) -> None:
+        self._concept = None  # brushing makes the image the query again
         self.run()
+
+    def search_concept(self, concept: int, method: str = "dictionary"):
+        """Search stored concept ``concept`` of the widget's layer (its direction as a one-cell
+        query, :func:`vfsearch.concepts.concept_query`) and show the results like any search's:
+        the concept's first patches, then the matches with their boxes and the curve (explain
+        works on them too). Brushing the query image makes it the query again. Returns the
+        :class:`~vfsearch.SearchResult` (``None`` and the error in the status line when there
+        are no such concepts)."""
+        from .. import search
+        from ..concepts import concept_query, load_concepts
+
+        try:
+            cs = load_concepts(self.cache, self.layer, method)
+            k = cs.check_id(concept)
+            res = search(self.cache, concept_query(self.cache, k, concepts=cs), k=self.k,
+                         return_scores=True)
+        except (VfsError, ValueError) as e:
+            self.error = f"{type(e).__name__}: {e}"
+            self.status.value = f"<span style='color:#b00'>{html.escape(self.error)}</span>"
+            return None
+        self.error = None
+        self._concept = (k, cs.method)
+        self._set_results(res)
+        self.status.value = (f"{len(res)} results · {html.escape(cs.method)} concept {k} · layer "
+                             f"{html.escape(cs.layer)}")
+        self.gallery.value = (concept_html(self.cache, k, concepts=cs, n=8, thumb_px=72)
+                              + results_html(res, curve=True, thumb_px=150))
+        return res
 
     def run(self):
         """Search with the current mask (no-op when the mask is empty); returns the result."""
@@ -542,3 +581,54 @@ def show(results, *, thumb_px: int = 160, curve: bool = True):
     from IPython.display import HTML
 
     return HTML(results_html(results, thumb_px=thumb_px, curve=curve))
+
+
+# -- concepts -----------------------------------------------------------------------------------
+
+
+def concept_html(cache, concept: int, *, layer: str | None = None, method: str = "dictionary",
+                 n: int = 16, thumb_px: int = 110, sheet: bool = False, concepts=None) -> str:
+    """HTML for stored concept ``concept`` of ``layer`` / ``method``: its size, the labels of its
+    patches and its first ``n`` patches, best first — each its image's thumbnail with the patch's
+    box drawn, its score and label (with ``sheet``, the stored contact sheet first). ``concepts``:
+    an already loaded :class:`~vfsearch.concepts.ConceptSet`."""
+    from ..concepts import load_concepts, sheet_png
+
+    cs = concepts if concepts is not None else load_concepts(cache, layer, method)
+    k = cs.check_id(concept)
+    patches = cs.patches(k, cache)
+    labels: dict[str, int] = {}
+    for p in patches:
+        labels[p["label"]] = labels.get(p["label"], 0) + 1
+    top = " · ".join(f"{lab} {c}" for lab, c in sorted(labels.items(), key=lambda t: -t[1])[:4])
+    stale = " · <i>stale (the cache changed since)</i>" if cs.attrs.get("stale") else ""
+    parts = [f"<div class='vfs-concept' data-concept='{k}' style='font:12px sans-serif'>"
+             f"<div style='margin:4px'><b>{html.escape(cs.method)} concept {k}</b> · "
+             f"{html.escape(cs.layer)} · {int(cs.sizes[k]):,} cells · {len(patches)} patches"
+             f"{' (' + html.escape(top) + ')' if top else ''}{stale}</div>"]
+    if sheet:
+        try:
+            parts.append(f"<img class='vfs-sheet' src='{_img_uri(sheet_png(cs, k))}' "
+                         "style='display:block;margin:4px;max-width:100%'>")
+        except VfsError:
+            pass  # stored without sheets: the patches below say the same
+    for j, p in enumerate(patches[:max(0, int(n))]):
+        parts.append(_card(cache, p["id"], p["box"], f"{j + 1}. #{p['id']}  {p['score']:.3f}",
+                           p["label"], thumb_px, "#ffdc00"))
+    parts.append("</div>")
+    return "".join(parts)
+
+
+def show_concept(cache, concept: int, *, layer: str | None = None, method: str = "dictionary",
+                 n: int = 16, thumb_px: int = 110, sheet: bool = False):
+    """A static HTML gallery of a stored concept's best patches (an ``IPython.display.HTML``, as
+    :func:`show`): ``cache`` (a cache or its path), the concept's id, its ``layer`` (default: the
+    cache's first) and ``method``; see :func:`concept_html`."""
+    from IPython.display import HTML
+
+    if isinstance(cache, (str, os.PathLike)):
+        from .. import open_cache
+
+        cache = open_cache(cache)
+    return HTML(concept_html(cache, concept, layer=layer, method=method, n=n, thumb_px=thumb_px,
+                             sheet=sheet))
