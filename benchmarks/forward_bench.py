@@ -1,7 +1,10 @@
 """Indexing speed against the bare network, measured side by side in interleaved rounds.
 
     python benchmarks/forward_bench.py [IMAGES] [--n 256] [--rounds 3] [--full 1000]
-                                       [--out benchmarks/results]
+                                       [--no-models] [--no-draft] [--out benchmarks/results]
+
+(results/forward_bench.* is a run with every part; results/forward_bench_e2e.* one with
+``--no-models --no-draft``, which adds the CPU-time comparison.)
 
 Each round measures, one after the other on the same machine:
   - the bare, unmodified EfficientNet-Lite0 from its own package (``efficientnet_lite_pytorch``),
@@ -26,6 +29,7 @@ import io
 import json
 import os
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -77,15 +81,20 @@ _STAGES = re.compile(r"engine (\w+): decode ([\d.]+) images/s per process, forwa
 def run_index(src: Path, out: Path, env: dict, extra: list[str] = ()) -> dict:
     """``vfsearch index`` as its own process; wall time from start to exit and its report."""
     shutil.rmtree(out, ignore_errors=True)
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
     r = subprocess.run(VFS + ["index", str(src), "--out", str(out), *extra], env=env,
                        capture_output=True, text=True)
     wall = time.perf_counter() - t
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
     if r.returncode != 0:
         raise RuntimeError(f"vfsearch index failed: {r.stderr[-2000:]}")
     m = _STAGES.search(r.stdout)
     n = int(re.search(r"indexed (\d+) images", r.stdout).group(1))
-    res = {"images": n, "wall_s": wall, "images_per_s": n / wall, "stdout": r.stdout.strip()}
+    # CPU seconds of the process and its decoding workers: what the run costs whatever the load
+    res = {"images": n, "wall_s": wall, "images_per_s": n / wall, "cpu_s": cpu,
+           "cpu_ms_per_image": cpu / max(n, 1) * 1e3, "stdout": r.stdout.strip()}
     if m:
         res.update(engine=m.group(1), decode_ips_per_process=float(m.group(2)),
                    forward_ips=float(m.group(3)), write_ips=float(m.group(4)))
@@ -148,7 +157,7 @@ def bench(args) -> dict:
         # -- first exports (cold), then warm-ups ---------------------------------------------
         cold = run_index(src, tmp / "cold", env)
         res["first_run_with_export"] = cold
-        cases = forward_cases(lm)
+        cases = forward_cases(lm) if args.models else []
         xs = x[:64]
         fwds, checks = {}, {}
         for name, net, layer in cases:
@@ -170,9 +179,14 @@ def bench(args) -> dict:
         rounds = []
         for r in range(args.rounds):
             row: dict = {"load_before": _load()}
+            c0 = time.process_time()
             row["bare_full_ips"] = _timed(bare_full, len(x))
+            row["bare_cpu_ms_per_image"] = (time.process_time() - c0) / len(x) * 1e3
             row["index"] = run_index(src, tmp / f"c{r}", env)
             row["index_vs_bare"] = row["index"]["images_per_s"] / row["bare_full_ips"]
+            # the same comparison in CPU time (what each would run at alone on the machine)
+            row["index_vs_bare_cpu"] = row["bare_cpu_ms_per_image"] / \
+                row["index"]["cpu_ms_per_image"]
             fw = {}
             for name, (net, eager, fast, ov, _layer) in fwds.items():
                 def full(net=net):
@@ -200,6 +214,9 @@ def bench(args) -> dict:
             return statistics.median(vals)
 
         summ = {"bare_full_ips": med([r["bare_full_ips"] for r in rounds]),
+                "index_cpu_ms_per_image": med([r["index"]["cpu_ms_per_image"] for r in rounds]),
+                "bare_cpu_ms_per_image": med([r["bare_cpu_ms_per_image"] for r in rounds]),
+                "index_vs_bare_cpu": med([r["index_vs_bare_cpu"] for r in rounds]),
                 "index_ips": med([r["index"]["images_per_s"] for r in rounds]),
                 "index_vs_bare": med([r["index_vs_bare"] for r in rounds])}
         for k in ("decode_ips_per_process", "forward_ips", "write_ips"):
@@ -307,14 +324,20 @@ def report_md(res: dict) -> str:
                   f"{s['index_decode_ips_per_process']:.1f} images/s per decoding process "
                   f"(2 processes), forward {s['index_forward_ips']:.1f} images/s, write "
                   f"{s['index_write_ips']:.1f} images/s.", ""]
+    lines += [f"CPU time per image (all threads and processes): `vfsearch index` "
+              f"{s['index_cpu_ms_per_image']:.1f} ms (start to exit), the bare full forward "
+              f"{s['bare_cpu_ms_per_image']:.1f} ms: **{s['index_vs_bare_cpu']:.2f}×** in CPU "
+              f"time; `vfsearch index` alone on {res['threads']} cores would run at about "
+              f"{1000 * res['threads'] / s['index_cpu_ms_per_image']:.0f} images/s.", ""]
     cold = res["first_run_with_export"]
     lines += [f"First run with an empty export cache: {cold['wall_s']:.1f} s for "
               f"{cold['images']} images (includes the one-off OpenVINO export).", ""]
-    lines += ["Forward only (64 decoded images, batch 32), images/s and × the same network's "
-              "full forward:", "",
-              "| model, layer | full | eager stopped | torch (BN folded, channels-last) | "
-              "openvino | rel. err openvino / torch | first export |",
-              "|---|---|---|---|---|---|---|"]
+    if s["forward"]:
+        lines += ["Forward only (64 decoded images, batch 32), images/s and × the same network's "
+                  "full forward:", "",
+                  "| model, layer | full | eager stopped | torch (BN folded, channels-last) | "
+                  "openvino | rel. err openvino / torch | first export |",
+                  "|---|---|---|---|---|---|---|"]
     for name, d in s["forward"].items():
         c = res["forward_checks"][name]
         lines.append(
@@ -325,7 +348,8 @@ def report_md(res: dict) -> str:
             f"{c['torch_rel_err']:.1e} | {c['export_s']:.1f} s |")
     if "full_set" in res:
         fs = res["full_set"]
-        each = ", ".join(f"{r['wall_s']:.1f} s (load {r['load']})" for r in fs["runs"])
+        each = ", ".join(f"{r['wall_s']:.1f} s (load {r['load']}; {r['cpu_ms_per_image']:.1f} "
+                         "CPU ms per image)" for r in fs["runs"])
         lines += ["", f"Full set ({fs['runs'][0]['images']} images), `vfsearch index` start to "
                   f"exit: {each}; median {fs['median_wall_s']:.1f} s."]
     if "draft" in res:
@@ -349,6 +373,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--full", type=int, default=1000, help="images for the full-set run (0: skip)")
     ap.add_argument("--no-draft", dest="draft", action="store_false")
+    ap.add_argument("--no-models", dest="models", action="store_false",
+                    help="skip the forward-only comparisons of the four model/layer cases")
     ap.add_argument("--out", default=None, help="folder for forward_bench.json / .md")
     args = ap.parse_args()
     res = bench(args)
