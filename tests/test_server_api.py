@@ -186,6 +186,11 @@ def test_real_responses_match_the_published_schema(client, doc, small_cache, sam
     get("/api/caches/small/map/grid.bin", "/api/caches/{name}/map/grid.bin")
     get("/api/caches/small/map/atlas/0", "/api/caches/{name}/map/atlas/{page}")
     sc.check(client.post("/api/caches/nope/map"), "/api/caches/{name}/map")
+    # concepts (none stored in the shared cache; no discovery is started on it)
+    get("/api/caches/small/concepts", "/api/caches/{name}/concepts")
+    get("/api/caches/small/concepts/sheet", "/api/caches/{name}/concepts/sheet")
+    get("/api/caches/small/concepts/sheet/0", "/api/caches/{name}/concepts/sheet/{k}")
+    sc.check(client.post("/api/caches/nope/concepts"), "/api/caches/{name}/concepts")
     get("/api/jobs/nope", "/api/jobs/{jid}")
     methods = get("/api/explain/methods", "/api/explain/methods").json()["methods"]
     assert {"exact", "feature", "occlusion", "rise"} <= {m["name"] for m in methods}
