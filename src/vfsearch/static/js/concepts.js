@@ -160,6 +160,7 @@ function renderList() {
   $("#cn-list").replaceChildren(...(rows.length ? rows : [el("div", { class: "cn-none", text: `No concept has patches labelled ${lab}.` })]));
   $("#cn-list").dataset.shown = String(rows.length);
   $("#cn-info").textContent = CONCEPTS.infoText + (lab ? ` · ${rows.length} with ${lab}` : "");
+  $("#cn-info").title = $("#cn-info").textContent;
   for (const r of rows) observer().observe(r);
 }
 
