@@ -112,8 +112,8 @@ def _aim(case, real: dict, choice: int):
     if choice == 0:
         return case
     label = f"{case.method.upper()} {case.operation.path}"
-    if label == "POST /api/caches/{name}/map":  # would start computing a map: keep it a 404
-        return case
+    if label in ("POST /api/caches/{name}/map", "POST /api/caches/{name}/concepts"):
+        return case  # would start computing a map or concepts: keep it a 404
     for key in list(case.path_parameters or {}):
         if key in real:
             case.path_parameters[key] = real[key]
