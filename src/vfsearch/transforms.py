@@ -6,6 +6,7 @@ Where every input pixel came from (and so where masks and matches go) is
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -88,8 +89,9 @@ class Transform:
             long=int(d.get("long", 0)),
         )
 
-    def with_mode(self, mode: str) -> Transform:
-        return Transform(self.size, self.resize, mode, self.interpolation, self.mean, self.std)
+    def with_mode(self, mode: str, long: int | None = None) -> Transform:
+        """This transform in another index mode (``long``: the full mode's long side)."""
+        return dataclasses.replace(self, mode=mode, long=self.long if long is None else long)
 
     @property
     def input_shape(self) -> tuple[int, int]:
