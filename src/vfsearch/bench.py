@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from .engine import kernel
-from .engine.searcher import _topk, exact_scores
+from .engine.searcher import _topk
 
 __all__ = ["run_bench", "reference_method"]
 
@@ -159,13 +159,14 @@ def _ours_u8(d: _Data, n: int, pq, k: int = 10, threads=None):
                     tighten_k=k)
     L = r.lower[_topk(r.lower, k)[-1]]
     cand = np.flatnonzero(r.upper >= L)
-    best, off, _ = exact_scores(d.f32[cand], d.mask, d.qfeat)
+    best, off = kernel.exact_best(d.f32[cand], d.mask, d.qfeat)
     top = cand[_topk(best, k)]
     return top, len(cand), r
 
 
 def _float64_truth(d: _Data, n: int, k: int = 10):
-    best, off, _ = exact_scores(d.f32[:n], d.mask, d.qfeat, block=512)
+    best = np.concatenate([kernel.exact_best(d.f32[s:min(n, s + 4096)], d.mask, d.qfeat)[0]
+                           for s in range(0, n, 4096)])
     return _topk(best, k), best
 
 
@@ -666,7 +667,7 @@ def run_layers(*, cache=None, layers=None, shapes=None, n: int = 50_000, vary: b
     result["markdown"] = _layers_markdown(result)
     if out:
         Path(out).mkdir(parents=True, exist_ok=True)
-        stem = "bench_layers" if cache is not None else "bench_shapes"
+        stem = "bench_" + "+".join(r["layer"].replace("synthetic_", "") for r in rows)
         Path(out, f"{stem}.json").write_text(json.dumps(result, indent=2))
         Path(out, f"{stem}.md").write_text(result["markdown"])
     return result

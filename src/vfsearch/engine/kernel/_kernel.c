@@ -169,6 +169,12 @@ typedef struct {
     const int8_t *q8, *q8lo; /* int8 query rows (K x QS; fine: high and low parts) */
     const int32_t *cvec;     /* signed features: per k, 128 * each lane's query bytes (2 x 16) */
     int QS, QW;
+    /* one offset, flat (C % 4 == 0): the query and its lane corrections laid out like the
+     * image, per-cell query scales, and the lane -> cell pattern of the P-block period */
+    const int8_t *qflat, *qflatlo;
+    const int32_t *fcorr, *fcorrlo, *fidx, *fcell0;
+    const float *fwq;
+    int fP, fstep;
 } scan_t;
 
 /* the row of output i */
@@ -1588,6 +1594,122 @@ static VFS_AVX2 void scan_single_avx2(const scan_t *s, const int sgn, const int 
     }
 }
 
+/* ------------------------------------------------------------------------ */
+/* 8-bit features, one offset, C % 4 == 0: the image as one flat vector      */
+/* ------------------------------------------------------------------------ */
+/*
+ * With the box the whole grid and C a multiple of 4, cell c's channels are bytes c*C ..
+ * c*C + C - 1 of the image and every 4-byte lane of a 64-byte block belongs to one cell: the
+ * dot of the whole image with the query laid out the same way (qflat: cell c_k's row at
+ * c_k * C, zeros for cells outside the mask) is one pass of vpdpbusd over the image's blocks,
+ * each block's 16 lane sums (exact int32, corrected lane by lane for the signed-feature flip)
+ * converted and folded with a vector of the lanes' cells' factors wq * scale (one permute of
+ * 16 consecutive cells' factors; the lane -> cell pattern repeats every P = C / gcd(C, 64)
+ * blocks). Every feature byte is read once, with no per-cell work. Float accumulators take 16
+ * blocks before going into double ones: the rounding bound is that of the one-offset path.
+ */
+static VFS_AVX512 void scan_flat_avx512(const scan_t *s, const int sgn, const int fine) {
+    const int HW = s->H * s->W, C = s->C, P = s->fP;
+    const int64_t img_bytes = (int64_t)HW * C, nblk = (img_bytes + 63) / 64;
+    const __m512i flip = _mm512_set1_epi8((char)0x80);
+    float *fc = s->sdf; /* per-cell factors wq * scale, zero past the image */
+    for (int64_t i = 0; i < s->n; ++i) {
+        const int64_t r = row_of(s, i);
+        const uint8_t *x = s->feats + r * img_bytes;
+        const uint8_t *pf = s->feats + row_of(s, i + 1 < s->n ? i + 1 : i) * img_bytes;
+        const float *sc = s->scale + r * HW;
+        for (int c = 0; c < HW; ++c) fc[c] = s->fwq[c] * sc[c];
+        __m512d D0 = _mm512_setzero_pd(), D1 = D0;
+        __m512 fa = _mm512_setzero_ps(), fb = fa;
+        int64_t j = 0;
+        for (int64_t base = 0; j < nblk; base += s->fstep) {
+            for (int t = 0; t < P && j < nblk; ++t, ++j) {
+                const int64_t o = 64 * j;
+                const __mmask64 m = o + 64 <= img_bytes ? ~(__mmask64)0
+                                  : (((__mmask64)1 << (img_bytes - o)) - 1);
+                __m512i xv = _mm512_maskz_loadu_epi8(m, (const void *)(x + o));
+                if (sgn) xv = _mm512_xor_si512(xv, flip);
+                __builtin_prefetch(pf + o, 0, 2);
+                __m512i A = dpbusd_acc512(_mm512_setzero_si512(), xv, _mm512_loadu_si512((const void *)(s->qflat + o)));
+                if (sgn) A = _mm512_sub_epi32(A, _mm512_loadu_si512((const void *)(s->fcorr + 16 * j)));
+                __m512 d = _mm512_cvtepi32_ps(A);
+                if (fine) {
+                    __m512i B = dpbusd_acc512(_mm512_setzero_si512(), xv, _mm512_loadu_si512((const void *)(s->qflatlo + o)));
+                    if (sgn) B = _mm512_sub_epi32(B, _mm512_loadu_si512((const void *)(s->fcorrlo + 16 * j)));
+                    d = _mm512_fmadd_ps(_mm512_set1_ps(128.0f), d, _mm512_cvtepi32_ps(B));
+                }
+                const __m512 f = _mm512_permutexvar_ps(_mm512_loadu_si512((const void *)(s->fidx + 16 * t)),
+                                                       _mm512_loadu_ps(fc + base + s->fcell0[t]));
+                if (j & 1) fb = _mm512_fmadd_ps(f, d, fb);
+                else fa = _mm512_fmadd_ps(f, d, fa);
+                if ((j & 15) == 15 || j == nblk - 1) {
+                    const __m512 u = _mm512_add_ps(fa, fb);
+                    D0 = _mm512_add_pd(D0, _mm512_cvtps_pd(_mm512_castps512_ps256(u)));
+                    D1 = _mm512_add_pd(D1, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(u), 1))));
+                    fa = fb = _mm512_setzero_ps();
+                }
+            }
+        }
+        double den, qe;
+        single_den(s, r, &den, &qe);
+        single_outputs(s, i, _mm512_reduce_add_pd(_mm512_add_pd(D0, D1)), den, qe);
+    }
+}
+
+/* AVX2: 32-byte blocks, 8 lanes (reads up to 31 bytes past the image: the array's last image
+ * goes through the padded copy ovr) */
+static VFS_AVX2 void scan_flat_avx2(const scan_t *s, const int sgn, const int fine) {
+    const int HW = s->H * s->W, C = s->C, P = s->fP;
+    const int64_t img_bytes = (int64_t)HW * C, nblk = (img_bytes + 31) / 32;
+    const __m256i flip = _mm256_set1_epi8((char)0x80), ones = _mm256_set1_epi16(1);
+    float *fc = s->sdf;
+    for (int64_t i = 0; i < s->n; ++i) {
+        const int64_t r = row_of(s, i);
+        const uint8_t *x = s->feats + r * img_bytes;
+        if (s->ovr && r == s->nrows - 1) {
+            memcpy(s->ovr, x, (size_t)img_bytes);
+            x = s->ovr;
+        }
+        const uint8_t *pf = s->feats + row_of(s, i + 1 < s->n ? i + 1 : i) * img_bytes;
+        const float *sc = s->scale + r * HW;
+        for (int c = 0; c < HW; ++c) fc[c] = s->fwq[c] * sc[c];
+        __m256d D0 = _mm256_setzero_pd(), D1 = D0;
+        __m256 fa = _mm256_setzero_ps(), fb = fa;
+        int64_t j = 0;
+        for (int64_t base = 0; j < nblk; base += s->fstep) {
+            for (int t = 0; t < P && j < nblk; ++t, ++j) {
+                const int64_t o = 32 * j;
+                __m256i xv = _mm256_loadu_si256((const __m256i *)(x + o));
+                if (sgn) xv = _mm256_xor_si256(xv, flip);
+                if ((j & 1) == 0) __builtin_prefetch(pf + o, 0, 2);
+                __m256i A = _mm256_madd_epi16(_mm256_maddubs_epi16(xv, _mm256_loadu_si256((const __m256i *)(s->qflat + o))), ones);
+                if (sgn) A = _mm256_sub_epi32(A, _mm256_loadu_si256((const __m256i *)(s->fcorr + 8 * j)));
+                __m256 d = _mm256_cvtepi32_ps(A);
+                if (fine) {
+                    __m256i B = _mm256_madd_epi16(_mm256_maddubs_epi16(xv, _mm256_loadu_si256((const __m256i *)(s->qflatlo + o))), ones);
+                    if (sgn) B = _mm256_sub_epi32(B, _mm256_loadu_si256((const __m256i *)(s->fcorrlo + 8 * j)));
+                    d = _mm256_fmadd_ps(_mm256_set1_ps(128.0f), d, _mm256_cvtepi32_ps(B));
+                }
+                const __m256 f = _mm256_permutevar8x32_ps(_mm256_loadu_ps(fc + base + s->fcell0[t]),
+                                                          _mm256_loadu_si256((const __m256i *)(s->fidx + 8 * t)));
+                if (j & 1) fb = _mm256_fmadd_ps(f, d, fb);
+                else fa = _mm256_fmadd_ps(f, d, fa);
+                if ((j & 15) == 15 || j == nblk - 1) {
+                    const __m256 u = _mm256_add_ps(fa, fb);
+                    D0 = _mm256_add_pd(D0, _mm256_cvtps_pd(_mm256_castps256_ps128(u)));
+                    D1 = _mm256_add_pd(D1, _mm256_cvtps_pd(_mm256_extractf128_ps(u, 1)));
+                    fa = fb = _mm256_setzero_ps();
+                }
+            }
+        }
+        double t4[4];
+        _mm256_storeu_pd(t4, _mm256_add_pd(D0, D1));
+        double den, qe;
+        single_den(s, r, &den, &qe);
+        single_outputs(s, i, (t4[0] + t4[1]) + (t4[2] + t4[3]), den, qe);
+    }
+}
+
 #endif /* VFS_X86 */
 
 /* ------------------------------------------------------------------------ */
@@ -1687,7 +1809,10 @@ int vfs_scan(int level, int dtype, const void *feats, int64_t n, int H, int W, i
     int offsets = 0, single = 0;
 #ifdef VFS_X86
     if (is8 && level != LV_GENERIC && !(fine && qmax > 8191)) {
-        single = O == 1 && (path == PATH_SINGLE || path == PATH_AUTO);
+        /* one offset: flat (C % 4 == 0) or per cell; on its own (auto), the channels layout
+         * for wide cells, where it measured as fast as flat */
+        single = O == 1 && (path == PATH_SINGLE ||
+                            (path == PATH_AUTO && ((C % 4 == 0 && C <= 512) || C < 256)));
         offsets = !single && (path == PATH_OFFSETS ||
                               (path == PATH_AUTO && choose_offsets_path(level, H, W, C, h, w, K, fine)));
     }
@@ -1873,9 +1998,61 @@ int vfs_scan(int level, int dtype, const void *feats, int64_t n, int H, int W, i
         s.GT = GT;
     }
 
+    /* the flat one-offset layout (see scan_flat_avx512) */
+    void *flatbuf = NULL;
+    if (single && C % 4 == 0) {
+        const int lb = level == LV_AVX512 ? 64 : 32, nl = lb / 4;
+        int g = lb, t = C; /* gcd(C, lb) */
+        while (t) {
+            const int u = g % t;
+            g = t;
+            t = u;
+        }
+        const int P = C / g;
+        const int64_t img = (int64_t)HW * C, nblk = (img + lb - 1) / lb;
+        const size_t bytes = 2 * (size_t)(img + 64) + 2 * 4 * (size_t)(nblk * nl + 16) +
+                             4 * (size_t)(P * nl + P + HW + 16);
+        flatbuf = calloc(bytes, 1);
+        if (flatbuf) {
+            int8_t *qf = (int8_t *)flatbuf, *qfl = qf + img + 64;
+            int32_t *fcr = (int32_t *)(qfl + img + 64), *fcrl = fcr + nblk * nl + 16;
+            int32_t *fidx = fcrl + nblk * nl + 16, *fcell0 = fidx + P * nl;
+            float *fwq = (float *)(fcell0 + P);
+            for (int k = 0; k < K; ++k) {
+                const int c0 = dy[k] * W + dx[k];
+                fwq[c0] = (float)wq[k];
+                for (int c = 0; c < C; ++c) {
+                    const int64_t b = (int64_t)c0 * C + c;
+                    qf[b] = s.q8[(int64_t)k * QS + c];
+                    qfl[b] = s.q8lo[(int64_t)k * QS + c];
+                    fcr[(b / lb) * nl + (b % lb) / 4] += 128 * qf[b];
+                    fcrl[(b / lb) * nl + (b % lb) / 4] += 128 * qfl[b];
+                }
+            }
+            for (int tb = 0; tb < P; ++tb) {
+                fcell0[tb] = (int)((int64_t)lb * tb / C);
+                for (int l = 0; l < nl; ++l)
+                    fidx[tb * nl + l] = (int)(((int64_t)lb * tb + 4 * l) / C) - fcell0[tb];
+            }
+            s.qflat = qf;
+            s.qflatlo = qfl;
+            s.fcorr = fcr;
+            s.fcorrlo = fcrl;
+            s.fidx = fidx;
+            s.fcell0 = fcell0;
+            s.fwq = fwq;
+            s.fP = P;
+            s.fstep = (int)((int64_t)lb * P / C);
+        }
+    }
+
     switch (level) {
 #ifdef VFS_X86
     case LV_AVX512:
+        if (flatbuf) {
+            scan_flat_avx512(&s, dtype == DT_I8, fine);
+            break;
+        }
         if (single) {
             scan_single_avx512(&s, dtype == DT_I8, fine);
             break;
@@ -1897,6 +2074,10 @@ int vfs_scan(int level, int dtype, const void *feats, int64_t n, int H, int W, i
         }
         break;
     case LV_AVX2:
+        if (flatbuf) {
+            scan_flat_avx2(&s, dtype == DT_I8, fine);
+            break;
+        }
         if (single) {
             scan_single_avx2(&s, dtype == DT_I8, fine);
             break;
@@ -1927,6 +2108,7 @@ int vfs_scan(int level, int dtype, const void *feats, int64_t n, int H, int W, i
     free(T);
     free(accm);
     free(q4);
+    free(flatbuf);
     return 0;
 }
 
