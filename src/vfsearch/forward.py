@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from .errors import BadParameter, UnknownLayer, VfsError
+from .layouts import as_grid, model_layout
 
 __all__ = [
     "AUTO_EXPORT_MIN_IMAGES",
@@ -83,7 +84,9 @@ def _vit_indices(module: nn.Module, layers: Sequence[str]) -> list[int] | None:
 class StopEarly(nn.Module):
     """``forward(x)`` → the outputs (N, C, H, W) of ``layers``, in that order, computed by
     ``module`` and nothing after the deepest of them (``stop=False``: the whole forward runs).
-    ``nhwc=True`` returns them as (N, H, W, C) views. Hooks live only during a call."""
+    ``nhwc=True`` returns them as (N, H, W, C) views. Hooks live only during a call. Token
+    sequences (N, L, C) lose their prefix tokens and lie on the patch grid; channels-last
+    outputs are read as such (:mod:`vfsearch.layouts`, from the model's own metadata)."""
 
     def __init__(self, module: nn.Module, layers: Sequence[str], *, stop: bool = True,
                  nhwc: bool = False):
@@ -94,6 +97,7 @@ class StopEarly(nn.Module):
             raise BadParameter("no layer given", param="layers")
         self.stop, self.nhwc = stop, nhwc
         self._vit = _vit_indices(module, self.layers) if stop else None
+        self._layout = model_layout(module)
         if self._vit is None:
             mods = dict(module.named_modules())
             missing = [name for name in self.layers if name not in mods]
@@ -141,7 +145,9 @@ class StopEarly(nn.Module):
             if missing:
                 raise VfsError(f"layer(s) {', '.join(missing)} produced no output in the forward "
                                "pass")
-            res = [got[n] for n in self.layers]
+            # token sequences and channels-last maps laid out as (N, C, H, W) views
+            hw = (int(x.shape[-2]), int(x.shape[-1]))
+            res = [as_grid(self.module, n, got[n], hw, self._layout) for n in self.layers]
         for name, t in zip(self.layers, res, strict=True):
             if not isinstance(t, torch.Tensor) or t.dim() != 4:
                 raise VfsError(f"layer {name!r} does not output a 4-D feature map")

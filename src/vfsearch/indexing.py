@@ -77,6 +77,10 @@ def layer_meta(model: LoadedModel, layers: Sequence[str], transform: Transform) 
         i = infos[name]
         out[name] = {"channels": i.channels, "grid": list(i.grid), "stride": i.stride,
                      "nonnegative": i.nonnegative, "kind": i.kind}
+        if getattr(i, "layout", "nchw") != "nchw":  # tokens or channels-last, read as a grid
+            out[name]["layout"] = i.layout
+        if getattr(i, "dropped", ""):
+            out[name]["dropped"] = i.dropped
     return out
 
 
@@ -136,6 +140,7 @@ def index(
     threads: int | None = None,
     engine: str = "auto",
     draft: bool = False,
+    input_size: int | None = None,
 ) -> IndexReport:
     """Index images into a feature cache at ``out`` (created, resumed or extended).
 
@@ -147,7 +152,8 @@ def index(
     line saying what will be done (and any engine fallback). ``engine``: how the model runs
     (:data:`vfsearch.forward.ENGINES`; ``auto`` picks the fastest that matches the eager
     forward); ``batch_size=None``: 32 on the CPU, sized to the card on CUDA; ``draft``: decode
-    large JPEGs at a reduced scale (faster, features change slightly).
+    large JPEGs at a reduced scale (faster, features change slightly); ``input_size``: the
+    model input's side in pixels (default: the model's own; stored in the cache's transform).
     """
     t0 = time.perf_counter()
     if dtype not in DTYPES:
@@ -171,7 +177,7 @@ def index(
                       thumb_size=thumb_size, max_pixels=max_pixels, weights=weights,
                       progress=progress, log=log, check_disk=check_disk,
                       max_batches=max_batches, scheduler=scheduler, threads=threads,
-                      engine=engine, draft=draft, t0=t0)
+                      engine=engine, draft=draft, input_size=input_size, t0=t0)
     except BaseException as e:
         # a command that failed before writing anything leaves nothing behind; an interrupted
         # one keeps its chunks for the resume
@@ -184,11 +190,13 @@ def index(
 def _index(images, out: Path, existing: bool, *, model, layers, dtype, refine, mode, batch_size,
            workers, device, image_root, label_from, label_pattern, chunk, compression,
            thumb_size, max_pixels, weights, progress, log, check_disk, max_batches, scheduler,
-           threads, engine, draft, t0) -> IndexReport:
+           threads, engine, draft, input_size, t0) -> IndexReport:
     imageset = images if isinstance(images, ImageSet) else discover(
         images, image_root=image_root, label_from=label_from, label_pattern=label_pattern)
-    lm = model if isinstance(model, LoadedModel) else load_model(model, weights)
-    transform = lm.transform.with_mode(mode)
+    lm = model if isinstance(model, LoadedModel) else load_model(model, weights, input_size)
+    if input_size and lm.transform.size != int(input_size):
+        lm = lm.at_size(int(input_size))
+    transform = lm.transform_for(mode)
     layers = list(layers) if layers else []
 
     # -- open / create / extend ------------------------------------------------------------------

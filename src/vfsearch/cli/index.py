@@ -15,7 +15,10 @@ from ._util import echo_json, err
 @click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="Cache directory.")
 @click.option("--model", "-m", default=None, help="Model name (default: efficientnet-lite0).")
 @click.option("--weights", default=None, type=click.Path(exists=True, dir_okay=False),
-              help="Weights file for torchvision:/timm: models.")
+              help="Weights file (.pth, .bin, .safetensors) for torchvision:/timm: models.")
+@click.option("--input-size", default=None, type=click.IntRange(8, 4096),
+              help="Model input side in pixels (default: the model's; a transformer's must be a "
+                   "multiple of its patch size).")
 @click.option("--layer", "-l", "layers", multiple=True, help="Layer(s) to cache (repeatable).")
 @click.option("--dtype", type=click.Choice(["int8", "f16", "f32"]), default="int8", show_default=True,
               help="Feature storage; int8 = uint8 for non-negative layers, int8 for signed ones.")
@@ -54,9 +57,9 @@ from ._util import echo_json, err
               help="Decode JPEGs much larger than the model input at 1/2-1/8 scale (faster; "
                    "features change slightly).")
 @click.option("--quiet", "-q", is_flag=True)
-def index_cmd(images, out, model, weights, layers, dtype, refine, mode, image_root, label_from,
-              label_pattern, batch_size, workers, device, chunk, compression, max_pixels, scheduler,
-              threads, engine, eager_flag, draft, quiet):
+def index_cmd(images, out, model, weights, input_size, layers, dtype, refine, mode, image_root,
+              label_from, label_pattern, batch_size, workers, device, chunk, compression,
+              max_pixels, scheduler, threads, engine, eager_flag, draft, quiet):
     """Extract features of IMAGES (folder, .txt list or .csv) into a resumable cache."""
     from .. import index
     from ..models import DEFAULT_MODEL
@@ -68,7 +71,7 @@ def index_cmd(images, out, model, weights, layers, dtype, refine, mode, image_ro
         batch_size=batch_size, workers=workers, device=device, chunk=chunk,
         compression=compression, max_pixels=max_pixels, progress=not quiet,
         log=None if quiet else index_log, scheduler=scheduler, threads=threads,
-        engine="eager" if eager_flag else engine, draft=draft,
+        engine="eager" if eager_flag else engine, draft=draft, input_size=input_size,
     )
     c = rep.cache
     ips = f"{rep.images_per_second:.1f} images/s" if rep.indexed else "nothing to do"
@@ -99,24 +102,35 @@ def index_log(msg: str) -> None:
 @click.command("layers")
 @click.argument("model", default="efficientnet-lite0")
 @click.option("--weights", default=None, type=click.Path(exists=True, dir_okay=False))
-@click.option("--all", "show_all", is_flag=True, help="Every module with a 4-D output.")
+@click.option("--input-size", default=None, type=click.IntRange(8, 4096),
+              help="Model input side in pixels (default: the model's).")
+@click.option("--all", "show_all", is_flag=True,
+              help="Every module whose output is a feature map (4-D, or tokens on the grid).")
 @click.option("--json", "as_json", is_flag=True)
-def layers_cmd(model, weights, show_all, as_json):
-    """List hookable layers of MODEL with channels, feature grid and stride."""
+def layers_cmd(model, weights, input_size, show_all, as_json):
+    """List hookable layers of MODEL with channels, feature grid, stride, sign and, for a
+    transformer's token layers, the prefix tokens left out (class token, registers)."""
     from ..models import list_layers, load_model
 
-    lm = load_model(model, weights)
+    lm = load_model(model, weights, input_size)
     infos = list_layers(lm.module, lm.transform, lm.default_layer, None) if show_all else lm.layers()
     if as_json:
         echo_json([i.__dict__ for i in infos])
         return
-    click.echo(f"{lm.name}  input {lm.transform.size}×{lm.transform.size}  weights {lm.weights_hash}")
-    click.echo(f"{'layer':<28} {'channels':>8} {'grid':>9} {'stride':>7}  sign")
+    t = lm.transform
+    click.echo(f"{lm.name}  input {t.size}×{t.size} (resize {t.resize}, {t.interpolation})  "
+               f"weights {lm.weights_hash}")
+    tokens = any(i.layout != "nchw" for i in infos)
+    click.echo(f"{'layer':<28} {'channels':>8} {'grid':>9} {'stride':>7}  sign"
+               + ("  layout" if tokens else ""))
     for i in infos:
         mark = "  ← default" if i.default else ""
-        sign = "≥0" if i.nonnegative else "±"
+        sign = "≥0" if i.nonnegative else "± "
+        extra = ""
+        if tokens:
+            extra = f"  {i.layout}" + (f" (dropped {i.dropped})" if i.dropped else "")
         click.echo(f"{i.name:<28} {i.channels:>8} {i.grid[0]:>4}×{i.grid[1]:<4} {i.stride:>7g}  "
-                   f"{sign}{mark}")
+                   f"{sign}{extra}{mark}")
 
 
 @click.command("info")
