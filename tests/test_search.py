@@ -379,4 +379,4 @@ def test_bench_layers_runs_and_checks_exactness(tmp_path):
     assert row["shape"] == "6x5x24" and row["label"] == "synthetic" and row["n"] == 600
     assert all(v for v in row["exact"].values() if isinstance(v, bool))
     assert row["floor_s"] > 0 and row["reference_s"] > 0 and row["scan_s"] > 0
-    assert (tmp_path / "out" / "bench_shapes.md").read_text().count("| 6x5x24 |") == 1
+    assert (tmp_path / "out" / "bench_6x5x24.md").read_text().count("| 6x5x24 |") == 1

@@ -333,10 +333,10 @@ def _finish_global(cache: FeatureCache, q: Query, *, k: int, exclude_self: bool,
     score[~valid] = -np.inf
     top, exact, n_checked = global_top(cache, q.layer, q.pooled, score, _want(k, dedup))
     score[top] = exact.astype(np.float32)
+    best = dict(zip(top.tolist(), exact.tolist(), strict=True))
     if dedup:
         top = _dedup(cache, q.layer, top, dedup)
     top = top[:k]
-    best = dict(zip(top.tolist(), exact.tolist(), strict=True))
     paths, labels = cache.paths, cache.labels
     matches = []
     for rank, i in enumerate(top, start=1):
