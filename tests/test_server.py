@@ -17,7 +17,7 @@ from PIL import Image
 from server_schema import checked_client
 
 from vfsearch import open_cache
-from vfsearch.errors import BadMask
+from vfsearch.errors import BadMask, BadParameter
 from vfsearch.masks import decode_rle, encode_rle
 from vfsearch.server import create_app, serve
 
@@ -458,15 +458,40 @@ def test_serve_prints_url_and_token(small_cache, monkeypatch, capsys):
     import uvicorn
 
     calls = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append(kw))
-    serve([small_cache.path], host="127.0.0.1", port=8765)
+    monkeypatch.setattr(uvicorn.Server, "run",
+                        lambda self, sockets=None: calls.append(sockets[0].getsockname()))
+    port = _free_port()
+    serve([small_cache.path], host="127.0.0.1", port=port)
     err = capsys.readouterr().err
-    assert "http://127.0.0.1:8765/" in err and "token=" not in err
-    serve([small_cache.path], host="0.0.0.0", port=8766)
+    assert f"http://127.0.0.1:{port}/" in err and "token=" not in err
+    assert calls[-1] == ("127.0.0.1", port)  # bound (and listening) before it was announced
+    serve([small_cache.path], host="0.0.0.0", port=port)
     err = capsys.readouterr().err
-    assert "?token=" in err and calls[-1]["host"] == "0.0.0.0"
-    serve([small_cache.path], host="0.0.0.0", port=8766, token="given")
+    assert "?token=" in err and calls[-1][0] == "0.0.0.0"
+    serve([small_cache.path], host="0.0.0.0", port=port, token="given")
     assert "?token=given" in capsys.readouterr().err
+
+
+def test_serve_on_a_port_in_use_says_so(small_cache, monkeypatch, capsys):
+    """One clear line, exit code 2, and no URL announced for a server that never ran."""
+    import uvicorn
+    from click.testing import CliRunner
+
+    from vfsearch.cli import main
+
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: None)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        with pytest.raises(BadParameter, match="already in use") as e:
+            serve([small_cache.path], host="127.0.0.1", port=port)
+        assert e.value.param == "port"
+        assert "open http" not in capsys.readouterr().err
+        r = CliRunner().invoke(main, ["serve", str(small_cache.path), "--port", str(port)])
+    assert r.exit_code == 2
+    assert f"error: --port: port {port} on 127.0.0.1 is already in use" in r.output
+    assert "open http" not in r.output
 
 
 # -- a real server under load -----------------------------------------------------------------

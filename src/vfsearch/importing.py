@@ -1,4 +1,4 @@
-"""Importing the reference library's caches (seed 002, ``caching.precompute``): a Zarr v2 group
+"""Importing the reference library's caches (Ulrich & Fong's VisualFeatureSearch code, ``caching.precompute``): a Zarr v2 group
 holding one (N, C, H, W) float array per layer, chunked along N (500 images per chunk), in the
 order of the user's dataset, with nothing else stored. :func:`import_reference` writes a
 vfsearch cache (NHWC, per-cell norms, 8-bit + refine or f16/f32, pooled vectors, thumbnails and

@@ -1,4 +1,4 @@
-"""``vfsearch import-vfs``: bring a cache of the reference library (seed 002) into vfsearch."""
+"""``vfsearch import-vfs``: bring a cache of the reference library (Ulrich & Fong's VisualFeatureSearch) into vfsearch."""
 
 from __future__ import annotations
 

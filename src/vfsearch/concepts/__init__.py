@@ -8,7 +8,7 @@ Two methods:
   cell — spherical k-means streamed over the cache (or online NMF on non-negative layers); a
   cell belongs to the direction it is most similar to (cosine); a concept's patches are the
   cells that express it most, at most a few per image.
-* ``saliency`` (:func:`~.saliency.discover_saliency`): seed 004's attribute discovery — nearest
+* ``saliency`` (:func:`~.saliency.discover_saliency`): Plummer et al.'s attribute discovery — nearest
   neighbours of sampled queries, a saliency map over the query for each, the neighbours whose
   peaks agree, crops around their own peaks, embedded from the cached cells and clustered.
 

@@ -1,4 +1,4 @@
-"""Saliency-based attribute discovery (seed 004, §4 of its supplement), on the cached features.
+"""Saliency-based attribute discovery (Plummer et al., §4 of its supplement), on the cached features.
 
 For each of ``n_queries`` query images:
 
@@ -38,7 +38,7 @@ __all__ = ["SALIENCY", "SEARCHES", "discover_saliency", "peak_bins", "saliency_m
 
 SEARCHES = ("global", "whole")
 SALIENCY = ("exact", "rise")
-#: the peaks are binned on a grid of at most this many cells per side (seed 004: 7 × 7)
+#: the peaks are binned on a grid of at most this many cells per side (Plummer et al.: 7 × 7)
 PEAK_GRID = 7
 
 

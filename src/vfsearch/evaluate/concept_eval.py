@@ -1,11 +1,11 @@
 """The ``concepts`` protocol: how discovered concepts relate to the images' labels.
 
-Four ways of grouping the same images into ``K`` clusters are compared (seed 004's comparison
+Four ways of grouping the same images into ``K`` clusters are compared (Plummer et al.'s comparison
 of its patch discovery with full-frame clustering and random assignment):
 
 * ``dictionary`` — :mod:`vfsearch.concepts` dictionary concepts (every cell assigned to its
   nearest direction);
-* ``saliency`` — seed 004's saliency-based attribute discovery (clusters of salient crops; an
+* ``saliency`` — Plummer et al.'s saliency-based attribute discovery (clusters of salient crops; an
   image can carry several);
 * ``fullframe`` — spherical k-means of the images' mean-pooled features (one cluster each);
 * ``random`` — every image in a uniformly random cluster.
@@ -21,7 +21,7 @@ statistics are biased upwards by resampling (a duplicated image agrees with itse
 interval often starts at the estimate; the resamples' mean is reported with it. Random
 assignment shows how much purity and NMI a clustering of this size gets by chance.
 
-This is not seed 004's Table 2, which scores attributes by insertion/deletion through a trained
+This is not Plummer et al.'s Table 2, which scores attributes by insertion/deletion through a trained
 attribute model (SANE): purity and NMI only ask how well the concepts follow the labels.
 """
 

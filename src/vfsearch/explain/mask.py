@@ -1,4 +1,4 @@
-"""The learned perturbation mask (Fong & Vedaldi, "meaningful perturbation"; seed 004 §1):
+"""The learned perturbation mask (Fong & Vedaldi, "meaningful perturbation"; Plummer et al. §1):
 a low-resolution mask optimised by gradient descent so that the images it perturbs keep (or
 lose) their similarity, with L1 and total-variation penalties keeping it small and smooth."""
 

@@ -42,13 +42,15 @@ come from the app's own origin; off loopback a token is required.
 
 from __future__ import annotations
 
+import errno
 import secrets
+import socket
 import sys
 import threading
 import webbrowser
 from pathlib import Path
 
-from ..errors import VfsError
+from ..errors import BadParameter, VfsError
 from .app import create_app
 from .security import is_loopback
 from .state import AppState
@@ -90,6 +92,7 @@ def serve(paths, host: str = "127.0.0.1", port: int = 8000, token: str | None = 
         token = secrets.token_urlsafe(24)
     state = AppState(caches, token=token)
     app = create_app(state, token=token, host=host, allow_hosts=allow_hosts or ())
+    sock = _bind(host, port)
     threading.Thread(target=state.warm_all, name="vfsearch-warm", daemon=True).start()
     url = _url(host, port, token)
     names = ", ".join(f"{n} ({len(e.cache)} images)" for n, e in state.caches.items())
@@ -100,4 +103,35 @@ def serve(paths, host: str = "127.0.0.1", port: int = 8000, token: str | None = 
               file=sys.stderr)
     if open_browser:
         threading.Timer(1.0, webbrowser.open, args=(url,)).start()
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
+    server = uvicorn.Server(uvicorn.Config(app, log_level=log_level))
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port``, bound before the URL is announced so that a port in
+    use is one clear error (uvicorn then serves on this socket)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise BadParameter(f"cannot listen on host {host!r}: {e.strerror}", param="host") from None
+    family, _, _, _, addr = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+        sock.listen(2048)
+    except OSError as e:
+        sock.close()
+        if e.errno == errno.EADDRINUSE:
+            raise BadParameter(f"port {port} on {host} is already in use; pick another (e.g. "
+                               f"{port + 1}) or stop what listens there",
+                               param="port") from None
+        if e.errno == errno.EACCES:
+            raise BadParameter(f"no permission to listen on port {port} (ports below 1024 need "
+                               "privileges); pick another", param="port") from None
+        raise BadParameter(f"cannot listen on {host}:{port}: {e.strerror}", param="host") from None
+    sock.set_inheritable(True)
+    return sock

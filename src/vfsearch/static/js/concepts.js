@@ -16,7 +16,7 @@ export const CONCEPTS = { key: "", info: null, infoText: "", method: "dictionary
 
 const METHOD_TEXT = {
   dictionary: "Directions learned from every cell of this layer (spherical k-means over the cached features): each concept is a recurring pattern, with the cells that express it most as its patches.",
-  saliency: "Seed 004's attribute discovery: nearest neighbours of sampled images, the salient part of each match, crops around the matches' own peaks, clustered.",
+  saliency: "Plummer et al.'s attribute discovery: nearest neighbours of sampled images, the salient part of each match, crops around the matches' own peaks, clustered.",
 };
 const PATCHES = 12; // patches drawn per row
 const PATCH_PX = 64;
