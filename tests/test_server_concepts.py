@@ -278,3 +278,29 @@ def test_a_failed_discovery_reports_its_error(client, monkeypatch):
     assert j["status"] == "error" and j["code"] == "bad_parameter" and j["param"] == "n_concepts"
     d = info(client, layer="blocks.15")
     assert d["status"] == "missing" and d["job"]["error"] == j["error"]
+
+
+def test_explain_says_which_concepts_a_match_shares(client, stored, ccache):
+    """The explain response carries the stored concepts the match shares with its query (the
+    library's shared_concepts); a global search's explanation has none."""
+    from vfsearch.concepts import shared_concepts
+
+    r = client.post("/api/search", json={"cache": "small", "layer": LAYER, "image": {"id": 0},
+                                         "box": [60, 60, 160, 160], "k": 3})
+    assert r.status_code == 200, r.text
+    d = r.json()
+    m = d["matches"][0]
+    r = client.post(f"/api/searches/{d['search_id']}/explain", json={"id": m["id"]})
+    assert r.status_code == 200, r.text
+    got = r.json()["result"]["concepts"]
+    res = search(ccache, 0, box=(60, 60, 160, 160), layer=LAYER, k=3)
+    want = shared_concepts(ccache, res.query, res.matches[0], concepts=stored)
+    assert got["method"] == "dictionary" and got["layer"] == LAYER
+    assert got["shared"] == want["shared"] and got["same_cells"] == want["same_cells"]
+    assert len(got["cells"]) == int((res.query.weights > 0).sum())
+    r = client.post("/api/search", json={"cache": "small", "layer": LAYER, "image": {"id": 0},
+                                         "mode": "global", "k": 3})
+    g = r.json()
+    r = client.post(f"/api/searches/{g['search_id']}/explain", json={"id": g["matches"][0]["id"]})
+    assert r.status_code == 200, r.text
+    assert r.json()["result"]["concepts"] is None

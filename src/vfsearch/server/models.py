@@ -377,6 +377,10 @@ class Explanation(_Response):
     params: dict[str, Any]
     result: dict[str, Any]
     query: dict[str, Any]
+    concepts: dict[str, Any] | None = Field(
+        None, description="the stored concepts of the layer the match shares with its query "
+        "(layer, method, shared: [{concept, query_cells, result_cells, size}], cells, "
+        "same_cells); null for a global query or when no concepts were computed")
 
 
 class ExplainDone(_Response):

@@ -188,7 +188,30 @@ class Views:
                 p["image_size"] = list(e.size(int(p["id"])))
         if len(d.get("cell_shares", [])) > MAX_CELL_SHARES:
             d.pop("cell_shares")
+        d["concepts"] = self._shared_concepts(e, st.query, rid, d.get("offset"))
         return _clean(d)
+
+    @staticmethod
+    def _shared_concepts(e, query, rid: int, offset) -> dict | None:
+        """Which stored concepts of the query's layer the match shares with its query (the
+        dictionary's, else the saliency method's); None for a global query, or when no concepts
+        were computed for the layer."""
+        from types import SimpleNamespace
+
+        from ..concepts import METHODS as CONCEPT_METHODS
+        from ..concepts import load_concepts, shared_concepts
+        from ..errors import NotFound
+
+        if query.mode == "global" or offset is None:
+            return None
+        for method in CONCEPT_METHODS:
+            try:
+                cs = load_concepts(e.cache, query.layer, method)
+            except NotFound:
+                continue
+            match = SimpleNamespace(id=int(rid), offset=tuple(int(v) for v in offset))
+            return shared_concepts(e.cache, query, match, concepts=cs)
+        return None
 
     def explain(self, sid: str, rid, method: str = "exact",
                 params: dict | None = None) -> tuple[int, dict]:

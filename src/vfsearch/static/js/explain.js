@@ -123,6 +123,13 @@ async function renderExplanation(ex, ctx) {
   if (ex.insertion_auc != null) kids.push(stat("insertion AUC", fmt(ex.insertion_auc, 3), "score while restoring the most salient parts first (higher = better map)"));
   if (ex.deletion_auc != null) kids.push(stat("deletion AUC", fmt(ex.deletion_auc, 3), "score while removing the most salient parts first (lower = better map)"));
   if (ex.channel_share_sum != null) kids.push(stat("channel shares sum", fmt(ex.channel_share_sum, 4)));
+  const sc = ex.concepts;
+  if (sc) {
+    const txt = sc.shared.length
+      ? sc.shared.slice(0, 6).map((c) => `#${c.concept} (${c.query_cells}↔${c.result_cells})`).join(" · ")
+      : "none";
+    kids.push(stat("shared concepts", txt, `${sc.method} concepts of ${sc.layer} carried by query cells ↔ matched result cells; ${sc.same_cells} of ${sc.cells.length} matched cells carry the same concept`));
+  }
   if (!ex.query_saliency) kids.push(el("span", { class: "muted", text: "(this method explains the result image only)" }));
   $("#explain-stats").replaceChildren(...kids);
   const chans = ex.top_channels || [];
