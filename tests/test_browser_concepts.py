@@ -97,6 +97,11 @@ def test_concepts_tab_search_and_compute(concepts_server, page, concepts_cache):
     assert box == pytest.approx(list(res.matches[0].box), abs=0.01)
     # the curve has the concept's series; a rank window shows its images in the strip
     assert f"C{k} dictionary" in pg.inner_text("#legend")
+    # the concept search is in the history and in the URL (a share link)
+    pg.wait_for_function("location.hash.includes('cn=')")
+    link = pg.evaluate("location.hash")
+    assert f"cn=dictionary%3A{k}" in link and "i=" not in link
+    assert f"C{k}" in pg.inner_text("#history")
     cv = pg.locator("#dist-canvas").bounding_box()
     pg.mouse.click(cv["x"] + cv["width"] * 0.6, cv["y"] + cv["height"] * 0.5)
     pg.wait_for_function("document.querySelectorAll('#strip .mini').length > 0")
@@ -124,3 +129,13 @@ def test_concepts_tab_search_and_compute(concepts_server, page, concepts_cache):
     pg.click("#ds-grid .thumb >> nth=2")
     pg.wait_for_function("window.vfs.S.query && window.vfs.S.concept === null")
     assert pg.locator("#q-concept").is_hidden()
+
+    # the concept's share link, loaded in a fresh page, runs the same concept search
+    pg.goto("about:blank")
+    pg.goto(concepts_server.rstrip("/") + "/" + link)
+    pg.wait_for_function(f"window.vfs && window.vfs.S.concept && window.vfs.S.concept.id === {k}")
+    pg.wait_for_function("document.querySelectorAll('#panes .card[data-drawn]').length === 18")
+    ids = [int(v) for v in pg.eval_on_selector_all("#panes .card",
+                                                   "cs => cs.slice(0, 5).map(c => c.dataset.id)")]
+    assert ids == [m.id for m in res.matches]
+    assert pg.locator("#q-concept").is_visible() and f"Concept {k}" in pg.inner_text("#qc-title")

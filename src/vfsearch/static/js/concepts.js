@@ -20,7 +20,6 @@ const METHOD_TEXT = {
 };
 const PATCHES = 12; // patches drawn per row
 const PATCH_PX = 64;
-const CONCEPT_COLOR = "#0c8599";
 
 const qs = (c, method) => `layer=${enc(c.layer)}&method=${method}`;
 export const sheetURL = (cq) => `/api/caches/${enc(cq.cache)}/concepts/sheet/${cq.id}?${qs(cq, cq.method)}&v=${enc(cq.version || "")}`;
@@ -222,10 +221,33 @@ function drawPatch(cv, img, p) {
 /** Search concept `c` (a record of the tab) of the current choice and method. */
 export function searchConcept(c) {
   const ch = S.choice;
-  S.concept = { cache: ch.cache, layer: ch.layer, id: c.id, method: CONCEPTS.method, size: c.size, labels: c.labels, patches: c.patches, version: CONCEPTS.info && CONCEPTS.info.version };
-  showConceptQuery(S.concept);
+  runConcept({ cache: ch.cache, layer: ch.layer, id: c.id, method: CONCEPTS.method, size: c.size, labels: c.labels, patches: c.patches, version: CONCEPTS.info && CONCEPTS.info.version });
+}
+
+/** Search the concept query `cq` (from the tab, a share link or the history). */
+export function runConcept(cq) {
+  S.concept = cq;
+  showConceptQuery(cq);
   $('#view-tabs [data-view="results"]').click();
-  runSearch().catch(reportError);
+  return runSearch().catch(reportError);
+}
+
+/** Open a concept search from a share link (#c=…&l=…&cn=METHOD:ID): the concept's record is
+ * fetched for the current choice; false when the cache has no such concept. */
+export async function openConceptLink(method, id) {
+  const c = S.choice;
+  if (!["dictionary", "saliency"].includes(method) || !Number.isInteger(id)) return false;
+  const info = await api(`/api/caches/${enc(c.cache)}/concepts?${qs(c, method)}&patches=${PATCHES}`);
+  const rec = info.status === "ready" && info.concepts.find((x) => x.id === id);
+  if (!rec) {
+    toast(`no ${method} concept ${id} in ${choiceLabel(c)}`);
+    return false;
+  }
+  CONCEPTS.method = method;
+  CONCEPTS.info = info;
+  CONCEPTS.key = viewKey();
+  searchConcept(rec);
+  return true;
 }
 
 /** The search body of the concept query on choice c (search.js). */
@@ -250,11 +272,6 @@ export function conceptMask(query) {
   small.height = Math.max(1, Math.round(h * s));
   small.getContext("2d").drawImage(canvas, 0, 0, small.width, small.height);
   return { width: w, height: h, data: null, canvas, small };
-}
-
-/** What a concept search's pane calls it (the curve's legend, the strip). */
-export function conceptEntry(cq) {
-  return { ctxs: [], color: CONCEPT_COLOR, label: `C${cq.id} ${cq.method}` };
 }
 
 /** The query panel for a concept: its contact sheet over the stage, its facts under it. */

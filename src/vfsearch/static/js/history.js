@@ -10,26 +10,22 @@ import { brush, setQuery } from "./query.js";
 import { setChoiceUI, reloadDatasetIfNeeded } from "./dataset.js";
 import { drawDist } from "./curve.js";
 import { encodeMaskExact, decodeMaskExact, maskHash } from "./maskcode.js";
+import { exitConcept, openConceptLink, runConcept, sheetURL } from "./concepts.js";
 
 const PALETTE = ["#2f5bea", "#e8590c", "#2b8a3e", "#ae3ec9", "#c92a2a", "#0c8599", "#b08900", "#5f3dc4"];
 
 function historyKey(q, mask, choices) {
   const m = S.whole ? S.wholeMode : maskHash(mask);
-  return [q.kind, q.cache || "", q.id ?? q.upload, m, choices.map(choiceKey).join("|"), S.k, S.filter ? `${S.filter.column}=${S.filter.value}` : "", S.excludeSelf ? "" : "self"].join("/");
+  return [q.kind, q.cache || "", q.id ?? q.upload, m, choices.map(choiceKey).join("|"), S.k, filterKey(), S.excludeSelf ? "" : "self"].join("/");
 }
 
-export function addHistory(q, mask, choices) {
-  const key = historyKey(q, mask, choices);
+const filterKey = () => (S.filter ? `${S.filter.column}=${S.filter.value}` : "");
+
+/** Put the search `key` first in the history (a new entry from make(color) when it is new). */
+function pushHistory(key, make) {
   let h = S.history.find((x) => x.key === key);
-  if (h) {
-    S.history.splice(S.history.indexOf(h), 1);
-  } else {
-    const color = PALETTE[S.colorIx++ % PALETTE.length];
-    const name = q.kind === "dataset" ? `#${q.id} ${basename(q.path).replace(/\.[^.]+$/, "")}` : q.name || "upload";
-    S.qn = (S.qn || 0) + 1;
-    h = { key, color, q: { ...q }, mask, whole: S.whole, mode: queryMode(), choices, ctxs: [], shown: true, pinned: false, label: `Q${S.qn} ${name}`, thumb: null };
-    h.thumb = historyThumb(mask);
-  }
+  if (h) S.history.splice(S.history.indexOf(h), 1);
+  else h = make(PALETTE[S.colorIx++ % PALETTE.length]);
   h.ctxs = [];
   S.history.unshift(h);
   // at most 4 curves shown automatically; pinned ones stay
@@ -37,6 +33,21 @@ export function addHistory(q, mask, choices) {
   for (const x of S.history) if (x.shown && !x.pinned && ++auto > 4) x.shown = false;
   if (S.history.length > 30) S.history.length = 30;
   return h;
+}
+
+export function addHistory(q, mask, choices) {
+  return pushHistory(historyKey(q, mask, choices), (color) => {
+    const name = q.kind === "dataset" ? `#${q.id} ${basename(q.path).replace(/\.[^.]+$/, "")}` : q.name || "upload";
+    S.qn = (S.qn || 0) + 1;
+    return { key: historyKey(q, mask, choices), color, q: { ...q }, mask, whole: S.whole, mode: queryMode(), choices, ctxs: [], shown: true, pinned: false, label: `Q${S.qn} ${name}`, thumb: historyThumb(mask) };
+  });
+}
+
+/** A concept search in the history (its contact sheet as the thumbnail; a click runs it again). */
+export function addConceptHistory(cq) {
+  const choices = [{ cache: cq.cache, layer: cq.layer }];
+  const key = ["concept", cq.cache, cq.layer, cq.method, cq.id, S.k, filterKey()].join("/");
+  return pushHistory(key, (color) => ({ key, color, concept: { ...cq }, mode: "concept", choices, ctxs: [], shown: true, pinned: false, label: `C${cq.id} ${cq.method}`, thumb: sheetURL(cq) }));
 }
 
 function historyThumb(mask) {
@@ -81,6 +92,8 @@ async function restoreHistory(h) {
   S.compare = h.choices[1] || null;
   setChoiceUI();
   reloadDatasetIfNeeded();
+  if (h.concept) return runConcept(h.concept);
+  exitConcept({ rerun: false });
   await setQuery(h.q, h.whole ? { whole: true, mode: h.mode } : { mask: h.mask });
 }
 
@@ -100,22 +113,25 @@ function boxCells(b, m) {
 
 /** The current query and settings as a location hash (async: the mask is deflated). */
 export async function linkHash() {
-  const q = S.query;
-  if (!q) return null;
+  const q = S.query, cq = S.concept;
+  if (!q && !cq) return null;
   const p = new URLSearchParams();
-  p.set("c", S.choice.cache);
-  p.set("l", S.choice.layer);
-  if (q.kind === "dataset") {
-    if (q.cache !== S.choice.cache) p.set("qc", q.cache);
-    p.set("i", q.id);
-  } else p.set("u", q.upload);
-  const m = brush.getMask();
-  const box = S.box && S.box.map((v) => v.toFixed(1)).join(",");
-  if (S.whole) p.set("w", S.wholeMode === "global" ? "g" : "1");
-  else if (box && boxCells(box.split(",").map(Number), m) === boxCells(S.box, m)) p.set("b", box);
-  else p.set("mz", await encodeMaskExact(m));
+  p.set("c", cq ? cq.cache : S.choice.cache);
+  p.set("l", cq ? cq.layer : S.choice.layer);
+  if (cq) p.set("cn", `${cq.method}:${cq.id}`); // a concept as the query
+  else {
+    if (q.kind === "dataset") {
+      if (q.cache !== S.choice.cache) p.set("qc", q.cache);
+      p.set("i", q.id);
+    } else p.set("u", q.upload);
+    const m = brush.getMask();
+    const box = S.box && S.box.map((v) => v.toFixed(1)).join(",");
+    if (S.whole) p.set("w", S.wholeMode === "global" ? "g" : "1");
+    else if (box && boxCells(box.split(",").map(Number), m) === boxCells(S.box, m)) p.set("b", box);
+    else p.set("mz", await encodeMaskExact(m));
+  }
   if (S.k !== 24) p.set("k", S.k);
-  if (S.compare) p.set("cmp", choiceKey(S.compare));
+  if (S.compare && !cq) p.set("cmp", choiceKey(S.compare));
   if (S.overlay !== "region") p.set("ov", S.overlay);
   if (S.filter) p.set("f", `${S.filter.column}=${S.filter.value}`);
   if (!S.excludeSelf) p.set("self", "1");
@@ -156,6 +172,12 @@ export async function readHash() {
   syncControls();
   setChoiceUI();
   reloadDatasetIfNeeded();
+  const cn = p.get("cn");
+  if (cn) {
+    const [method, id] = cn.split(":");
+    return openConceptLink(method, Number(id));
+  }
+  exitConcept({ rerun: false });
   let q = null;
   if (p.get("i") != null) q = { kind: "dataset", cache: p.get("qc") || S.choice.cache, id: parseInt(p.get("i"), 10) };
   else if (p.get("u")) q = { kind: "upload", upload: p.get("u") };

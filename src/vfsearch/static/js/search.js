@@ -6,8 +6,8 @@ import { S, timings, shortChoice, queryMode } from "./state.js";
 import { brush, renderQueryMeta } from "./query.js";
 import { renderPanes } from "./results.js";
 import { drawDist, renderStrip } from "./curve.js";
-import { addHistory, renderHistory, writeHash } from "./history.js";
-import { conceptBody, conceptEntry, conceptMask, renderConceptMeta } from "./concepts.js";
+import { addConceptHistory, addHistory, renderHistory, writeHash } from "./history.js";
+import { conceptBody, conceptMask, renderConceptMeta } from "./concepts.js";
 
 let inflight = null;
 
@@ -65,7 +65,7 @@ async function doSearch({ t0 = performance.now() } = {}) {
   if (seq !== S.seq) return;
   const tServer = performance.now();
   const anyOk = settled.some((r) => r.status === "fulfilled");
-  const entry = !anyOk ? { ctxs: [], color: "#999", label: "" } : cq ? conceptEntry(cq) : addHistory(q, mask, choices);
+  const entry = !anyOk ? { ctxs: [], color: "#999", label: "" } : cq ? addConceptHistory(cq) : addHistory(q, mask, choices);
   S.panes = settled.map((r, i) => {
     if (r.status === "rejected") return { choice: choices[i], error: r.reason };
     const resp = r.value;
@@ -91,7 +91,7 @@ async function doSearch({ t0 = performance.now() } = {}) {
   // history and the URL are not part of the results: update them after the frame
   setTimeout(() => {
     renderHistory();
-    if (!cq) writeHash(); // share links hold image queries
+    writeHash(); // share links hold image and concept queries
   }, 0);
   const p0 = S.panes[0];
   S.lastTiming = { total: t1 - t0, server: tServer - t0, draw: t1 - tServer, serverSearch: p0.timing ? p0.timing.search_ms : null,
