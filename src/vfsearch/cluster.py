@@ -23,7 +23,8 @@ def get_client(scheduler: str):
         return _CLIENTS[scheduler]
     if scheduler.startswith("local"):
         try:
-            n = int(scheduler.split(":", 1)[1]) if ":" in scheduler else len(os.sched_getaffinity(0))
+            n = (int(scheduler.split(":", 1)[1]) if ":" in scheduler
+                 else len(os.sched_getaffinity(0)))
         except ValueError:
             raise BadParameter(f"bad scheduler {scheduler!r}: use local:N or an address",
                                param="scheduler") from None

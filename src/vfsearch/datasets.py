@@ -54,7 +54,8 @@ def sample_images(dest: str | os.PathLike, variants: int = 5, seed: int = 0) -> 
         folder.mkdir(parents=True, exist_ok=True)
         w, h = img.size
         for k in range(variants):
-            fw, fh, fx, fy, flip = rng.uniform(0.4, 0.9), rng.uniform(0.4, 0.9), rng.random(), rng.random(), rng.random() < 0.4
+            fw, fh = rng.uniform(0.4, 0.9), rng.uniform(0.4, 0.9)
+            fx, fy, flip = rng.random(), rng.random(), rng.random() < 0.4
             out = folder / f"{name}_{k}.jpg"
             if out.exists():
                 continue

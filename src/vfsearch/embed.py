@@ -309,7 +309,7 @@ def gridify(points: np.ndarray, seed: int = 0, exact_max: int = EXACT_MAX, leaf:
     return out
 
 
-# -- quality ----------------------------------------------------------------------------------------
+# -- quality ---------------------------------------------------------------------------------------
 
 
 def _knn(x: np.ndarray, q: np.ndarray, k: int, jitter: np.ndarray | None = None) -> np.ndarray:
@@ -332,8 +332,8 @@ def _knn(x: np.ndarray, q: np.ndarray, k: int, jitter: np.ndarray | None = None)
 def knn_preservation(points_or_features: np.ndarray, cells: np.ndarray, k: int = 10,
                      sample: int | None = 2000, seed: int = 0) -> float:
     """Mean fraction of each point's k nearest neighbours (in ``points_or_features``: the pooled
-    features or a 2-D embedding; Euclidean) that are also among its k nearest in ``cells`` (grid cells or
-    any other layout). 1.0 = every neighbourhood kept; a random layout scores about k/n.
+    features or a 2-D embedding; Euclidean) that are also among its k nearest in ``cells`` (grid
+    cells or any other layout). 1.0 = every neighbourhood kept; a random layout scores about k/n.
     ``sample`` query points (all when None or ≥ n), seeded; neighbours are searched among all."""
     x = np.asarray(points_or_features, dtype=np.float32)
     y = np.asarray(cells, dtype=np.float64)
@@ -344,7 +344,8 @@ def knn_preservation(points_or_features: np.ndarray, cells: np.ndarray, k: int =
         return 1.0
     k = min(k, n - 1)
     rng = np.random.default_rng(seed)
-    q = np.arange(n) if sample is None or sample >= n else np.sort(rng.choice(n, sample, replace=False))
+    q = (np.arange(n) if sample is None or sample >= n
+         else np.sort(rng.choice(n, sample, replace=False)))
     a = _knn(x, q, k)
     b = _knn(y, q, k, jitter=rng.random(n) * 1e-6)
     hits = sum(len(np.intersect1d(a[i], b[i], assume_unique=True)) for i in range(len(q)))
@@ -485,7 +486,7 @@ def load_map(cache, layer: str | None = None, method: str = "tsne") -> MapResult
                      side=int(attrs["side"]), xy=xy, cell=cell, attrs=attrs, stale=stale)
 
 
-# -- atlas ------------------------------------------------------------------------------------------
+# -- atlas -----------------------------------------------------------------------------------------
 
 
 def _tile(data: bytes, tile: int, background) -> np.ndarray:
@@ -560,7 +561,7 @@ def build_atlas(cache, map: MapResult, tile: int = 32, page_tiles: int = 64, qua
                 data = c.thumbnail_range(s, e)
                 tiles = list(pool.map(_tile, [data[i - s] for i in sel],
                                       [tile] * len(sel), [bg] * len(sel)))
-                for i, t in zip(sel, tiles):
+                for i, t in zip(sel, tiles, strict=True):
                     p = int(page_of[i])
                     py, pxx = divmod(p, px_n)
                     y0 = (int(map.cell[i, 1]) - py * pt) * tile
@@ -573,7 +574,7 @@ def build_atlas(cache, map: MapResult, tile: int = 32, page_tiles: int = 64, qua
                 Image.fromarray(pixels).save(buf, "JPEG", quality=quality, optimize=True)
                 return buf.getvalue()
 
-            for p, b in zip(group, pool.map(enc, [canv[p] for p in group])):
+            for p, b in zip(group, pool.map(enc, [canv[p] for p in group]), strict=True):
                 pages[p] = b
                 bar.update(1)
             canv.clear()

@@ -120,7 +120,8 @@ def discover(
     if image_root is None and not src.is_dir() and rows and \
             all(Path(g).expanduser().is_absolute() for g, _l, _m in rows):
         # a list of absolute paths: their common folder is the root
-        root = _abs(os.path.commonpath([str(_abs(Path(g).expanduser()).parent) for g, _l, _m in rows]))
+        root = _abs(os.path.commonpath([str(_abs(Path(g).expanduser()).parent)
+                                        for g, _l, _m in rows]))
     items: list[ImageItem] = []
     seen: set[str] = set()
     for given, label, meta in rows:
@@ -189,7 +190,8 @@ def load_image(
             with Image.open(src) as im:
                 w, h = im.size
                 if w * h > max_pixels:
-                    raise BadImage(f"{name}: {w}x{h} = {w * h:,} pixels exceeds the cap of {max_pixels:,}")
+                    raise BadImage(f"{name}: {w}x{h} = {w * h:,} pixels exceeds the cap of "
+                                   f"{max_pixels:,}")
                 if w < 1 or h < 1:
                     raise BadImage(f"{name}: empty image ({w}x{h})")
                 im.load()

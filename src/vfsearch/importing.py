@@ -1,9 +1,9 @@
-"""Importing the reference library's caches (Ulrich & Fong's VisualFeatureSearch code, ``caching.precompute``): a Zarr v2 group
-holding one (N, C, H, W) float array per layer, chunked along N (500 images per chunk), in the
-order of the user's dataset, with nothing else stored. :func:`import_reference` writes a
-vfsearch cache (NHWC, per-cell norms, 8-bit + refine or f16/f32, pooled vectors, thumbnails and
-sizes from the images) whose transform comes from a named model or an explicit transform, so
-matched boxes map to pixels. Resumable chunk by chunk, like indexing.
+"""Importing the reference library's caches (Ulrich & Fong's VisualFeatureSearch code,
+``caching.precompute``): a Zarr v2 group holding one (N, C, H, W) float array per layer, chunked
+along N (500 images per chunk), in the order of the user's dataset, with nothing else stored.
+:func:`import_reference` writes a vfsearch cache (NHWC, per-cell norms, 8-bit + refine or f16/f32,
+pooled vectors, thumbnails and sizes from the images) whose transform comes from a named model or an
+explicit transform, so matched boxes map to pixels. Resumable chunk by chunk, like indexing.
 """
 
 from __future__ import annotations
@@ -192,10 +192,11 @@ def import_reference(zarr_path, images, out, *, arrays: Sequence[str],
         for k, c in enumerate(chunks):
             s, e = c * w.chunk, min(n, (c + 1) * w.chunk)
             args = (paths[s:e], [thumb_size] * (e - s), [max_pixels] * (e - s))
-            described = list(pool.map(_describe, *args, chunksize=8) if pool else map(_describe, *args))
+            described = list(pool.map(_describe, *args, chunksize=8) if pool
+                             else map(_describe, *args))
             feats = {layer: np.ascontiguousarray(np.asarray(src[a][s:e], np.float32)
                                                  .transpose(0, 2, 3, 1))
-                     for a, layer in zip(arrays, layers)}
+                     for a, layer in zip(arrays, layers, strict=True)}
             rows = {}
             for j, (thumb, size, stat, error) in enumerate(described):
                 ok = not error
@@ -219,7 +220,7 @@ def _layer_info(src, arrays, layers, tf: Transform, dtype: str, chunk: int, log)
     """Channels, grid and stride of each array, and whether it is non-negative (one pass over
     the data when storing 8-bit: unsigned 8-bit has twice the resolution)."""
     info = {}
-    for a, layer in zip(arrays, layers):
+    for a, layer in zip(arrays, layers, strict=True):
         arr = src[a]
         _n, c, h, w = arr.shape
         nonneg = False

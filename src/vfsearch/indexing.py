@@ -157,7 +157,8 @@ def index(
     """
     t0 = time.perf_counter()
     if dtype not in DTYPES:
-        raise BadParameter(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}", param="dtype")
+        raise BadParameter(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}",
+                           param="dtype")
     if refine not in REFINE:
         raise BadParameter(f"unknown refine {refine!r}; use one of {', '.join(REFINE)}",
                            param="refine")

@@ -175,7 +175,8 @@ def decode_spec(spec: dict) -> np.ndarray:
             w, h = int(spec["width"]), int(spec["height"])
             raw = base64.b64decode(str(spec["u8"]))
         except Exception:  # noqa: BLE001
-            raise BadMask("raw mask needs base64 'u8', 'width' and 'height'", param="mask") from None
+            raise BadMask("raw mask needs base64 'u8', 'width' and 'height'",
+                          param="mask") from None
         if w <= 0 or h <= 0 or len(raw) != w * h:
             raise BadMask(f"raw mask has {len(raw)} bytes, expected width×height = {w}×{h}",
                           param="mask")

@@ -91,7 +91,8 @@ class FeatureCache:
                                 param="cache")
         versions.check_readable(self.path, attrs)
         self.meta = attrs
-        self.image_root = Path(image_root).expanduser().resolve() if image_root else Path(attrs["image_root"])
+        self.image_root = (Path(image_root).expanduser().resolve() if image_root
+                           else Path(attrs["image_root"]))
         self._cols: dict[str, np.ndarray] = {}
         self._has: dict[str, bool] = {}
         self._arrays: dict[str, object] = {}
@@ -452,7 +453,8 @@ class FeatureCache:
         elif weights_hash != self.weights_hash:
             problems.append(f"weights {weights_hash} ≠ cache weights {self.weights_hash}")
         if transform.to_dict() != self.transform.to_dict():
-            problems.append(f"transform {transform.to_dict()} ≠ cache transform {self.meta['transform']}")
+            problems.append(f"transform {transform.to_dict()} ≠ cache transform "
+                            f"{self.meta['transform']}")
         if dtype is not None and dtype != self.dtype:
             problems.append(f"dtype {dtype!r} ≠ cache dtype {self.dtype!r}")
         if problems:
@@ -466,7 +468,8 @@ class FeatureCache:
                 f"images={len(self)}, dtype={self.dtype!r})")
 
 
-def open_cache(path: str | os.PathLike, image_root: str | os.PathLike | None = None) -> FeatureCache:
+def open_cache(path: str | os.PathLike,
+               image_root: str | os.PathLike | None = None) -> FeatureCache:
     """Open a feature cache for reading. ``image_root`` re-points where the images live."""
     return FeatureCache(path, image_root=image_root)
 

@@ -106,7 +106,8 @@ class CacheWriter:
         return int(self.meta["chunk"])
 
     def __len__(self) -> int:
-        return int(self.root[image_key("status")].shape[0]) if image_key("status") in self.root else 0
+        key = image_key("status")
+        return int(self.root[key].shape[0]) if key in self.root else 0
 
     def update_attrs(self, **changes) -> None:
         attrs = dict(self.root.attrs["vfsearch"])
@@ -144,7 +145,8 @@ class CacheWriter:
         """Paths, labels and metadata of new rows ``start…`` (items: ``.path .label .meta``)."""
         stop = start + len(items)
         self.root[image_key("path")][start:stop] = np.array([it.path for it in items], dtype=object)
-        self.root[image_key("label")][start:stop] = np.array([it.label for it in items], dtype=object)
+        self.root[image_key("label")][start:stop] = np.array([it.label for it in items],
+                                                             dtype=object)
         for col in self.meta["meta_columns"]:
             self.root[meta_key(col)][start:stop] = np.array([it.meta.get(col, "") for it in items],
                                                             dtype=object)
@@ -185,8 +187,10 @@ class CacheWriter:
         if not adding:
             sizes = self.root[image_key("size")][sl] if not full else np.zeros((e - s, 2), np.int32)
             stats = self.root[image_key("stat")][sl] if not full else np.zeros((e - s, 2), np.int64)
-            errs = self.root[image_key("error")][sl] if not full else np.array([""] * (e - s), dtype=object)
-            thumbs = self.root[image_key("thumb")][sl] if not full else np.array([b""] * (e - s), dtype=object)
+            errs = (self.root[image_key("error")][sl] if not full
+                    else np.array([""] * (e - s), dtype=object))
+            thumbs = (self.root[image_key("thumb")][sl] if not full
+                      else np.array([b""] * (e - s), dtype=object))
             for r, rec in rows.items():
                 j = r - s
                 sizes[j], stats[j], errs[j], thumbs[j] = rec.size, rec.stat, rec.error, rec.thumb

@@ -16,8 +16,9 @@ from ._util import CONTEXT, echo_json, err
 @click.option("--layer", "-l", default=None, help="Layer (default: the cache's first layer).")
 @click.option("--method", type=click.Choice(["dictionary", "saliency"]), default="dictionary",
               show_default=True,
-              help="dictionary: directions learned from every cached cell; saliency: Plummer et al.'s "
-                   "attribute discovery from the saliency of nearest-neighbour matches.")
+              help="dictionary: directions learned from every cached cell; saliency: "
+                   "Plummer et al.'s attribute discovery from the saliency of nearest-neighbour "
+                   "matches.")
 @click.option("--n", "n_concepts", default=32, show_default=True, type=click.IntRange(1, 4096),
               help="Number of concepts.")
 @click.option("--queries", "n_queries", default=200, show_default=True,

@@ -30,8 +30,8 @@ def arms_from_paths(protocol: str, cache_path: str, cache2_path: str | None, lay
 
     def arm(c, name, lay, param):
         if lay not in c.layers:
-            raise UnknownLayer(f"cache {c.path} has no layer {lay!r}; it has: {', '.join(c.layers)}",
-                               param=param)
+            raise UnknownLayer(f"cache {c.path} has no layer {lay!r}; it has: "
+                               f"{', '.join(c.layers)}", param=param)
         return Arm(f"{name}:{lay}", c, lay)
 
     if protocol == "overlap":

@@ -1,4 +1,5 @@
-"""``vfsearch import-vfs``: bring a cache of the reference library (Ulrich & Fong's VisualFeatureSearch) into vfsearch."""
+"""``vfsearch import-vfs``: bring a cache of the reference library (Ulrich & Fong's
+VisualFeatureSearch) into vfsearch."""
 
 from __future__ import annotations
 

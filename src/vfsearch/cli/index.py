@@ -12,7 +12,8 @@ from ._util import echo_json, err
 
 @click.command("index")
 @click.argument("images", type=click.Path(path_type=Path))
-@click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="Cache directory.")
+@click.option("--out", "-o", required=True, type=click.Path(path_type=Path),
+              help="Cache directory.")
 @click.option("--model", "-m", default=None, help="Model name (default: efficientnet-lite0).")
 @click.option("--weights", default=None, type=click.Path(exists=True, dir_okay=False),
               help="Weights file (.pth, .bin, .safetensors) for torchvision:/timm: models.")
@@ -20,9 +21,11 @@ from ._util import echo_json, err
               help="Model input side in pixels (default: the model's; a transformer's must be a "
                    "multiple of its patch size).")
 @click.option("--layer", "-l", "layers", multiple=True, help="Layer(s) to cache (repeatable).")
-@click.option("--dtype", type=click.Choice(["int8", "f16", "f32"]), default="int8", show_default=True,
+@click.option("--dtype", type=click.Choice(["int8", "f16", "f32"]), default="int8",
+              show_default=True,
               help="Feature storage; int8 = uint8 for non-negative layers, int8 for signed ones.")
-@click.option("--refine", type=click.Choice(["f32", "f16", "none"]), default="f32", show_default=True,
+@click.option("--refine", type=click.Choice(["f32", "f16", "none"]), default="f32",
+              show_default=True,
               help="Higher-precision copy kept with int8 so search results are exact.")
 @click.option("--mode", type=click.Choice(["crop", "squash", "whole"]), default="crop",
               show_default=True,
@@ -45,7 +48,8 @@ from ._util import echo_json, err
 @click.option("--max-pixels", default=100_000_000, show_default=True, type=int,
               help="Refuse images with more pixels (decompression bombs).")
 @click.option("--scheduler", default=None,
-              help="Dask: local:N (N worker processes) or a scheduler address; workers write chunks.")
+              help="Dask: local:N (N worker processes) or a scheduler address; workers write "
+                   "chunks.")
 @click.option("--threads", default=None, type=click.IntRange(1, 256),
               help="torch threads for the forward pass (default: torch's).")
 @click.option("--engine", type=click.Choice(["auto", "eager", "torch", "openvino"]),
@@ -113,7 +117,8 @@ def layers_cmd(model, weights, input_size, show_all, as_json):
     from ..models import list_layers, load_model
 
     lm = load_model(model, weights, input_size)
-    infos = list_layers(lm.module, lm.transform, lm.default_layer, None) if show_all else lm.layers()
+    infos = (list_layers(lm.module, lm.transform, lm.default_layer, None) if show_all
+             else lm.layers())
     if as_json:
         echo_json([i.__dict__ for i in infos])
         return

@@ -62,7 +62,8 @@ def search_cmd(cache, image, mask, box, whole, global_, concept, concepts_method
         query = int(image) if image.isdigit() else image
     t0 = time.perf_counter()
     res = search(c, query, mask=str(mask) if mask else None, box=parse_box(box), whole=whole,
-                 mode="global" if global_ else None, layer=layer, k=k, exclude_self=not include_self, dedup=dedup,
+                 mode="global" if global_ else None, layer=layer, k=k,
+                 exclude_self=not include_self, dedup=dedup,
                  memory=parse_bytes(memory) if memory else "auto", scheduler=scheduler,
                  backend=backend)
     dt = time.perf_counter() - t0

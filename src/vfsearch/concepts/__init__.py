@@ -8,9 +8,9 @@ Two methods:
   cell — spherical k-means streamed over the cache (or online NMF on non-negative layers); a
   cell belongs to the direction it is most similar to (cosine); a concept's patches are the
   cells that express it most, at most a few per image.
-* ``saliency`` (:func:`~.saliency.discover_saliency`): Plummer et al.'s attribute discovery — nearest
-  neighbours of sampled queries, a saliency map over the query for each, the neighbours whose
-  peaks agree, crops around their own peaks, embedded from the cached cells and clustered.
+* ``saliency`` (:func:`~.saliency.discover_saliency`): Plummer et al.'s attribute discovery —
+  nearest neighbours of sampled queries, a saliency map over the query for each, the neighbours
+  whose peaks agree, crops around their own peaks, embedded from the cached cells and clustered.
 
 :func:`discover` runs either, :func:`save_concepts` / :func:`load_concepts` store and read the
 result in the cache (kind ``"concepts"``, name = the method), :func:`concept_query` makes a

@@ -1,4 +1,5 @@
-"""Saliency-based attribute discovery (Plummer et al., §4 of its supplement), on the cached features.
+"""Saliency-based attribute discovery (Plummer et al., §4 of its supplement), on the cached
+features.
 
 For each of ``n_queries`` query images:
 

@@ -1,7 +1,7 @@
 """Region search: queries on the feature grid, the fused scan kernel, top-k with exact refine."""
 
-from .searcher import Match, SearchResult, exact_scores, search, search_many
 from .query import Query, box_mask, load_mask, make_query, register_query_model
+from .searcher import Match, SearchResult, exact_scores, search, search_many
 
 __all__ = [
     "Match",

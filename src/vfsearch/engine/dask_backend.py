@@ -54,7 +54,8 @@ def scan_distributed(cache, layer: str, pqs, client, rows: int | None = None, ba
             for _ in pqs]
     for fut in as_completed(futures):
         start, res = fut.result()
-        for out, (score, offset, upper, lower) in zip(outs, res):
+        for out, (score, offset, upper, lower) in zip(outs, res, strict=True):
             sl = slice(start, start + len(score))
-            out["score"][sl], out["offset"][sl], out["upper"][sl], out["lower"][sl] = score, offset, upper, lower
+            out["score"][sl], out["offset"][sl] = score, offset
+            out["upper"][sl], out["lower"][sl] = upper, lower
     return outs

@@ -125,7 +125,8 @@ def model_for_cache(cache: FeatureCache):
         if cache.model.startswith(("torchvision:", "timm:")) and not (wp and Path(wp).exists()):
             raise BadQuery(f"this needs the weights of {cache.model} (recorded at {wp}, not "
                            "found); query with a dataset id instead", param="image")
-        if cache.model not in _registered() and not cache.model.startswith(("torchvision:", "timm:")):
+        if (cache.model not in _registered()
+                and not cache.model.startswith(("torchvision:", "timm:"))):
             raise BadQuery(f"external query images on a {cache.model!r} cache need the model: "
                            "call vfsearch.engine.register_query_model(model) first",
                            param="image")
@@ -253,7 +254,8 @@ def check_query(cache: FeatureCache, q: Query) -> None:
                        f"{cache.model} ({cache.weights_hash})")
     if q.layer not in cache.layers:
         raise BadQuery(f"query layer {q.layer!r} is not in this cache ({', '.join(cache.layers)})")
-    if tuple(q.weights.shape) != cache.grid(q.layer) or q.features.shape[-1] != cache.layer_info(q.layer)["channels"]:
+    if (tuple(q.weights.shape) != cache.grid(q.layer)
+            or q.features.shape[-1] != cache.layer_info(q.layer)["channels"]):
         raise BadQuery("query features do not match the cache's layer shape")
     if q.mode not in MODES:
         raise BadQuery(f"query mode must be one of {', '.join(MODES)}", param="mode")

@@ -20,7 +20,8 @@ def scan(feats, sqnorm, query: PreparedQuery, *, scale=None, qerr2=None, device:
     n, H, W, C = feats.shape
     A, B = H - query.h + 1, W - query.w + 1
     dev = torch.device(device)
-    Q = torch.from_numpy(np.ascontiguousarray(query.qf)).to(dev, torch.float32)  # (K, C), m² folded in
+    # (K, C), m² folded in
+    Q = torch.from_numpy(np.ascontiguousarray(query.qf)).to(dev, torch.float32)
     m2 = torch.from_numpy(np.ascontiguousarray(query.m2)).to(dev, torch.float32)
     dy, dx = query.dy.tolist(), query.dx.tolist()
     out = ScanResult(np.empty(n, np.float32), np.empty(n, np.int32), np.empty(n, np.float32),
@@ -42,10 +43,13 @@ def scan(feats, sqnorm, query: PreparedQuery, *, scale=None, qerr2=None, device:
             if err is not None:
                 err += m2[k] * qe[:, dy[k]:dy[k] + A, dx[k]:dx[k] + B]
         ok = (den > 0) & (query.qnorm > 0)
-        score = torch.where(ok, num / (query.qnorm * torch.sqrt(den.clamp_min(1e-30))), torch.zeros_like(num))
+        score = torch.where(ok, num / (query.qnorm * torch.sqrt(den.clamp_min(1e-30))),
+                            torch.zeros_like(num))
         if err is not None:
-            delta = torch.where(ok, torch.sqrt(err) / torch.sqrt(den.clamp_min(1e-30)), torch.zeros_like(num))
-            eps = torch.where(delta < 1, torch.asin(delta.clamp(max=1.0)), torch.full_like(delta, math.pi)) + slack
+            delta = torch.where(ok, torch.sqrt(err) / torch.sqrt(den.clamp_min(1e-30)),
+                                torch.zeros_like(num))
+            eps = torch.where(delta < 1, torch.asin(delta.clamp(max=1.0)),
+                              torch.full_like(delta, math.pi)) + slack
         else:
             eps = torch.full_like(score, slack)
         flat = score.reshape(e - s, -1)

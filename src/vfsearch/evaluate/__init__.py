@@ -11,7 +11,8 @@ and §4.4), each seeded, reproducible and reported with bootstrap confidence int
   region is queried in its source and the matched box is compared (IoU) with the pasted box, binned
   by area as in §4.4, next to the grid ceilings (the best IoU the feature grid allows).
 * ``concepts``  — purity and NMI of discovered concepts against labels: dictionary, saliency
-  (Plummer et al., "Why do these match?"), full-frame clustering and random assignment (:mod:`.concept_eval`).
+  (Plummer et al., "Why do these match?"), full-frame clustering and random assignment
+  (:mod:`.concept_eval`).
 * ``boxes``     — §4.4's face protocol on any ground-truth boxes (a CSV, or MTCNN faces from
   :mod:`.faces`): each box a query, the matched boxes' IoU with the results' boxes by area bin
   (:mod:`.boxes`).

@@ -21,8 +21,8 @@ statistics are biased upwards by resampling (a duplicated image agrees with itse
 interval often starts at the estimate; the resamples' mean is reported with it. Random
 assignment shows how much purity and NMI a clustering of this size gets by chance.
 
-This is not Plummer et al.'s Table 2, which scores attributes by insertion/deletion through a trained
-attribute model (SANE): purity and NMI only ask how well the concepts follow the labels.
+This is not Plummer et al.'s Table 2, which scores attributes by insertion/deletion through a
+trained attribute model (SANE): purity and NMI only ask how well the concepts follow the labels.
 """
 
 from __future__ import annotations

@@ -34,7 +34,8 @@ DEFAULT_LOCALIZE_LAYERS = ("blocks.10", "blocks.15")
 
 
 def _bin_sides() -> list[tuple[str, float, float]]:
-    return [(name, math.sqrt(lo), math.sqrt(hi) if math.isfinite(hi) else math.inf) for name, lo, hi in AREA_BINS]
+    return [(name, math.sqrt(lo), math.sqrt(hi) if math.isfinite(hi) else math.inf)
+            for name, lo, hi in AREA_BINS]
 
 
 def _crop_region(tf, w: int, h: int) -> tuple[float, float, float, float]:
@@ -46,7 +47,8 @@ def _crop_region(tf, w: int, h: int) -> tuple[float, float, float, float]:
 
 
 def plant_crops(sources: Sequence[Path], distractors: Sequence[Path], dest: Path, *, seed: int = 0,
-                transform=None, sides: tuple[float, float] = (24.0, 300.0), margin: int = 2) -> list[dict]:
+                transform=None, sides: tuple[float, float] = (24.0, 300.0),
+                margin: int = 2) -> list[dict]:
     """Paste a crop of each source image into a distractor image at a known box.
 
     Plant ``j`` uses ``sources[j]`` (each source once, so no other image in the set holds its
@@ -97,11 +99,12 @@ def plant_crops(sources: Sequence[Path], distractors: Sequence[Path], dest: Path
             sy0 = math.ceil(sreg[1] + margin + rng.uniform(0, room_s[1] - sside))
             px0 = math.ceil(dreg[0] + margin + rng.uniform(0, room_d[0] - dside))
             py0 = math.ceil(dreg[1] + margin + rng.uniform(0, room_d[1] - dside))
-            if sx0 + sside <= sreg[2] and sy0 + sside <= sreg[3] and px0 + dside <= dreg[2] and py0 + dside <= dreg[3]:
+            if (sx0 + sside <= sreg[2] and sy0 + sside <= sreg[3]
+                    and px0 + dside <= dreg[2] and py0 + dside <= dreg[3]):
                 break
         else:
-            raise EvalError(f"cannot place a {lo:.0f}–{hi:.0f} px crop of {src_p.name}: the images are too "
-                            f"small for crop sides {sides}")
+            raise EvalError(f"cannot place a {lo:.0f}–{hi:.0f} px crop of {src_p.name}: the images "
+                            f"are too small for crop sides {sides}")
         src = load_image(src_p)
         dst = load_image(dst_p).copy()
         crop = src.crop((sx0, sy0, sx0 + sside, sy0 + sside))
@@ -112,7 +115,8 @@ def plant_crops(sources: Sequence[Path], distractors: Sequence[Path], dest: Path
         dst.save(dest / fname)
         plants.append({
             "planted": fname, "source": src_p.name, "distractor": dst_p.name,
-            "crop": [sx0, sy0, sx0 + sside, sy0 + sside], "pasted": [px0, py0, px0 + dside, py0 + dside],
+            "crop": [sx0, sy0, sx0 + sside, sy0 + sside],
+            "pasted": [px0, py0, px0 + dside, py0 + dside],
             "area": float(dside * dside), "bin": area_bin(dside * dside),
         })
     return plants
@@ -135,7 +139,8 @@ def _list_images(folder: Path) -> list[Path]:
     from ..images import IMAGE_EXTENSIONS
 
     return sorted(p for p in folder.iterdir()
-                  if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS)
+                  if p.is_file() and not p.name.startswith(".")
+                  and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
 def prepare_localize(images_dir, work, *, n: int = 200, pool: int = 200, seed: int = 0,
@@ -164,7 +169,8 @@ def prepare_localize(images_dir, work, *, n: int = 200, pool: int = 200, seed: i
         lm = load_model(model or DEFAULT_MODEL)
     tf = lm.transform if isinstance(lm.transform, Transform) else Transform()
     # the largest crop must fit inside the distractor's centre crop
-    min_short = math.ceil((sides[1] + 6) * tf.resize / tf.size) if tf.mode == "crop" else math.ceil(sides[1] + 6)
+    min_short = (math.ceil((sides[1] + 6) * tf.resize / tf.size) if tf.mode == "crop"
+                 else math.ceil(sides[1] + 6))
     files = _list_images(images_dir)
     big = []
     for p in files:
@@ -175,8 +181,8 @@ def prepare_localize(images_dir, work, *, n: int = 200, pool: int = 200, seed: i
         if short >= min_short:
             big.append(p)
     if len(big) < 2:
-        raise DatasetError(f"{images_dir}: need at least two images with a shorter side ≥ {min_short} px "
-                           f"for crops up to {sides[1]:.0f} px (found {len(big)})")
+        raise DatasetError(f"{images_dir}: need at least two images with a shorter side ≥ "
+                           f"{min_short} px for crops up to {sides[1]:.0f} px (found {len(big)})")
     setup = {"images": str(images_dir.resolve()), "n": n, "pool": pool, "seed": seed,
              "sides": list(sides), "layers": list(layers), "model": lm.name,
              "files": hashlib.sha1("\n".join(p.name for p in big).encode()).hexdigest()[:12]}
@@ -186,16 +192,17 @@ def prepare_localize(images_dir, work, *, n: int = 200, pool: int = 200, seed: i
         saved = json.loads(manifest.read_text())
         if saved.get("setup") != setup:
             raise EvalError(f"{work} holds a localisation set built with other settings "
-                            f"({saved.get('setup')}); use another folder or delete it", param="work")
+                            f"({saved.get('setup')}); use another folder or delete it",
+                            param="work")
         plants = saved["plants"]
     else:
         if imgdir.exists() and any(imgdir.iterdir()):
-            raise OutputError(f"{imgdir} exists and is not a vfsearch localisation set; use an empty "
-                              "folder", param="work")
+            raise OutputError(f"{imgdir} exists and is not a vfsearch localisation set; use an "
+                              "empty folder", param="work")
         if len(big) < n + 1:
-            raise DatasetError(f"{images_dir}: {n} plants need {n} source images plus distractors with a "
-                               f"shorter side ≥ {min_short} px; found {len(big)} (plant fewer or use smaller "
-                               "crops)", param="n")
+            raise DatasetError(f"{images_dir}: {n} plants need {n} source images plus distractors "
+                               f"with a shorter side ≥ {min_short} px; found {len(big)} (plant "
+                               "fewer or use smaller crops)", param="n")
         rng = np.random.default_rng(seed)
         order = rng.permutation(len(big))
         sources = [big[i] for i in order[:n]]
@@ -206,7 +213,8 @@ def prepare_localize(images_dir, work, *, n: int = 200, pool: int = 200, seed: i
                 shutil.copy2(p, imgdir / p.name)
         except OSError as e:
             raise OutputError(f"cannot write {imgdir}: {e}") from None
-        plants = plant_crops([imgdir / p.name for p in sources], [imgdir / p.name for p in distractors],
+        plants = plant_crops([imgdir / p.name for p in sources],
+                             [imgdir / p.name for p in distractors],
                              imgdir, seed=seed + 1, transform=tf, sides=sides)
         manifest.write_text(json.dumps({"setup": setup, "plants": plants}, indent=1))
     kw = dict(index_kw or {})
@@ -224,13 +232,14 @@ def localize_layer(cache, plants: Sequence[dict], layer: str, k: int = 5) -> lis
     qs = []
     for p in plants:
         if p["source"] not in idx or p["planted"] not in idx:
-            raise EvalError(f"plant {p['planted']} or its source {p['source']} is missing from the cache")
+            raise EvalError(f"plant {p['planted']} or its source {p['source']} is missing from "
+                            "the cache")
         qs.append(_make_query(cache, idx[p["source"]], box=tuple(p["crop"]), layer=layer))
     results = search_many(cache, qs, k=k)
     grid = cache.grid(layer)
     tf = cache.transform
     out = []
-    for p, q, r in zip(plants, qs, results):
+    for p, q, r in zip(plants, qs, results, strict=True):
         t = idx[p["planted"]]
         size = cache.image_size(t)
         geom = tf.geometry(*size)
@@ -249,7 +258,8 @@ def localize_layer(cache, plants: Sequence[dict], layer: str, k: int = 5) -> lis
         box = match_box(q, off, geom, grid, size)
         out.append({
             "planted": p["planted"], "bin": p["bin"], "area": p["area"], "rank": rank,
-            "top1": bool(top1), "iou": iou1, "iou_found": iou(box, gt), "box": [round(v, 2) for v in box],
+            "top1": bool(top1), "iou": iou1, "iou_found": iou(box, gt),
+            "box": [round(v, 2) for v in box],
             "ceiling_cells": cell_ceiling(gt, geom, grid, size),
             "ceiling_shift": shift_ceiling(q, gt, geom, grid, size),
             "query_cells": list(q.cell_box),
@@ -257,13 +267,15 @@ def localize_layer(cache, plants: Sequence[dict], layer: str, k: int = 5) -> lis
     return out
 
 
-def run_localize(images_dir, work, *, layers: Sequence[str] = DEFAULT_LOCALIZE_LAYERS, n: int = 200,
-                 pool: int = 200, k: int = 5, seed: int = 0, n_boot: int = 1000, sides=(24.0, 300.0),
+def run_localize(images_dir, work, *, layers: Sequence[str] = DEFAULT_LOCALIZE_LAYERS,
+                 n: int = 200, pool: int = 200, k: int = 5, seed: int = 0, n_boot: int = 1000,
+                 sides=(24.0, 300.0),
                  label_pattern: str | None = None, model=None, progress: bool = True,
                  log: Log | None = None, index_kw: dict | None = None) -> dict:
     """The planted-crop localisation protocol (see :func:`plant_crops`), per layer and area bin."""
-    cache, plants, setup = prepare_localize(images_dir, work, n=n, pool=pool, seed=seed, layers=layers,
-                                            sides=sides, label_pattern=label_pattern, model=model,
+    cache, plants, setup = prepare_localize(images_dir, work, n=n, pool=pool, seed=seed,
+                                            layers=layers, sides=sides,
+                                            label_pattern=label_pattern, model=model,
                                             progress=progress, log=log, index_kw=index_kw)
     missing = [layer for layer in layers if layer not in cache.layers]
     if missing:

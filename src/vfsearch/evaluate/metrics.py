@@ -61,7 +61,8 @@ def bootstrap_ci(values, n_boot: int = 1000, ci: float = 0.95, seed: int = 0) ->
     lo, hi = np.quantile(means, [a, 1.0 - a])
     # the percentile interval always brackets the sample mean for a symmetric statistic, but keep
     # the guarantee exact (rounding, tiny n)
-    return {"mean": mean, "lo": float(min(lo, mean)), "hi": float(max(hi, mean)), "sem": sem, "n": n}
+    return {"mean": mean, "lo": float(min(lo, mean)), "hi": float(max(hi, mean)), "sem": sem,
+            "n": n}
 
 
 def distinct_labels(results: Iterable[Sequence[int]], labels) -> np.ndarray:
@@ -80,8 +81,8 @@ def _key(v):
     return int(v) if isinstance(v, (int, np.integer)) else str(v)
 
 
-def precision_at_k(results: Iterable[Sequence[int]], labels, query_labels: Sequence, k: int | None = None
-                   ) -> np.ndarray:
+def precision_at_k(results: Iterable[Sequence[int]], labels, query_labels: Sequence,
+                   k: int | None = None) -> np.ndarray:
     """Fraction of each result list whose label equals the query's label (over ``k``, default the
     list length)."""
     return same_value_fraction(results, labels, query_labels, k)
@@ -159,7 +160,8 @@ def match_box(query, offset: tuple[int, int], geometry, grid: tuple[int, int],
                      offset)
 
 
-def shift_ceiling(query, box, geometry, grid: tuple[int, int], image_size: tuple[int, int]) -> float:
+def shift_ceiling(query, box, geometry, grid: tuple[int, int],
+                  image_size: tuple[int, int]) -> float:
     """The best IoU with ``box`` that the engine's matched box can reach in a result image: the
     maximum over every offset of the query's box moved by whole cells."""
     gh, gw = grid

@@ -68,7 +68,8 @@ def _path_index(cache) -> dict[str, int]:
     return {str(p): i for i, p in enumerate(cache.paths)}
 
 
-def sample_queries(arms: Sequence[Arm], n: int, seed: int = 0, kinds: Sequence[str] = ("whole", "region"),
+def sample_queries(arms: Sequence[Arm], n: int, seed: int = 0,
+                   kinds: Sequence[str] = ("whole", "region"),
                    region_cells: tuple[int, int] = (2, 4)) -> list[QuerySpec]:
     """``n`` random query images (valid in every arm) and, per kind, a region.
 
@@ -87,7 +88,8 @@ def sample_queries(arms: Sequence[Arm], n: int, seed: int = 0, kinds: Sequence[s
             continue
         idx = _path_index(arm.cache)
         ok = arm.cache.valid
-        common = np.array([i for i in common if (j := idx.get(str(paths[i]))) is not None and ok[j]],
+        common = np.array([i for i in common
+                           if (j := idx.get(str(paths[i]))) is not None and ok[j]],
                           dtype=np.int64)
     if len(common) < 2:
         raise EvalError("fewer than two images are indexed in every cache; nothing to evaluate "
@@ -118,14 +120,16 @@ def sample_queries(arms: Sequence[Arm], n: int, seed: int = 0, kinds: Sequence[s
             if kind in ("whole", "global"):
                 specs.append(QuerySpec(str(paths[i]), kind))
             elif kind == "region":
-                specs.append(QuerySpec(str(paths[i]), "region", (float(x0), float(y0), float(x1), float(y1))))
+                specs.append(QuerySpec(str(paths[i]), "region",
+                                       (float(x0), float(y0), float(x1), float(y1))))
             else:
                 raise EvalError(f"unknown query kind {kind!r} (use whole, region or global)",
                                 param="kinds")
     return specs
 
 
-def run_arm(arm: Arm, specs: Sequence[QuerySpec], k: int, log: Log | None = None) -> list[np.ndarray]:
+def run_arm(arm: Arm, specs: Sequence[QuerySpec], k: int,
+            log: Log | None = None) -> list[np.ndarray]:
     """Search every spec in ``arm`` (one batched pass) → top-k ids (``arm.cache`` ids) per spec;
     the timing goes to ``log``."""
     idx = _path_index(arm.cache)
@@ -169,7 +173,7 @@ def _header(protocol: str, arms: Sequence[Arm], n: int, k: int, seed: int, n_boo
             "arms": [a.describe() for a in arms]}
 
 
-# -- protocols on existing caches ---------------------------------------------------------------------
+# -- protocols on existing caches ------------------------------------------------------------------
 
 
 def run_labels(arms: Sequence[Arm], *, n: int = 200, k: int = 5, seed: int = 0, n_boot: int = 1000,
@@ -183,11 +187,13 @@ def run_labels(arms: Sequence[Arm], *, n: int = 200, k: int = 5, seed: int = 0, 
     for arm in arms:
         ids = run_arm(arm, specs, k, log)
         if any(len(x) < k for x in ids):
-            raise EvalError(f"{arm.name}: fewer than k={k} results for some queries (cache too small)")
+            raise EvalError(f"{arm.name}: fewer than k={k} results for some queries "
+                            "(cache too small)")
         vals = distinct_labels(ids, arm.cache.labels)
         per_arm[arm.name] = vals
         for kind, js in groups.items():
-            rows.append(_ci_row(vals[js], n_boot, seed, arm=arm.name, layer=arm.layer, queries=kind))
+            rows.append(_ci_row(vals[js], n_boot, seed, arm=arm.name, layer=arm.layer,
+                                queries=kind))
     diffs = _paired_diffs(arms, per_arm, groups, n_boot, seed)
     out = _header("labels", arms, len(groups[next(iter(groups))]), k, seed, n_boot)
     out.update({"metric": f"distinct labels in top-{k}", "rows": rows, "differences": diffs,
@@ -204,8 +210,9 @@ def _paired_diffs(arms, per_arm, groups, n_boot, seed) -> list[dict]:
     return diffs
 
 
-def run_overlap(arm_a: Arm, arm_b: Arm, *, n: int = 200, k: int = 5, seed: int = 0, n_boot: int = 1000,
-                kinds: Sequence[str] = ("whole", "region"), log: Log | None = None) -> dict:
+def run_overlap(arm_a: Arm, arm_b: Arm, *, n: int = 200, k: int = 5, seed: int = 0,
+                n_boot: int = 1000, kinds: Sequence[str] = ("whole", "region"),
+                log: Log | None = None) -> dict:
     """Average ``|top-k(A) ∩ top-k(B)| / k`` for the same queries (results compared by image
     path, so two caches of the same image set can be compared)."""
     specs = sample_queries([arm_a, arm_b], n, seed, kinds)
@@ -226,9 +233,9 @@ def run_overlap(arm_a: Arm, arm_b: Arm, *, n: int = 200, k: int = 5, seed: int =
     return out
 
 
-def run_precision(arms: Sequence[Arm], *, n: int = 200, k: int = 5, seed: int = 0, n_boot: int = 1000,
-                  column: str | None = None, kinds: Sequence[str] = ("whole", "region"),
-                  log: Log | None = None) -> dict:
+def run_precision(arms: Sequence[Arm], *, n: int = 200, k: int = 5, seed: int = 0,
+                  n_boot: int = 1000, column: str | None = None,
+                  kinds: Sequence[str] = ("whole", "region"), log: Log | None = None) -> dict:
     """precision@k by label (overall and per label), and with ``column`` the fraction of results
     sharing the query's value of that metadata column plus the full spread (query value → result
     values)."""
@@ -252,7 +259,8 @@ def run_precision(arms: Sequence[Arm], *, n: int = 200, k: int = 5, seed: int = 
         prec = precision_at_k(ids, labels, qlab, k)
         per_arm[arm.name] = prec
         for kind, js in groups.items():
-            rows.append(_ci_row(prec[js], n_boot, seed, arm=arm.name, layer=arm.layer, queries=kind))
+            rows.append(_ci_row(prec[js], n_boot, seed, arm=arm.name, layer=arm.layer,
+                                queries=kind))
             for lab in sorted(set(qlab[js].tolist()), key=str):
                 sel = js[qlab[js] == lab]
                 per_label.append(_ci_row(prec[sel], n_boot, seed, arm=arm.name, layer=arm.layer,
@@ -272,8 +280,8 @@ def run_precision(arms: Sequence[Arm], *, n: int = 200, k: int = 5, seed: int = 
                         for i in ids[j]:
                             counts[str(vals[int(i)])] += 1
                     tot = max(1, sum(counts.values()))
-                    spread.append({"arm": arm.name, "queries": kind, "column": column, "query_value": str(v),
-                                   "n": len(sel),
+                    spread.append({"arm": arm.name, "queries": kind, "column": column,
+                                   "query_value": str(v), "n": len(sel),
                                    "fractions": {u: cnt / tot for u, cnt in counts.items()}})
     out = _header("precision", arms, len(groups[next(iter(groups))]), k, seed, n_boot)
     out.update({"metric": f"precision@{k} (same label)", "rows": rows, "per_label": per_label,

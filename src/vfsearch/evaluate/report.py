@@ -25,18 +25,21 @@ def to_markdown(rep: dict) -> str:
     p = rep["protocol"]
     k = rep["k"]
     lines = [f"### {p}: {rep['metric']}", "",
-             (f"N = {rep['n']} queries, k = {k}, seed = {rep['seed']}, 95 % CI from {rep['bootstrap']} "
-             "bootstrap resamples of the queries."), ""]
+             (f"N = {rep['n']} queries, k = {k}, seed = {rep['seed']}, 95 % CI from "
+              f"{rep['bootstrap']} bootstrap resamples of the queries."), ""]
     grids = {a["name"]: "×".join(map(str, a["grid"])) for a in rep["arms"]}
     if p in ("labels", "precision"):
         lines += ["| arm | grid | queries | mean [95 % CI] |", "|---|---|---|---|"]
-        lines += [f"| {r['arm']} | {grids[r['arm']]} | {r['queries']} | {_fmt_ci(r)} |" for r in rep["rows"]]
+        lines += [f"| {r['arm']} | {grids[r['arm']]} | {r['queries']} | {_fmt_ci(r)} |"
+                  for r in rep["rows"]]
         if rep.get("differences"):
             lines += ["", "Paired differences (B − A, same queries):", "",
                       "| A | B | queries | mean [95 % CI] |", "|---|---|---|---|"]
-            lines += [f"| {d['a']} | {d['b']} | {d['queries']} | {_fmt_ci(d)} |" for d in rep["differences"]]
+            lines += [f"| {d['a']} | {d['b']} | {d['queries']} | {_fmt_ci(d)} |"
+                      for d in rep["differences"]]
     if p == "overlap":
-        lines += [f"| A | B | queries | overlap [95 % CI] | images in common (of {k}) |", "|---|---|---|---|---|"]
+        lines += [f"| A | B | queries | overlap [95 % CI] | images in common (of {k}) |",
+                  "|---|---|---|---|---|"]
         lines += [f"| {r['a']} | {r['b']} | {r['queries']} | {_fmt_ci(r)} | {r['mean'] * k:.2f} |"
                   for r in rep["rows"]]
         lines += ["", f"Chance level (random top-{k}): {rep['chance']:.5f}."]
@@ -51,14 +54,16 @@ def to_markdown(rep: dict) -> str:
                   "|---|---|" + "---|" * len(cols)]
         for lab in labels:
             n_lab = next((table[c + (lab,)]["n"] for c in cols if c + (lab,) in table), 0)
-            cells = [(_fmt_ci(table[c + (lab,)], digits=2) if c + (lab,) in table else "–") for c in cols]
+            cells = [(_fmt_ci(table[c + (lab,)], digits=2) if c + (lab,) in table else "–")
+                     for c in cols]
             lines.append(f"| {lab} | {n_lab} | " + " | ".join(cells) + " |")
         if rep.get("column"):
             col = rep["column"]
             if col != "label":  # for the label column this is the precision table above
                 lines += ["", f"Fraction of the top-{k} with the query's own `{col}`:", "",
                           "| arm | queries | mean [95 % CI] |", "|---|---|---|"]
-                lines += [f"| {r['arm']} | {r['queries']} | {_fmt_ci(r)} |" for r in rep["column_rows"]]
+                lines += [f"| {r['arm']} | {r['queries']} | {_fmt_ci(r)} |"
+                          for r in rep["column_rows"]]
             for a in arms:
                 for kd in kinds:
                     sp = [s for s in rep["spread"] if s["arm"] == a and s["queries"] == kd]
@@ -67,17 +72,19 @@ def to_markdown(rep: dict) -> str:
                     vals = list(sp[0]["fractions"].keys())
                     if len(vals) > 20:
                         continue
-                    lines += ["", (f"Spread of the top-{k} over `{col}` ({a}, {kd} queries; rows = query "
-                              "value, columns = result value):"), "",
-                              f"| query {col} | n | " + " | ".join(vals) + " |", "|---|---|" + "---|" * len(vals)]
+                    lines += ["", (f"Spread of the top-{k} over `{col}` ({a}, {kd} queries; rows "
+                                   "= query value, columns = result value):"), "",
+                              f"| query {col} | n | " + " | ".join(vals) + " |",
+                              "|---|---|" + "---|" * len(vals)]
                     for s in sp:
                         lines.append(f"| {s['query_value']} | {s['n']} | "
                                      + " | ".join(f"{s['fractions'][v]:.2f}" for v in vals) + " |")
     if p == "localize":
         lines = [f"### localize: {rep['metric']}", "",
-                 (f"{rep['n']} planted crops, {rep['images_in_cache']} images in the cache, k = {k}, "
-                 f"seed = {rep['seed']}; mean [95 % CI] over plants ({rep['bootstrap']} bootstrap "
-                 "resamples). Bins: pasted-box area in original pixels."), "",
+                 (f"{rep['n']} planted crops, {rep['images_in_cache']} images in the cache, "
+                  f"k = {k}, seed = {rep['seed']}; mean [95 % CI] over plants "
+                  f"({rep['bootstrap']} bootstrap resamples). Bins: pasted-box area in original "
+                  "pixels."), "",
                  (f"| layer | grid | bin | n | hit@1 | hit@{k} | IoU top-1 | IoU (planted image) | "
                  "cell ceiling | shift ceiling | IoU ≥ 0.5 |"),
                  "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -85,7 +92,8 @@ def to_markdown(rep: dict) -> str:
             lines.append(
                 f"| {r['layer']} | {grids[r['arm']]} | {r['bin']} | {r['n']} | {r['hit@1']:.2f} | "
                 f"{r[f'hit@{k}']:.2f} | {_fmt_ci(r, 'iou', 2)} | {_fmt_ci(r, 'iou_found', 2)} | "
-                f"{_fmt_ci(r, 'ceiling_cells', 2)} | {_fmt_ci(r, 'ceiling_shift', 2)} | {r['iou>=0.5']:.2f} |")
+                f"{_fmt_ci(r, 'ceiling_cells', 2)} | {_fmt_ci(r, 'ceiling_shift', 2)} | "
+                f"{r['iou>=0.5']:.2f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -100,7 +108,8 @@ def _plt():
     return plt
 
 
-def _bars(ax, groups: list[str], series: dict[str, list[dict]], key: str = "mean", ylabel: str = ""):
+def _bars(ax, groups: list[str], series: dict[str, list[dict]], key: str = "mean",
+          ylabel: str = ""):
     """Grouped bars with CI error bars: series name → rows (one per group)."""
     m = len(series)
     width = 0.8 / max(1, m)
@@ -115,7 +124,8 @@ def _bars(ax, groups: list[str], series: dict[str, list[dict]], key: str = "mean
     ax.legend(fontsize=8)
 
 
-def make_figures(rep: dict, out: Path, prefix: str | None = None, log: Log | None = None) -> list[Path]:
+def make_figures(rep: dict, out: Path, prefix: str | None = None,
+                 log: Log | None = None) -> list[Path]:
     """Write the protocol's figures (PNG) into ``out``; returns their paths ([] without matplotlib,
     saying so to ``log``)."""
     plt = _plt()
@@ -140,7 +150,8 @@ def make_figures(rep: dict, out: Path, prefix: str | None = None, log: Log | Non
         kinds = list(dict.fromkeys(r["queries"] for r in rep["rows"]))
         arms = list(dict.fromkeys(r["arm"] for r in rep["rows"]))
         fig, ax = plt.subplots(figsize=(5.5, 3.6))
-        series = {a: [next(r for r in rep["rows"] if r["arm"] == a and r["queries"] == kd) for kd in kinds]
+        series = {a: [next(r for r in rep["rows"] if r["arm"] == a and r["queries"] == kd)
+                      for kd in kinds]
                   for a in arms}
         _bars(ax, kinds, series, ylabel=rep["metric"])
         if p == "labels":
@@ -160,9 +171,11 @@ def make_figures(rep: dict, out: Path, prefix: str | None = None, log: Log | Non
         arms = list(dict.fromkeys(r["arm"] for r in rep["per_label"]))
         labels = sorted({r["label"] for r in rep["per_label"]})
         if len(labels) <= 40:
-            fig, axes = plt.subplots(len(kinds), 1, figsize=(max(6, 0.55 * len(labels) * len(arms)), 3.2 * len(kinds)),
+            fig, axes = plt.subplots(len(kinds), 1,
+                                     figsize=(max(6, 0.55 * len(labels) * len(arms)),
+                                              3.2 * len(kinds)),
                                      squeeze=False)
-            for ax, kd in zip(axes[:, 0], kinds):
+            for ax, kd in zip(axes[:, 0], kinds, strict=True):
                 table = {(r["arm"], r["label"]): r for r in rep["per_label"] if r["queries"] == kd}
                 labs = [lab for lab in labels if all((a, lab) in table for a in arms)]
                 _bars(ax, labs, {a: [table[(a, lab)] for lab in labs] for a in arms},
@@ -195,16 +208,19 @@ def make_figures(rep: dict, out: Path, prefix: str | None = None, log: Log | Non
         width = 0.8 / max(1, len(layers))
         x = np.arange(len(bins))
         for j, layer in enumerate(layers):
-            rs = [next(r for r in rep["rows"] if r["layer"] == layer and r["bin"] == b) for b in bins]
+            rs = [next(r for r in rep["rows"] if r["layer"] == layer and r["bin"] == b)
+                  for b in bins]
             xs = x + (j - (len(layers) - 1) / 2) * width
             mean = np.array([r["iou"] for r in rs])
-            err = np.array([[r["iou"] - r["iou_lo"] for r in rs], [r["iou_hi"] - r["iou"] for r in rs]])
+            err = np.array([[r["iou"] - r["iou_lo"] for r in rs],
+                            [r["iou_hi"] - r["iou"] for r in rs]])
             bars = ax.bar(xs, mean, width, yerr=err, capsize=3, label=f"{layer} IoU (top-1)")
             col = bars[0].get_facecolor()
             ax.scatter(xs, [r["ceiling_cells"] for r in rs], marker="_", s=500, color=col,
                        linewidths=2.5, zorder=3)
             ax.scatter(xs, [r["iou_found"] for r in rs], marker="x", s=30, color="k", zorder=4)
-        ax.scatter([], [], marker="_", s=200, color="gray", linewidths=2.5, label="cell ceiling (same colour)")
+        ax.scatter([], [], marker="_", s=200, color="gray", linewidths=2.5,
+                   label="cell ceiling (same colour)")
         ax.scatter([], [], marker="x", s=30, color="k", label="IoU in the planted image, any rank")
         ax.set_xticks(x, [f"{b} px²" for b in bins])
         ax.set_ylim(0, 1.05)
@@ -212,7 +228,8 @@ def make_figures(rep: dict, out: Path, prefix: str | None = None, log: Log | Non
         ax.set_title(f"planted-crop localisation (N={rep['n']}, 95 % CI)")
         ax.legend(fontsize=8, loc="upper left")
         save(fig, "iou_by_bin")
-        fig, axes = plt.subplots(len(layers), len(bins), figsize=(3.0 * len(bins), 2.5 * len(layers)),
+        fig, axes = plt.subplots(len(layers), len(bins),
+                                 figsize=(3.0 * len(bins), 2.5 * len(layers)),
                                  squeeze=False, sharex=True)
         edges = np.linspace(0, 1, 21)
         for i, layer in enumerate(layers):

@@ -67,7 +67,7 @@ def _brush_source() -> str:
     return BRUSH_JS_PATH.read_text(encoding="utf-8")
 
 
-# -- mask / image helpers ---------------------------------------------------------------------------
+# -- mask / image helpers --------------------------------------------------------------------------
 
 
 def decode_mask(data: bytes, width: int = 0, height: int = 0,
@@ -116,11 +116,12 @@ def _display_bytes(img: Image.Image, side: int = DISPLAY_SIDE) -> bytes:
     return buf.getvalue()
 
 
-# -- widgets ------------------------------------------------------------------------------------------
+# -- widgets ---------------------------------------------------------------------------------------
 
 
 class HighlightWidget(anywidget.AnyWidget):
-    """Brush a soft mask over one image. ``.mask`` → float32 (H, W) in [0, 1] at image resolution."""
+    """Brush a soft mask over one image. ``.mask`` → float32 (H, W) in [0, 1] at image
+    resolution."""
 
     _esm = _HERE / "widget.js"
     _brush_js = traitlets.Unicode("").tag(sync=True)
@@ -253,7 +254,8 @@ class SearchWidget(ipywidgets.VBox):
                                                 description="query id",
                                                 layout=ipywidgets.Layout(width="180px"))
         self.k_box = ipywidgets.BoundedIntText(value=self.k, min=1, max=max(1, len(cache)),
-                                               description="k", layout=ipywidgets.Layout(width="130px"))
+                                               description="k",
+                                               layout=ipywidgets.Layout(width="130px"))
         self.status = ipywidgets.HTML("<i>Brush a region of the query image to search.</i>")
         self.brush = HighlightWidget(display_width=display_width)
         self.gallery = ipywidgets.HTML("")
@@ -269,7 +271,8 @@ class SearchWidget(ipywidgets.VBox):
         self.explain_button = ipywidgets.Button(description="Explain", disabled=True,
                                                 tooltip="why does this result match the region?")
         self.explain_progress = ipywidgets.FloatProgress(
-            value=0.0, min=0.0, max=1.0, layout=ipywidgets.Layout(width="160px", visibility="hidden"))
+            value=0.0, min=0.0, max=1.0,
+            layout=ipywidgets.Layout(width="160px", visibility="hidden"))
         self.explain_cancel = ipywidgets.Button(
             description="Cancel", tooltip="stop the running explanation",
             layout=ipywidgets.Layout(width="80px", visibility="hidden"))
@@ -384,10 +387,10 @@ class SearchWidget(ipywidgets.VBox):
 
     def explain(self, rank: int | None = None, method: str | None = None, *, wait: bool = False,
                 **params) -> Future:
-        """Explain why result ``rank`` (1 = the best; default: the one picked) matches the query region with
-        ``method`` (default: the one picked; :data:`vfsearch.explain.METHODS`); ``params`` go to
-        the explainer (e.g. ``n_masks=``, ``mode="both"``). Runs in a background thread and
-        shows the heat maps when done; returns a Future of the
+        """Explain why result ``rank`` (1 = the best; default: the one picked) matches the query
+        region with ``method`` (default: the one picked; :data:`vfsearch.explain.METHODS`);
+        ``params`` go to the explainer (e.g. ``n_masks=``, ``mode="both"``). Runs in a background
+        thread and shows the heat maps when done; returns a Future of the
         :class:`~vfsearch.explain.Explanation` (``wait=True`` blocks until it is done)."""
         from ..explain import check_params, explain
 
@@ -456,7 +459,7 @@ class SearchWidget(ipywidgets.VBox):
         self._explain_stop.set()
 
 
-# -- static gallery -------------------------------------------------------------------------------------
+# -- static gallery --------------------------------------------------------------------------------
 
 
 def _img_uri(jpeg: bytes) -> str:
@@ -464,22 +467,26 @@ def _img_uri(jpeg: bytes) -> str:
     return f"data:image/{kind};base64,{base64.b64encode(bytes(jpeg)).decode('ascii')}"
 
 
-def _card(cache, i: int, box, title: str, sub: str, px: int, color: str, data_id: bool = True) -> str:
+def _card(cache, i: int, box, title: str, sub: str, px: int, color: str,
+          data_id: bool = True) -> str:
     W, H = cache.image_size(i)
     scale = px / max(W, H)
     w, h = max(1, round(W * scale)), max(1, round(H * scale))
     overlay = ""
     if box is not None:
         x0, y0, x1, y1 = box
-        overlay = (f"<div style='position:absolute;left:{100 * x0 / W:.2f}%;top:{100 * y0 / H:.2f}%;"
+        overlay = (f"<div style='position:absolute;left:{100 * x0 / W:.2f}%;"
+                   f"top:{100 * y0 / H:.2f}%;"
                    f"width:{100 * (x1 - x0) / W:.2f}%;height:{100 * (y1 - y0) / H:.2f}%;"
                    f"border:2px solid {color};box-sizing:border-box;"
                    f"box-shadow:0 0 0 1px rgba(0,0,0,.5)'></div>")
     attr = f" data-id='{int(i)}'" if data_id else ""
-    return (f"<div class='vfs-card'{attr} style='display:inline-block;margin:4px;vertical-align:top;"
+    return (f"<div class='vfs-card'{attr} style='display:inline-block;margin:4px;"
+            "vertical-align:top;"
             f"font:12px sans-serif;width:{w}px'>"
             f"<div style='position:relative;width:{w}px;height:{h}px'>"
-            f"<img src='{_img_uri(cache.thumbnail(i))}' style='width:{w}px;height:{h}px;display:block'>"
+            f"<img src='{_img_uri(cache.thumbnail(i))}' "
+            f"style='width:{w}px;height:{h}px;display:block'>"
             f"{overlay}</div><div><b>{html.escape(title)}</b></div>"
             f"<div style='color:#555;overflow:hidden;text-overflow:ellipsis;white-space:nowrap'>"
             f"{html.escape(sub)}</div></div>")
@@ -494,7 +501,7 @@ def _curve_svg(scores: np.ndarray, k: int, width: int = 320, height: int = 90) -
     n = len(s)
     xs = np.linspace(4, width - 4, n) if n > 1 else np.array([width / 2])
     ys = height - 14 - (s - lo) / span * (height - 24)
-    pts = " ".join(f"{x:.1f},{y:.1f}" for x, y in zip(xs, ys))
+    pts = " ".join(f"{x:.1f},{y:.1f}" for x, y in zip(xs, ys, strict=True))
     cut = ""
     if 0 < k < n:
         cx = (xs[k - 1] + xs[k]) / 2
@@ -507,7 +514,8 @@ def _curve_svg(scores: np.ndarray, k: int, width: int = 320, height: int = 90) -
             f"({hi:.3f} … {lo:.3f})</text></svg>")
 
 
-def results_html(results, *, thumb_px: int = 160, curve: bool = True, show_query: bool = True) -> str:
+def results_html(results, *, thumb_px: int = 160, curve: bool = True,
+                 show_query: bool = True) -> str:
     """HTML for a :class:`~vfsearch.SearchResult`: the query, each match with its box, score and
     label, and (when the result has all scores) the sorted-score curve."""
     cache = results.cache
@@ -523,7 +531,8 @@ def results_html(results, *, thumb_px: int = 160, curve: bool = True, show_query
     if not results.matches:
         parts.append("<div><i>no results</i></div>")
     if curve and results.scores is not None:
-        parts.append(f"<div style='margin:4px'>{_curve_svg(results.sorted_scores(), len(results))}</div>")
+        svg = _curve_svg(results.sorted_scores(), len(results))
+        parts.append(f"<div style='margin:4px'>{svg}</div>")
     parts.append("</div>")
     return "".join(parts)
 
@@ -549,10 +558,11 @@ def explanation_html(cache, results, match, ex, *, px: int = 220) -> str:
     from ..explain import render_on_thumbnail
 
     q = results.query
-    parts = ["<div class='vfs-explain'><div style='display:flex;flex-wrap:wrap;align-items:flex-start'>"]
+    parts = ["<div class='vfs-explain'>"
+             "<div style='display:flex;flex-wrap:wrap;align-items:flex-start'>"]
     if ex.query_saliency is not None and q.source_id is not None:
-        parts.append(_heat_card(render_on_thumbnail(cache, q.source_id, ex.query_saliency, q.geometry),
-                                f"query #{q.source_id}", px))
+        heat = render_on_thumbnail(cache, q.source_id, ex.query_saliency, q.geometry)
+        parts.append(_heat_card(heat, f"query #{q.source_id}", px))
     elif q.source_id is not None:
         parts.append(_card(cache, int(q.source_id), q.box, f"query #{int(q.source_id)}", q.layer,
                            int(px * 0.7), "#36c", data_id=False))
@@ -569,7 +579,8 @@ def explanation_html(cache, results, match, ex, *, px: int = 220) -> str:
     for ch in ex.extra.get("top_channels", [])[:4]:
         cards = "".join(_card(cache, p["id"], p["box"], f"#{p['id']}", p["label"], 64, "#2a2")
                         for p in ch["patches"][:6])
-        parts.append(f"<div class='vfs-channel' style='font:12px sans-serif'>channel {ch['channel']}: "
+        parts.append(f"<div class='vfs-channel' style='font:12px sans-serif'>"
+                     f"channel {ch['channel']}: "
                      f"share {ch['share']:+.4f}<br>{cards}</div>")
     parts.append("</div>")
     return "".join(parts)
