@@ -20,8 +20,8 @@ import numpy as np
 from PIL import Image
 
 from vfsearch import index
-from vfsearch.images import load_image
 from vfsearch.engine import search
+from vfsearch.images import load_image
 
 LAYERS = ["blocks.5", "blocks.8", "blocks.10", "blocks.12", "blocks.14", "blocks.15", "head"]
 
@@ -37,14 +37,16 @@ def iou(a, b) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     here = Path(__file__).resolve().parents[1]
-    ap.add_argument("images", nargs="?", default=str(here.parent / "shared/datasets/imagenet-sample-1k"))
+    ap.add_argument("images", nargs="?",
+                    default=str(here.parent / "shared/datasets/imagenet-sample-1k"))
     ap.add_argument("--n", type=int, default=60, help="planted pairs")
     ap.add_argument("--pool", type=int, default=200, help="images drawn from the folder")
     ap.add_argument("--work", default="/tmp/vfs-layer-choice")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     rng = np.random.default_rng(args.seed)
-    files = sorted(p for p in Path(args.images).iterdir() if p.suffix.lower() in (".jpeg", ".jpg", ".png"))
+    files = sorted(p for p in Path(args.images).iterdir()
+                   if p.suffix.lower() in (".jpeg", ".jpg", ".png"))
     files = [files[i] for i in rng.permutation(len(files))[: args.pool]]
     work = Path(args.work)
     imgdir = work / "images"
@@ -69,13 +71,15 @@ def main() -> None:
         cy0 = sy0 + int(rng.uniform(0.05, 0.95) * (ss - side))
         px0 = dx0 + int(rng.uniform(0.05, 0.95) * (sd - dside))
         py0 = dy0 + int(rng.uniform(0.05, 0.95) * (sd - dside))
-        crop = src.crop((cx0, cy0, cx0 + side, cy0 + side)).resize((dside, dside), Image.Resampling.BICUBIC)
+        crop = src.crop((cx0, cy0, cx0 + side, cy0 + side)).resize((dside, dside),
+                                                                   Image.Resampling.BICUBIC)
         dst.paste(crop, (px0, py0))
         side_d = dside
         name = f"planted_{j:03d}.png"
         dst.save(imgdir / name)
         plants.append({"source": files[a].stem + ".png", "planted": name,
-                       "crop": [cx0, cy0, cx0 + side, cy0 + side], "pasted": [px0, py0, px0 + side_d, py0 + side_d]})
+                       "crop": [cx0, cy0, cx0 + side, cy0 + side],
+                       "pasted": [px0, py0, px0 + side_d, py0 + side_d]})
     t0 = time.time()
     rep = index(imgdir, work / "cache", layers=LAYERS, label_from=None, progress=False)
     c = rep.cache
@@ -98,7 +102,8 @@ def main() -> None:
     print(f"{'layer':<10} {'grid':>7} {'top-1':>6} {'mean rank':>9} {'IoU':>6} {'IoU>.5':>7}")
     for r in rows:
         g = f"{r['grid'][0]}x{r['grid'][1]}"
-        print(f"{r['layer']:<10} {g:>7} {r['top1']:>6.2f} {r['mean_rank']:>9.2f} {r['iou']:>6.3f} {r['iou>0.5']:>7.2f}")
+        print(f"{r['layer']:<10} {g:>7} {r['top1']:>6.2f} {r['mean_rank']:>9.2f} {r['iou']:>6.3f} "
+              f"{r['iou>0.5']:>7.2f}")
     (work / "layer_choice.json").write_text(json.dumps(rows, indent=2))
 
 

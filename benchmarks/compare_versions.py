@@ -32,8 +32,9 @@ QUERIES = textwrap.dedent('''
             boxes = [(w * .3, h * .25, w * .6, h * .7), (w * .1, h * .1, w * .35, h * .4)]
             yy, xx = np.mgrid[:h, :w]
             soft = np.clip(1.2 - np.hypot(yy - h * .5, xx - w * .45) / (min(w, h) * .2), 0, 1)
-            for kind, kw in ([("box", {"box": b}) for b in boxes] + [("mask", {"mask": soft.astype(np.float32)}),
-                             ("whole", {"whole": True})]):
+            for kind, kw in ([("box", {"box": b}) for b in boxes]
+                             + [("mask", {"mask": soft.astype(np.float32)}),
+                                ("whole", {"whole": True})]):
                 r = search(c, i, layer=layer, k=8, return_scores=True, **kw)
                 out.append({"layer": layer, "image": i, "kind": kind,
                             "ids": [int(m.id) for m in r], "scores": [float(m.score) for m in r],
@@ -81,7 +82,7 @@ def main() -> None:
     a = json.loads(_run(old / "src", QUERIES, str(work / "cache")))
     b = json.loads(_run(ROOT / "src", QUERIES, str(work / "cache")))
     assert len(a) == len(b)
-    bad = [(x["layer"], x["image"], x["kind"], key) for x, y in zip(a, b)
+    bad = [(x["layer"], x["image"], x["kind"], key) for x, y in zip(a, b, strict=True)
            for key in ("ids", "scores", "offsets", "boxes", "all_scores") if x[key] != y[key]]
     print(f"{len(a)} queries compared between {args.old} and this checkout: "
           f"{len(a) - len({b[:3] for b in bad})} identical")

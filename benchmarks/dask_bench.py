@@ -25,8 +25,8 @@ from distributed import Client, LocalCluster
 
 from vfsearch.bench import _evict
 from vfsearch.cache import open_cache, synthetic_cache
-from vfsearch.engine.dask_backend import scan_distributed
 from vfsearch.engine import kernel
+from vfsearch.engine.dask_backend import scan_distributed
 
 H = W = 7
 C = 512
@@ -61,7 +61,8 @@ def main() -> None:
     path = Path(args.work) / "cache"
     t = time.perf_counter()
     make_cache(path, args.n)
-    print(f"cache of {args.n} images ({need / 1e9:.2f} GB) ready in {time.perf_counter() - t:.0f} s")
+    print(f"cache of {args.n} images ({need / 1e9:.2f} GB) ready in "
+          f"{time.perf_counter() - t:.0f} s")
     c = open_cache(path)
     rng = np.random.default_rng(1)
     q = rng.random((H, W, C), dtype=np.float32)
@@ -72,7 +73,8 @@ def main() -> None:
     for workers in (1, 2):
         with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                           dashboard_address=None, silence_logs=40) as lc, Client(lc) as client:
-            scan_distributed(c, "conv5", [pq], client, rows=args.rows)  # warm workers (kernel build)
+            # warm workers (kernel build)
+            scan_distributed(c, "conv5", [pq], client, rows=args.rows)
             for label in ("cold", "warm"):
                 if label == "cold":
                     _evict(path)

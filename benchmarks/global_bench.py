@@ -26,7 +26,8 @@ def build(path: Path, n: int, c: int, seed: int = 0):
     protos = np.maximum(rng.standard_normal((500, c)), 0).astype(np.float32)
     for s in range(0, n, 1 << 16):
         e = min(n, s + (1 << 16))
-        x = protos[rng.integers(0, 500, e - s)] + 0.5 * rng.standard_normal((e - s, c)).astype(np.float32)
+        x = (protos[rng.integers(0, 500, e - s)]
+             + 0.5 * rng.standard_normal((e - s, c)).astype(np.float32))
         w.write_block(s, encoded={"conv5": {"pooled": x}}, status=np.full(e - s, INDEXED, np.uint8))
     return open_cache(path)
 
@@ -64,11 +65,13 @@ def main() -> None:
                          "x_read": med["ours"] / med["read"], "rechecked": int(checked),
                          "pooled_mb": P.nbytes / 1e6})
             print(json.dumps(rows[-1]))
-    md = ["| N | pooled vectors | one read | ours (exact top-10) | × read | float64 numpy | re-checked |",
+    md = ["| N | pooled vectors | one read | ours (exact top-10) | × read | float64 numpy "
+          "| re-checked |",
           "|---|---|---|---|---|---|---|"]
     for r in rows:
         md.append(f"| {r['n']:,} | {r['pooled_mb']:.0f} MB | {r['read_s'] * 1e3:.1f} ms | "
-                  f"{r['ours_s'] * 1e3:.1f} ms | {r['x_read']:.2f}× | {r['float64_s'] * 1e3:.0f} ms | "
+                  f"{r['ours_s'] * 1e3:.1f} ms | {r['x_read']:.2f}× | "
+                  f"{r['float64_s'] * 1e3:.0f} ms | "
                   f"{r['rechecked']} |")
     text = "\n".join(md)
     print(text)

@@ -213,7 +213,7 @@ def main() -> None:
                     assert same(tk.pop("old_res"), tk.pop("new_res")), (key0, key1, key2)
             print(f"  {label}: round {r}/{args.rounds} done", flush=True)
         for key, tk in times.items():
-            ratios = [b / a for a, b in zip(tk["old"], tk["new"])]
+            ratios = [b / a for a, b in zip(tk["old"], tk["new"], strict=True)]
             rows.append((*key, statistics.median(tk["old"]), statistics.median(tk["new"]),
                          statistics.median(ratios), min(ratios), max(ratios)))
         del d, cases

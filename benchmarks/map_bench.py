@@ -1,14 +1,16 @@
 """Dataset-map benchmark: time and peak memory of pooled features → PCA → t-SNE/UMAP → gridify
 (and of the thumbnail atlas) for 1k / 10k / 50k images.
 
-    python benchmarks/map_bench.py --sizes 1000,10000,50000 --cache /path/to/cache --out benchmarks/results
+    python benchmarks/map_bench.py --sizes 1000,10000,50000 --cache /path/to/cache \\
+        --out benchmarks/results
 
 Each size runs in its own process, so ``peak_rss`` (ru_maxrss) is that size's peak; ``base_rss``
 is the same process after its imports. With ``--cache``, sizes up to the cache's indexed count
 use the cache's real pooled features (the whole cache is pooled, streamed; then a seeded random
-sample of n indexed images; its labels give a label-purity score); larger sizes use synthetic clustered 112-D vectors (40 classes × 8 sub-clusters, like a
-pooled, L2-normalised layer). The atlas part builds a synthetic cache holding N real-sized JPEG
-thumbnails (256 px) and times ``build_atlas`` on a map of N images.
+sample of n indexed images; its labels give a label-purity score); larger sizes use synthetic
+clustered 112-D vectors (40 classes × 8 sub-clusters, like a pooled, L2-normalised layer). The
+atlas part builds a synthetic cache holding N real-sized JPEG thumbnails (256 px) and times
+``build_atlas`` on a map of N images.
 """
 
 from __future__ import annotations
@@ -213,7 +215,8 @@ def main(argv=None):
           "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         md.append(f"| {r['n']} | {r['data']} | {r['pool_s']:.1f} | {r['pca_s']:.2f} | "
-                  f"{r['embed_s']:.1f} | {r['gridify_s']:.1f} ({r['gridify']}) | {r['total_s']:.1f} | "
+                  f"{r['embed_s']:.1f} | {r['gridify_s']:.1f} ({r['gridify']}) | "
+                  f"{r['total_s']:.1f} | "
                   f"{r['peak_rss_mb']:.0f} ({r['base_rss_mb']:.0f}) | {r['knn10_embedding']:.3f} / "
                   f"{r['knn10_grid']:.3f} / {r['knn10_random']:.4f} | {r['purity_grid']:.3f} "
                   f"({r['purity_random']:.3f}) |")

@@ -64,7 +64,7 @@ def build(path: Path, n: int, seed: int = 0) -> dict:
         e = min(n, s + CHUNK)
         x = bank[rng.permutation(CHUNK)[: e - s]]
         x *= rng.uniform(0.5, 2.0, (e - s, H, W, 1)).astype(np.float32)
-        for j, i in enumerate(sorted(i for i in plant if s <= i < e)):
+        for i in sorted(i for i in plant if s <= i < e):
             a, b = rng.integers(0, H - 2), rng.integers(0, W - 2)
             noise = 0.15 + 0.05 * (i % 20)
             x[i - s, a:a + 3, b:b + 3] = np.maximum(
@@ -73,7 +73,8 @@ def build(path: Path, n: int, seed: int = 0) -> dict:
         w.write_block(s, encoded={LAYER: {"features": u8, "scale": scale, "sqnorm": sq,
                                           "qerr2": qe}}, status=INDEXED)
         if (s // CHUNK) % 16 == 0:
-            print(f"  built {e:,}/{n:,} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
+            print(f"  built {e:,}/{n:,} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr,
+                  flush=True)
     return {"build_s": time.perf_counter() - t0, "bytes": need}
 
 
@@ -108,7 +109,8 @@ def worker(kind: str, path: str, memory: int) -> dict:
             out["bytes"] = sum(pool.map(read, _feature_files(Path(path))))
     elif kind == "search":
         pq = kernel.PreparedQuery.from_grid(q, mask)
-        res = _scan_all(c, LAYER, [pq], memory=memory, backend="auto", threads=None, tighten_k=11)[0]
+        res = _scan_all(c, LAYER, [pq], memory=memory, backend="auto", threads=None,
+                        tighten_k=11)[0]
         L = res["lower"][_topk(res["lower"], 10)[-1]]
         cand = np.flatnonzero(res["upper"] >= L)
         # no refine copy in this cache: the top-10 of the (tight) 8-bit bounds must be certain
@@ -206,14 +208,16 @@ def main(argv=None) -> int:
     md = [f"N = {a.n:,} images of 7×7×512 u8 ({info['bytes'] / 1e9:.1f} GB of features; RAM "
           f"{info['ram_gb']:.0f} GB), streaming budget {a.memory_mb} MiB, backend "
           f"{get[('search', True)]['backend']}, {os.cpu_count()} CPUs", "",
-          "| | disk floor (read once) | streamed search | × floor | peak RSS of the search | µs / image |",
+          "| | disk floor (read once) | streamed search | × floor | peak RSS of the search "
+          "| µs / image |",
           "|---|---|---|---|---|---|"]
     big = info["bytes"] > 0.8 * info["ram_gb"] * 1e9
     for cold in (True, False):
         f, s = get[("floor", cold)], get[("search", cold)]
         label = "cold" if cold else ("again (page cache holds part)" if big else "warm")
         md.append(f"| {label} | {f['seconds']:.1f} s ({f['bytes'] / f['seconds'] / 1e9:.2f} GB/s) "
-                  f"| {s['seconds']:.1f} s | {s['seconds'] / f['seconds']:.2f} | {s['peak_rss_mb']:.0f} MB "
+                  f"| {s['seconds']:.1f} s | {s['seconds'] / f['seconds']:.2f} | "
+                  f"{s['peak_rss_mb']:.0f} MB "
                   f"| {s['seconds'] / a.n * 1e6:.1f} |")
     s = get[("search", True)]
     md.append("")
@@ -226,7 +230,8 @@ def main(argv=None) -> int:
     print(text)
     if a.out:
         Path(a.out).mkdir(parents=True, exist_ok=True)
-        Path(a.out, "stream_bench.json").write_text(json.dumps({"info": info, "runs": rows}, indent=1))
+        Path(a.out, "stream_bench.json").write_text(json.dumps({"info": info, "runs": rows},
+                                                               indent=1))
         Path(a.out, "stream_bench.md").write_text(text + "\n")
     return 0
 

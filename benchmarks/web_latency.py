@@ -40,7 +40,8 @@ def _thumbs(n: int = 8) -> list[tuple[bytes, tuple[int, int], str]]:
     from vfsearch.images import make_thumbnail
 
     out = []
-    for name in ["astronaut", "cat", "coffee", "horse", "rocket", "motorcycle", "camera", "brick"][:n]:
+    names = ["astronaut", "cat", "coffee", "horse", "rocket", "motorcycle", "camera", "brick"]
+    for name in names[:n]:
         p = _source_dir() / _FILES[name]
         if not p.exists():
             continue
@@ -65,8 +66,10 @@ def build_cache(path: Path, n: int, chunk: int = 1024, seed: int = 0) -> None:
     need = n * per_row
     free = shutil.disk_usage(path.parent if path.parent.exists() else Path.cwd()).free
     if need * 1.5 > free:
-        raise SystemExit(f"need about {need / 1e9:.1f} GB free for the cache, have {free / 1e9:.1f} GB")
-    print(f"building a synthetic {n:,}-image cache at {path} (~{need / 1e9:.2f} GB)…", file=sys.stderr)
+        raise SystemExit(f"need about {need / 1e9:.1f} GB free for the cache, have "
+                         f"{free / 1e9:.1f} GB")
+    print(f"building a synthetic {n:,}-image cache at {path} (~{need / 1e9:.2f} GB)…",
+          file=sys.stderr)
     t0 = time.time()
     w = cm.synthetic_cache(path, n, layer=LAYER, channels=C, grid=(H, W), nonnegative=False,
                            chunk=chunk, compression="lz4", model="efficientnet-lite0",
@@ -86,10 +89,12 @@ def build_cache(path: Path, n: int, chunk: int = 1024, seed: int = 0) -> None:
         t = [thumbs[(i * 7919) % len(thumbs)] for i in range(s, e)]
         w.write_block(s, features={LAYER: x},
                       path=[f"synthetic/{i // 1000:03d}/img_{i:06d}.jpg" for i in range(s, e)],
-                      label=labels[which % len(labels)], meta={"domain": domains[np.arange(s, e) % 3]},
+                      label=labels[which % len(labels)],
+                      meta={"domain": domains[np.arange(s, e) % 3]},
                       thumb=[tt[0] for tt in t], size=np.array([tt[1] for tt in t], np.int32),
                       status=cm.INDEXED)  # status last: the commit point
-    print(f"built in {time.time() - t0:.0f} s ({cm.disk_usage(path) / 1e9:.2f} GB)", file=sys.stderr)
+    print(f"built in {time.time() - t0:.0f} s ({cm.disk_usage(path) / 1e9:.2f} GB)",
+          file=sys.stderr)
 
 
 def ensure_cache(path: Path, n: int) -> Path:
@@ -116,14 +121,16 @@ def _free_port() -> int:
 
 
 def _post(url: str, body: dict) -> dict:
-    req = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    req = urllib.request.Request(url, json.dumps(body).encode(),
+                                 {"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=120) as r:
         return json.loads(r.read())
 
 
 def main(argv=None) -> int:
     global H, W, C, LAYER
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("cache", nargs="?", default=None, help="cache directory (built when missing)")
     ap.add_argument("--n", type=int, default=50_000)
     ap.add_argument("--strokes", type=int, default=30)
@@ -157,7 +164,8 @@ def main(argv=None) -> int:
                 break
             except OSError:
                 if proc.poll() is not None or time.time() - t > 120:
-                    raise SystemExit("the server did not start:\n" + (proc.stderr.read() if proc.stderr else ""))
+                    err = proc.stderr.read() if proc.stderr else ""
+                    raise SystemExit("the server did not start:\n" + err) from None
                 time.sleep(0.2)
         caches = json.loads(urllib.request.urlopen(base + "/api/caches").read())["caches"]
         name = caches[0]["name"]
@@ -166,7 +174,8 @@ def main(argv=None) -> int:
         for i in range(3):
             r = _post(base + "/api/search", {"cache": name, "image": {"id": i}, "k": a.k,
                                              "box": [100, 80, 220, 200]})
-        print(f"server ready; warm-up {time.time() - t:.1f} s; server search {r['timing']['search_ms']:.0f} ms "
+        print(f"server ready; warm-up {time.time() - t:.1f} s; server search "
+              f"{r['timing']['search_ms']:.0f} ms "
               f"on {caches[0]['images']:,} images", file=sys.stderr)
 
         from playwright.sync_api import sync_playwright
@@ -183,7 +192,9 @@ def main(argv=None) -> int:
                 if s % 5 == 0:  # a new query image every 5 strokes
                     pg.click(f"#ds-grid .thumb >> nth={int(rng.integers(0, 100))}")
                     pg.wait_for_timeout(150)
-                    pg.wait_for_function("window.vfs.S.query && !document.querySelector('#stage').classList.contains('empty')")
+                    pg.wait_for_function("window.vfs.S.query && "
+                                         "!document.querySelector('#stage').classList"
+                                         ".contains('empty')")
                     pg.evaluate("window.vfs.brush.clear({commit: false})")
                 box = pg.locator("#q-canvas").bounding_box()
                 qw, qh = pg.evaluate("window.vfs.S.query.size")
@@ -202,10 +213,11 @@ def main(argv=None) -> int:
                 pg.mouse.move(x0, y0)
                 pg.mouse.down()
                 for j in range(5):
-                    pg.mouse.move(x0 + (2 * cw if j % 2 == 0 else 0), y0 + (j + 1) * 0.4 * chh, steps=3)
+                    pg.mouse.move(x0 + (2 * cw if j % 2 == 0 else 0), y0 + (j + 1) * 0.4 * chh,
+                                  steps=3)
                 pg.mouse.up()
-                pg.wait_for_function(f"window.vfs.timings.length >= {n_done} && document.body.dataset.state === 'idle'",
-                                     timeout=60000)
+                pg.wait_for_function(f"window.vfs.timings.length >= {n_done} && "
+                                     "document.body.dataset.state === 'idle'", timeout=60000)
                 cells.append(pg.evaluate("window.vfs.S.panes[0].ctx.query.n_cells"))
             timings = pg.evaluate("window.vfs.timings")
             b.close()
@@ -223,8 +235,10 @@ def main(argv=None) -> int:
             ("  request → response", col("fetch")),
             ("    server: scan + top-k", col("serverSearch")),
             ("    server: query, response, thumbs",
-             [t["serverTotal"] - t["serverSearch"] for t in timings if t.get("serverTotal") is not None]),
-            ("    transport + JSON", [t["fetch"] - t["serverTotal"] for t in timings if t.get("serverTotal") is not None]),
+             [t["serverTotal"] - t["serverSearch"] for t in timings
+              if t.get("serverTotal") is not None]),
+            ("    transport + JSON", [t["fetch"] - t["serverTotal"] for t in timings
+                                      if t.get("serverTotal") is not None]),
             ("  results drawn (thumbs + overlays)", [t["draw"] for t in timings]),
         ]
         print(f"\nweb latency on {caches[0]['images']:,} images ({H}×{W}×{C} int8), k={a.k}, "

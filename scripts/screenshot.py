@@ -59,14 +59,16 @@ def shoot(url: str, out: Path, width: int, height: int, scale: float) -> None:
     with sync_playwright() as p:
         kw = {"executable_path": str(CHROMIUM)} if CHROMIUM.exists() else {}
         browser = p.chromium.launch(args=["--no-sandbox", "--disable-gpu"], **kw)
-        pg = browser.new_page(viewport={"width": width, "height": height}, device_scale_factor=scale)
+        pg = browser.new_page(viewport={"width": width, "height": height},
+                              device_scale_factor=scale)
         errors: list[str] = []
         pg.on("pageerror", lambda e: errors.append(str(e)))
         pg.goto(url)
         pg.wait_for_selector("body[data-ready='1']")
         qid = pg.evaluate("""async () => {
           const c = window.vfs.S.choice.cache;
-          const r = await (await fetch(`/api/caches/${encodeURIComponent(c)}/images?q=astronaut_0&limit=1`)).json();
+          const url = `/api/caches/${encodeURIComponent(c)}/images?q=astronaut_0&limit=1`;
+          const r = await (await fetch(url)).json();
           return r.items.length ? r.items[0].id : null;
         }""")
         if qid is None:
@@ -76,9 +78,11 @@ def shoot(url: str, out: Path, width: int, height: int, scale: float) -> None:
         pg.evaluate("""async (id) => {
           const S = window.vfs.S;
           await fetch('/api/search', {method: 'POST', headers: {'Content-Type': 'application/json'},
-            body: JSON.stringify({cache: S.choice.cache, layer: S.choice.layer, image: {id}, mode: 'whole', k: 1})});
+            body: JSON.stringify({cache: S.choice.cache, layer: S.choice.layer, image: {id},
+                                  mode: 'whole', k: 1})});
         }""", qid)
-        pg.evaluate("(id) => document.querySelector(`#ds-grid .thumb[data-id='${id}']`)?.scrollIntoView()", qid)
+        pg.evaluate("(id) => document.querySelector(`#ds-grid .thumb[data-id='${id}']`)"
+                    "?.scrollIntoView()", qid)
         pg.click(f"#ds-grid .thumb[data-id='{qid}']")
         pg.wait_for_function(f"window.vfs.S.query && window.vfs.S.query.id === {qid}")
         box = pg.locator("#q-canvas").bounding_box()
@@ -93,8 +97,8 @@ def shoot(url: str, out: Path, width: int, height: int, scale: float) -> None:
             pg.mouse.move(*at(*pt), steps=5)
         pg.mouse.up()
         pg.mouse.move(width - 5, 5)  # the brush cursor off the image
-        pg.wait_for_function("+(document.body.dataset.searches || 0) >= 1 && document.body.dataset.state === 'idle'",
-                             timeout=60000)
+        pg.wait_for_function("+(document.body.dataset.searches || 0) >= 1 && "
+                             "document.body.dataset.state === 'idle'", timeout=60000)
         pg.wait_for_function("document.querySelectorAll('.pane .card[data-drawn]').length >= 8")
         pg.wait_for_timeout(500)  # thumbnails of the dataset column
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-os.environ.setdefault("VFSEARCH_CACHE_DIR", str(Path(__file__).resolve().parent.parent / ".pytest_cache" / "vfsearch"))
+os.environ.setdefault("VFSEARCH_CACHE_DIR",
+                      str(Path(__file__).resolve().parent.parent / ".pytest_cache" / "vfsearch"))
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 

@@ -669,7 +669,7 @@ def big_map_cache(tmp_path_factory):
     w = synthetic_cache(path, BIG_N, layer="conv5", channels=8, grid=(2, 2), dtype="f16")
     rng = np.random.default_rng(0)
     jpegs = []
-    for k in range(8):
+    for _ in range(8):
         small = rng.integers(0, 255, (4, 5, 3), dtype=np.uint8)
         buf = io.BytesIO()
         Image.fromarray(small).resize((64, 48), Image.Resampling.BICUBIC).save(buf, "JPEG", quality=70)
@@ -740,7 +740,10 @@ def test_map_of_50k_images_loads_and_pans(big_map_cache, page):
           return out;
         }""")
         assert steps["zoomed"] > 2 and abs(steps["panned"] - 180) < 1
-        med = lambda v: float(np.median(v))
+
+        def med(v):
+            return float(np.median(v))
+
         report = {"images": BIG_N, "pages": timing["pages"], "load_ms": round(timing["ready_ms"]),
                   "map_info_ms": round(timing["info_ms"]), "tab_click_to_ready_ms": round(wall_ms),
                   "idle_frame_ms": round(med(steps["idle"]), 1),

@@ -92,7 +92,8 @@ def test_flag_for_finds_the_option_by_name_or_by_flag():
 
 def test_error_line_names_the_flag_or_falls_back_to_the_message():
     e = BadParameter("no layer given and the model has no default layer", param="layers")
-    assert error_line(e, _demo) == "error: --layer: no layer given and the model has no default layer"
+    assert error_line(e, _demo) == ("error: --layer: no layer given and the model has no default "
+                                    "layer")
     assert error_line(BadParameter("bad", param="dtype"), _demo) == "error: bad"
     assert error_line(VfsError("plain"), _demo) == "error: plain"
     assert error_line(e) == "error: no layer given and the model has no default layer"
@@ -196,7 +197,7 @@ def test_python_m_vfsearch_cli_maps_errors_too(tmp_path):
     assert p.stdout == ""
 
 
-# -- the library prints nothing of its own ----------------------------------------------------------
+# -- the library prints nothing of its own ---------------------------------------------------------
 
 
 def test_index_says_what_it_does_through_log_only(tmp_path, sample_dir, model, capfd):

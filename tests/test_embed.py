@@ -1,4 +1,5 @@
-"""The dataset map: gridify is a bijection, keeps neighbourhoods, tiled ≈ exact, stored + reloaded."""
+"""The dataset map: gridify is a bijection, keeps neighbourhoods, tiled ≈ exact, stored +
+reloaded."""
 
 from __future__ import annotations
 
@@ -50,7 +51,8 @@ def check_bijection(cells, n):
 def label_purity(cells, labels, k=2, seed=0):
     """Fraction of each point's k nearest grid neighbours that share its label."""
     c = cells.astype(float)
-    d = ((c[:, None] - c[None]) ** 2).sum(-1) + np.random.default_rng(seed).random((len(c),) * 2) * 1e-6
+    d = (((c[:, None] - c[None]) ** 2).sum(-1)
+         + np.random.default_rng(seed).random((len(c),) * 2) * 1e-6)
     np.fill_diagonal(d, np.inf)
     nn = np.argsort(d, axis=1)[:, :k]
     return float((labels[nn] == labels[:, None]).mean())
@@ -192,7 +194,8 @@ def test_map_on_real_cache_stored_and_reloaded(cache_copy):
     w, h = thumb.size
     s = min(w, h)
     ref = np.asarray(thumb.resize((16, 16), Image.Resampling.BICUBIC,
-                                  box=((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s)),
+                                  box=((w - s) // 2, (h - s) // 2,
+                                       (w - s) // 2 + s, (h - s) // 2 + s)),
                      np.float32)
     tile = im[row * 16:(row + 1) * 16, col * 16:(col + 1) * 16]
     assert np.abs(tile - ref).mean() < 20

@@ -15,7 +15,7 @@ from vfsearch import Transform, make_query, search_many
 from vfsearch import evaluate as E
 from vfsearch.cli import main
 
-# -- metrics on hand-made cases ------------------------------------------------------------------------
+# -- metrics on hand-made cases --------------------------------------------------------------------
 
 
 def test_distinct_labels_known_answers():
@@ -26,7 +26,8 @@ def test_distinct_labels_known_answers():
 
 def test_overlap_fraction_ids_and_paths():
     assert E.overlap_fraction([[1, 2, 3]], [[3, 2, 9]], 3).tolist() == pytest.approx([2 / 3])
-    assert E.overlap_fraction([[1, 2, 3], [4, 5, 6]], [[1, 2, 3], [7, 8, 9]], 3).tolist() == [1.0, 0.0]
+    got = E.overlap_fraction([[1, 2, 3], [4, 5, 6]], [[1, 2, 3], [7, 8, 9]], 3)
+    assert got.tolist() == [1.0, 0.0]
     assert E.overlap_fraction([["x.jpg", "y.jpg"]], [["y.jpg", "z.jpg"]], 2).tolist() == [0.5]
     with pytest.raises(ValueError):
         E.overlap_fraction([[1]], [[1], [2]], 1)
@@ -92,7 +93,7 @@ def test_cell_ceiling_aligned_and_offset():
     assert E.cell_ceiling((x0 + 10, y0 + 10, x1 + 10, y1 + 10), g2, (7, 7), (512, 384)) < 1.0
 
 
-# -- protocols on the small real cache ---------------------------------------------------------------
+# -- protocols on the small real cache -------------------------------------------------------------
 
 
 def test_match_box_reproduces_the_engine(small_cache):
@@ -103,7 +104,8 @@ def test_match_box_reproduces_the_engine(small_cache):
     r = search_many(c, [q], k=3)[0]
     for m in r:
         g = c.transform.geometry(*m.image_size)
-        assert E.match_box(q, m.offset, g, c.grid(layer), m.image_size) == pytest.approx(m.box, abs=1e-6)
+        assert (E.match_box(q, m.offset, g, c.grid(layer), m.image_size)
+                == pytest.approx(m.box, abs=1e-6))
     # the query's own box is one of the shifts: the shift ceiling of the query on itself is 1
     assert E.shift_ceiling(q, q.box, q.geometry, c.grid(layer), q.image_size) == pytest.approx(1.0)
 
@@ -131,7 +133,8 @@ def test_protocols_on_small_cache(small_cache, tmp_path):
     c = small_cache
     arms = [E.Arm("s:" + x, c, x) for x in c.layers]
     lab = E.run_labels(arms, n=6, k=3, seed=0, n_boot=200)
-    assert {(r["arm"], r["queries"]) for r in lab["rows"]} == {(a.name, k) for a in arms for k in ("whole", "region")}
+    assert ({(r["arm"], r["queries"]) for r in lab["rows"]}
+            == {(a.name, k) for a in arms for k in ("whole", "region")})
     for r in lab["rows"]:
         assert 1 <= r["lo"] <= r["mean"] <= r["hi"] <= 3
     assert len(lab["differences"]) == 2
@@ -162,7 +165,7 @@ def test_figures(small_cache, tmp_path):
     assert figs and all(p.exists() and p.stat().st_size > 1000 for p in figs)
 
 
-# -- planted-crop localisation on real photos ----------------------------------------------------------
+# -- planted-crop localisation on real photos ------------------------------------------------------
 
 
 def test_plant_crops_geometry(sample_dir, tmp_path):
@@ -216,8 +219,8 @@ def test_localize_finds_large_pasted_crops(sample_dir, model, tmp_path):
     md = E.to_markdown(rep)
     assert "cell ceiling" in md and "blocks.10" in md
     # resumable: same settings reuse the planted set; other settings are refused
-    again = E.run_localize(images, tmp_path / "work", layers=["blocks.10"], n=3, pool=3, k=3, seed=0,
-                           n_boot=100, sides=(110, 150), model=model, progress=False,
+    again = E.run_localize(images, tmp_path / "work", layers=["blocks.10"], n=3, pool=3, k=3,
+                           seed=0, n_boot=100, sides=(110, 150), model=model, progress=False,
                            index_kw={"workers": 0, "batch_size": 8})
     assert again["rows"] == rep["rows"]
     with pytest.raises(E.EvalError):
@@ -225,7 +228,7 @@ def test_localize_finds_large_pasted_crops(sample_dir, model, tmp_path):
                        sides=(110, 150), model=model, progress=False)
 
 
-# -- command line ------------------------------------------------------------------------------------
+# -- command line ----------------------------------------------------------------------------------
 
 
 def test_cli(small_cache, tmp_path):
@@ -281,8 +284,8 @@ def test_metadata_column_and_two_caches(sample_dir, small_cache, model, tmp_path
         rows.append(f"{f},{f.parent.name},{f.parent.name},one")
     csv = tmp_path / "images.csv"
     csv.write_text("\n".join(rows) + "\n")
-    other = index(csv, tmp_path / "csvcache", model=model, layers=["blocks.15"], image_root=sample_dir,
-                  workers=0, batch_size=8, progress=False).cache
+    other = index(csv, tmp_path / "csvcache", model=model, layers=["blocks.15"],
+                  image_root=sample_dir, workers=0, batch_size=8, progress=False).cache
     a, b = E.Arm("small", small_cache, "blocks.15"), E.Arm("csv", other, "blocks.15")
     ov = E.run_overlap(a, b, n=6, k=3, n_boot=50)
     assert all(r["mean"] == 1.0 for r in ov["rows"])
@@ -306,6 +309,6 @@ def test_global_queries_in_the_protocols(small_cache):
     ids = E.run_arm(arms[0], [s for s in specs if s.kind == "global"], k=2)
     from vfsearch import search
 
-    for s, got in zip([s for s in specs if s.kind == "global"], ids):
+    for s, got in zip([s for s in specs if s.kind == "global"], ids, strict=True):
         i = list(c.paths).index(s.path)
         assert list(got) == list(search(c, i, mode="global", layer="blocks.10", k=2).ids)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image
 import pytest
+from PIL import Image
 
 from vfsearch.errors import BadMask
 from vfsearch.geometry import Frame, Geometry, carry_affine, carry_box, cell_box, offset_rc, offsets

@@ -60,7 +60,8 @@ def test_global_equals_a_float64_pooled_cosine_reference(views):
         assert np.allclose(res.top_scores, ref[want], atol=1e-9)
         assert np.allclose(res.scores[np.isfinite(res.scores)], ref[np.isfinite(ref)], atol=1e-5)
         m = res[0]
-        assert m.offset == (0, 0) and m.box == pytest.approx(c.transform.geometry(*m.image_size).crop)
+        assert m.offset == (0, 0)
+        assert m.box == pytest.approx(c.transform.geometry(*m.image_size).crop)
         assert res.to_dict()["mode"] == "global"
 
 
@@ -68,12 +69,14 @@ def test_global_query_from_an_external_image_and_its_cell_shares(views, model):
     c = views
     img = Image.open(c.abspath(2))
     q = make_query(c, img, mode="global")
-    assert q.mode == "global" and q.source_id is None and q.pooled.shape == (c.layer_info()["channels"],)
+    assert q.mode == "global" and q.source_id is None
+    assert q.pooled.shape == (c.layer_info()["channels"],)
     res = search(c, q, k=1)
     assert res[0].id == 2 and res[0].score == pytest.approx(1.0, abs=1e-5)
     cells, chans = cell_shares(q.pooled, c.features(3))
     score = search(c, q, k=len(c), return_scores=True).scores[3]
-    assert cells.sum() == pytest.approx(score, abs=1e-5) and chans.sum() == pytest.approx(score, abs=1e-5)
+    assert cells.sum() == pytest.approx(score, abs=1e-5)
+    assert chans.sum() == pytest.approx(score, abs=1e-5)
     assert np.allclose(search(c, q, k=2).score_map(3), cells)
 
 
@@ -83,7 +86,7 @@ def test_global_and_region_queries_together(views):
           make_query(c, 1, whole=True)]
     got = search_many(c, qs, k=3)
     assert [r.query.mode for r in got] == ["global", "region", "whole"]
-    for q, r in zip(qs, got):
+    for q, r in zip(qs, got, strict=True):
         assert list(r.ids) == list(search(c, q, k=3).ids)
 
 

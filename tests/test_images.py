@@ -8,9 +8,9 @@ import zlib
 
 import numpy as np
 import pytest
+from conftest import photo
 from PIL import Image
 
-from conftest import photo
 from vfsearch.errors import BadImage, DatasetError
 from vfsearch.images import discover, load_image
 
@@ -100,7 +100,8 @@ def _png_header_only(w, h) -> bytes:
         return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
 
     ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 10)) + chunk(b"IEND", b"")
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 10))
+            + chunk(b"IEND", b""))
 
 
 def test_pixel_bomb_is_refused_before_decoding(tmp_path):
@@ -156,7 +157,8 @@ def test_discover_csv_with_metadata_and_list_file(tmp_path):
     (tmp_path / "list.csv").write_text("path,label,domain\na.png,cat,cam1\nb.png,dog,cam2\n")
     s = discover(tmp_path / "list.csv")
     assert s.meta_columns == ["domain"]
-    assert [(i.path, i.label, i.meta["domain"]) for i in s.items] == [("a.png", "cat", "cam1"), ("b.png", "dog", "cam2")]
+    assert [(i.path, i.label, i.meta["domain"]) for i in s.items] == [("a.png", "cat", "cam1"),
+                                                                       ("b.png", "dog", "cam2")]
     (tmp_path / "list.txt").write_text("# images\nb.png\n" + str(tmp_path / "a.png") + "\n")
     assert [i.path for i in discover(tmp_path / "list.txt").items] == ["b.png", "a.png"]
     (tmp_path / "bad.csv").write_text("file,label\na.png,x\n")

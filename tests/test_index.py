@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import photo
+
 from vfsearch import CacheMismatch, index, open_cache
 from vfsearch.cache import INDEXED, SKIPPED
 from vfsearch.errors import OutputError, UnknownLayer, UnknownModel
@@ -184,7 +184,8 @@ def test_adding_a_layer_equals_a_fresh_cache_and_keeps_the_old_one(tmp_path, mod
     rep = index(src, tmp_path / "c", **kw)
     c = open_cache(tmp_path / "c")
     assert rep.added == 1 and c.valid.all()
-    assert np.abs(c.features(5, "blocks.10")).max() > 0 and np.abs(c.features(5, "blocks.15")).max() > 0
+    assert np.abs(c.features(5, "blocks.10")).max() > 0
+    assert np.abs(c.features(5, "blocks.15")).max() > 0
 
 
 def test_image_root_can_be_repointed(tmp_path, model):
@@ -202,7 +203,8 @@ def test_f16_and_f32_caches_and_nonnegative_head_as_uint8(tmp_path, model):
     c32 = index(src, tmp_path / "f32", model=model, dtype="f32", workers=0, progress=False).cache
     assert c16.load().features.dtype == np.float16 and c32.load().features.dtype == np.float32
     assert np.allclose(c16.features(1), c32.features(1), atol=2e-2)
-    ch = index(src, tmp_path / "head", model=model, layers=["head"], workers=0, progress=False).cache
+    ch = index(src, tmp_path / "head", model=model, layers=["head"], workers=0,
+               progress=False).cache
     assert ch.load("head").features.dtype == np.uint8
 
 
@@ -239,7 +241,8 @@ def test_read_rows_equals_zarr_for_any_range(tmp_path, compression):
     b[:] = rng.integers(0, 255, (45, 5), dtype=np.uint8)
     a[40:45] = 2.0  # the edge chunk, partly
     assert (_raw_chunks(a) is not None) == (compression == "none")
-    for lo, hi in [(0, 45), (0, 0), (3, 9), (8, 16), (7, 8), (30, 45), (33, 39), (44, 45), (40, 60)]:
+    for lo, hi in [(0, 45), (0, 0), (3, 9), (8, 16), (7, 8), (30, 45), (33, 39), (44, 45),
+                   (40, 60)]:
         for arr in (a, b):
             got = read_rows(arr, lo, hi)
             want = np.asarray(arr[lo:hi])

@@ -138,7 +138,8 @@ def test_python_and_js_encoders_agree():
                                    ((97, 301), 48, "u8"), ((64, 64), 16, "blob"),
                                    ((5, 7), 64, "soft")):
         if kind == "u8":
-            a = (rng.random((h, w)) > 0.7).astype(np.uint8) * rng.integers(1, 256, (h, w)).astype(np.uint8)
+            a = ((rng.random((h, w)) > 0.7).astype(np.uint8)
+                 * rng.integers(1, 256, (h, w)).astype(np.uint8))
         elif kind == "blob":
             yy, xx = np.mgrid[:h, :w]
             a = np.clip(1.2 - np.hypot(yy - 20, xx - 40) / 15, 0, 1).astype(np.float32)

@@ -44,7 +44,7 @@ def _png(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-# -- mask decoding ----------------------------------------------------------------------------------
+# -- mask decoding ---------------------------------------------------------------------------------
 
 
 def test_decode_raw_mask_resizes_to_image_resolution():
@@ -122,7 +122,7 @@ def test_multi_highlight_widget():
     assert not masks[0].any() and masks[1][10, 10] == pytest.approx(1.0)
 
 
-# -- search widget / gallery ------------------------------------------------------------------------
+# -- search widget / gallery -----------------------------------------------------------------------
 
 
 def test_search_widget_searches_when_mask_changes(small_cache):
@@ -222,7 +222,7 @@ def test_show_html_contains_results(small_cache):
     assert "<svg" not in results_html(search(small_cache, 0, box=(0, 0, W / 2, H / 2), k=2))
 
 
-# -- notebooks --------------------------------------------------------------------------------------
+# -- notebooks -------------------------------------------------------------------------------------
 
 
 @pytest.mark.timeout(300)
@@ -240,7 +240,7 @@ def test_notebook_runs(name):
     assert not errors
 
 
-# -- in JupyterLab + headless chromium --------------------------------------------------------------
+# -- in JupyterLab + headless chromium -------------------------------------------------------------
 # HighlightWidget end to end: JupyterLab (token-less, 127.0.0.1) in headless Debian chromium; draw a
 # stroke on the widget's canvas and check that the kernel's ``widget.mask`` becomes non-zero.
 
@@ -332,8 +332,8 @@ def test_highlight_widget_stroke_reaches_python(lab):
             errors: list[str] = []
             page.on("pageerror", lambda e: errors.append(str(e)))
             page.goto(f"{url}/lab/tree/w.ipynb")
-            page.wait_for_function("() => window.jupyterapp && document.querySelector('.jp-Notebook')",
-                                   timeout=60_000)
+            page.wait_for_function(
+                "() => window.jupyterapp && document.querySelector('.jp-Notebook')", timeout=60_000)
             # wait until the kernel is up, then run the cell
             page.wait_for_function(
                 "() => { const w = window.jupyterapp.shell.currentWidget;"
