@@ -308,6 +308,30 @@ def test_hugging_face_cache_is_found_offline(weights, tmp_path, monkeypatch):
         load_model("timm:vit_small_patch16_224")
 
 
+def test_a_linked_hub_blob_is_read_and_its_link_recorded(weights, tmp_path):
+    """The hub cache's snapshot file is a link to a blob named by its hash (no suffix, no
+    config beside it): the safetensors blob is read by its header, and the link (not the blob)
+    is what the cache records, so a reload finds the config and the format again."""
+    from safetensors.torch import save_file
+
+    ref = weights["vit"][0]
+    blob = tmp_path / "blobs" / ("e" * 64)
+    blob.parent.mkdir()
+    save_file(ref.state_dict(), blob)
+    link = tmp_path / "snap" / "model.safetensors"
+    link.parent.mkdir()
+    try:
+        link.symlink_to(blob)
+    except OSError:
+        pytest.skip("no symbolic links here")
+    lm = load_model("timm:vfs_tiny_vit", str(link))
+    assert lm.weights_path == str(link)
+    assert load_model("timm:vfs_tiny_vit", str(blob)).weights_hash == lm.weights_hash
+    x = torch.randn(1, 3, 224, 224)
+    got = Forward(lm.module, ["blocks.1"], size=224, engine="eager")(x)["blocks.1"]
+    assert relative_error(got, _intermediates(ref, x, 1)) <= REL
+
+
 class TokenNet(nn.Module):
     """A minimal transformer-like module: 8-px patches, a class token first, two blocks."""
 

@@ -139,6 +139,12 @@ def available_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def _abs(path: str | os.PathLike) -> str:
+    """The absolute path as given, symbolic links kept: the Hugging Face cache's snapshot file
+    links to a blob named by its hash (no suffix, no ``config.json`` beside it)."""
+    return os.path.abspath(os.path.expanduser(str(path)))
+
+
 def file_hash(path: str | os.PathLike, n: int = 16) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -407,7 +413,7 @@ def _load_torchvision(arch: str, weights: str | None, input_size: int | None) ->
     _check_size(name, input_size, multiple, 0)
     return LoadedModel(name, module.eval(), _at_size(transform, input_size), "", file_hash(path),
                        layer_filter=_torchvision_filter(ml.family),
-                       weights_path=str(Path(path).resolve()), multiple=multiple)
+                       weights_path=_abs(path), multiple=multiple)
 
 
 # timm
@@ -557,7 +563,7 @@ def _load_timm(spec: str, weights: str | None, input_size: int | None) -> Loaded
     _check_size(name, input_size, multiple, fixed)
     return LoadedModel(name, module.eval(), transform, "", file_hash(weights),
                        layer_filter=_timm_filter(module, ml),
-                       weights_path=str(Path(weights).resolve()), multiple=multiple,
+                       weights_path=_abs(weights), multiple=multiple,
                        fixed_size=fixed)
 
 
@@ -599,7 +605,7 @@ def load_model(name: str = DEFAULT_MODEL, weights: str | None = None,
     return LoadedModel(spec.name, module, _at_size(spec.transform, input_size), spec.default_layer,
                        whash,
                        spec.layer_filter,
-                       weights_path=str(Path(weights).resolve()) if weights else None)
+                       weights_path=_abs(weights) if weights else None)
 
 
 def from_module(

@@ -1,6 +1,7 @@
 """Weights from local files only — nothing is ever downloaded.
 
-- :func:`read_state_dict`: a ``.pth`` / ``.pt`` / ``.bin`` (torch) or ``.safetensors`` file holding
+- :func:`read_state_dict`: a ``.pth`` / ``.pt`` / ``.bin`` (torch) or safetensors file (by its
+  suffix or its header: the hub cache's blobs have no suffix) holding
   a state dict, bare or inside a training checkpoint's wrapper (``state_dict``, ``model``,
   ``state_dict_ema`` / ``model_ema`` first, as timm loads them), with the ``module.`` (DDP) and
   ``_orig_mod.`` (``torch.compile``) key prefixes removed.
@@ -36,7 +37,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not p.is_file():
         raise UnknownModel(f"weights file {p} not found", param="weights")
     try:
-        if p.suffix == ".safetensors":
+        if p.suffix == ".safetensors" or _is_safetensors(p):
             from safetensors.torch import load_file
 
             obj = load_file(str(p), device="cpu")
@@ -64,6 +65,18 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             k = k.split(".", 1)[1]
         out[k] = v
     return out
+
+
+def _is_safetensors(p: Path) -> bool:
+    """A safetensors file whatever its name (a Hugging Face cache blob has none): an 8-byte
+    little-endian header length, then the JSON header."""
+    try:
+        with open(p, "rb") as f:
+            head = f.read(9)
+    except OSError:
+        return False
+    n = int.from_bytes(head[:8], "little") if len(head) == 9 else 0
+    return head[8:9] == b"{" and 2 <= n <= 100_000_000 and n + 8 <= p.stat().st_size
 
 
 def describe_mismatch(want: dict, got: dict, limit: int = 3) -> str:
