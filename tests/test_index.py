@@ -15,7 +15,7 @@ from conftest import photo
 
 from vfsearch import CacheMismatch, index, open_cache
 from vfsearch.cache import INDEXED, SKIPPED
-from vfsearch.errors import OutputError, UnknownLayer, UnknownModel
+from vfsearch.errors import BadParameter, OutputError, UnknownLayer, UnknownModel
 
 
 def _arrays(cache, layer):
@@ -214,6 +214,11 @@ def test_unknown_model_and_layer_and_unwritable_output(tmp_path, model):
         index(src, tmp_path / "c", model="no-such-net", progress=False)
     with pytest.raises(UnknownLayer, match="no hookable layer 'blocks.99'"):
         index(src, tmp_path / "c2", model=model, layers=["blocks.99"], progress=False)
+    with pytest.raises(BadParameter, match="'full'.*cannot be searched yet") as e:
+        index(src, tmp_path / "c3", model=model, mode="full", progress=False)
+    assert e.value.param == "mode"
+    assert not (tmp_path / "c").exists() and not (tmp_path / "c2").exists()
+    assert not (tmp_path / "c3").exists()
     afile = tmp_path / "file"
     afile.write_text("x")
     with pytest.raises(OutputError, match="cannot write"):
