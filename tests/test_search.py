@@ -130,6 +130,19 @@ def test_search_many_equals_single_searches_and_curve(small_cache):
         assert np.all(np.diff(curve) <= 0)
 
 
+def test_search_passes_every_option_of_search_many(small_cache):
+    """search's **options are exactly search_many's keywords (one list, SearchOptions)."""
+    import inspect
+
+    from vfsearch.engine.searcher import SearchOptions
+
+    kw = [p.name for p in inspect.signature(search_many).parameters.values()
+          if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    assert list(SearchOptions.__annotations__) == kw
+    with pytest.raises(TypeError):
+        search(small_cache, 0, whole=True, bogus=1)
+
+
 def test_heat_map_max_is_the_match(small_cache):
     res = search(small_cache, 3, box=_central_box(small_cache, 3), k=2)
     m = res[0]

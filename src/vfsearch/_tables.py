@@ -18,16 +18,9 @@ def frame(data, *, ints: Sequence[str] = (), floats: Sequence[str] = (),
         raise BackendUnavailable("DataFrames need pandas: pip install 'vfsearch[pandas]'") from None
     df = pd.DataFrame(data) if not isinstance(data, list) or data else \
         pd.DataFrame(columns=[*ints, *floats, *strings, *categories])
-    for c in ints:
-        if c in df:
-            df[c] = df[c].astype("int64")
-    for c in floats:
-        if c in df:
-            df[c] = df[c].astype("float64")
-    for c in strings:
-        if c in df:
-            df[c] = df[c].astype("string")
-    for c in categories:
-        if c in df:
-            df[c] = df[c].astype("category")
+    for cols, dtype in ((ints, "int64"), (floats, "float64"), (strings, "string"),
+                        (categories, "category")):
+        for c in cols:
+            if c in df:
+                df[c] = df[c].astype(dtype)
     return df

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Iterable, Sequence, TypedDict, Unpack
 
 import numpy as np
 
@@ -348,6 +348,20 @@ def _finish_global(cache: FeatureCache, q: Query, *, k: int, exclude_self: bool,
     return SearchResult(q, cache, matches, score if return_scores else None, stats)
 
 
+class SearchOptions(TypedDict, total=False):
+    """The keywords :func:`search` passes on to :func:`search_many` (the defaults are its)."""
+
+    k: int
+    exclude_self: bool
+    return_scores: bool
+    dedup: float | None
+    exact: bool
+    memory: int | None | str
+    backend: str
+    threads: int | None
+    scheduler: str | None
+
+
 def search(
     cache: FeatureCache,
     query=None,
@@ -358,15 +372,7 @@ def search(
     whole: bool = False,
     mode: str | None = None,
     layer: str | None = None,
-    k: int = 10,
-    exclude_self: bool = True,
-    return_scores: bool = False,
-    dedup: float | None = None,
-    exact: bool = True,
-    memory: int | None | str = "auto",
-    backend: str = "auto",
-    threads: int | None = None,
-    scheduler: str | None = None,
+    **options: Unpack[SearchOptions],
 ) -> SearchResult:
     """Find the ``k`` images whose best same-shaped window is most similar to the query region.
 
@@ -381,12 +387,11 @@ def search(
     or "torch[:DEVICE]" (e.g. "torch:cuda" on a GPU). ``dedup`` drops results whose pooled
     features have cosine ≥ ``dedup`` with a better result. ``scheduler`` (``"local:N"`` or a
     Dask address) maps the scan over the cache's chunks on Dask workers; the results are
-    identical.
+    identical. These keywords (:class:`SearchOptions`) and their defaults are
+    :func:`search_many`'s.
     """
-    return search_many(cache, [_as_query(cache, query, image, mask, box, whole, layer, mode)], k=k,
-                       exclude_self=exclude_self, return_scores=return_scores, dedup=dedup,
-                       exact=exact, memory=memory, backend=backend, threads=threads,
-                       scheduler=scheduler)[0]
+    q = _as_query(cache, query, image, mask, box, whole, layer, mode)
+    return search_many(cache, [q], **options)[0]
 
 
 def search_many(

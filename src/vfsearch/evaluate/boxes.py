@@ -13,7 +13,6 @@ or from a detector (:mod:`.faces`).
 from __future__ import annotations
 
 import csv
-import json
 import math
 import time
 from collections.abc import Sequence
@@ -21,7 +20,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from ..errors import BadMask, EvalError, OutputError
+from ..errors import BadMask, EvalError
 from .metrics import AREA_BINS, area_bin, bootstrap_ci, iou, match_box
 from .protocols import Arm, Log, _header
 
@@ -237,7 +236,7 @@ def boxes_markdown(rep: dict) -> str:
 
 def boxes_figures(rep: dict, out: Path, prefix: str) -> list[Path]:
     """Fig. 8 of the paper: mean IoU per query-size bin, one bar per arm, 95 % CI whiskers."""
-    from .report import _plt
+    from .report import _plt, save_figure
 
     plt = _plt()
     if plt is None:
@@ -270,30 +269,13 @@ def boxes_figures(rep: dict, out: Path, prefix: str) -> list[Path]:
         axes[0].scatter([], [], marker="_", s=200, color="gray", linewidths=2.5,
                         label="grid ceiling (same colour)")
         axes[0].legend(fontsize=8)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{prefix}_iou_by_bin.png"
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return [path]
+    return [save_figure(plt, fig, out / f"{prefix}_iou_by_bin.png")]
 
 
 def write_boxes_report(rep: dict, out, prefix: str | None = None, figures: bool = True,
                        log: Log | None = None) -> dict:
     """``<prefix>.json``, ``<prefix>.md`` and the figure in ``out``."""
-    from .report import _json_default
+    from .report import write_files
 
-    out = Path(out)
-    prefix = prefix or "boxes"
-    md = boxes_markdown(rep)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        jpath, mpath = out / f"{prefix}.json", out / f"{prefix}.md"
-        jpath.write_text(json.dumps(rep, indent=1, default=_json_default))
-        mpath.write_text(md)
-    except OSError as e:
-        raise OutputError(f"cannot write the report to {out}: {e}") from None
-    figs = boxes_figures(rep, out, prefix) if figures else []
-    if figures and not figs and log is not None:
-        log("matplotlib is not installed: figures skipped (pip install 'matplotlib>=3.8')")
-    return {"json": jpath, "markdown": mpath, "figures": figs, "text": md}
+    return write_files(rep, out, prefix or "boxes", boxes_markdown(rep),
+                       boxes_figures if figures else None, log)

@@ -27,13 +27,12 @@ trained attribute model (SANE): purity and NMI only ask how well the concepts fo
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import EvalError, OutputError
+from ..errors import EvalError
 from .protocols import Log
 
 __all__ = ["METHODS", "contingency", "nmi", "purity", "run_concepts_eval",
@@ -298,7 +297,7 @@ def concepts_markdown(rep: dict) -> str:
 
 
 def concepts_figure(rep: dict, out: Path, prefix: str) -> list[Path]:
-    from .report import _plt
+    from .report import _plt, save_figure
 
     plt = _plt()
     if plt is None:
@@ -323,29 +322,13 @@ def concepts_figure(rep: dict, out: Path, prefix: str) -> list[Path]:
         ax.legend(fontsize=8)
     if "majority_fraction" in rep["labels"]:
         axes[0].axhline(rep["labels"]["majority_fraction"], color="gray", ls=":", lw=0.8)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{prefix}_summary.png"
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return [path]
+    return [save_figure(plt, fig, out / f"{prefix}_summary.png")]
 
 
 def write_concepts_report(rep: dict, out, prefix: str | None = None, figures: bool = True,
                           log: Log | None = None) -> dict:
-    from .report import _json_default
+    """``<prefix>.json``, ``<prefix>.md`` and the figure in ``out``."""
+    from .report import write_files
 
-    out = Path(out)
-    prefix = prefix or "concepts"
-    md = concepts_markdown(rep)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        jpath, mpath = out / f"{prefix}.json", out / f"{prefix}.md"
-        jpath.write_text(json.dumps(rep, indent=1, default=_json_default))
-        mpath.write_text(md)
-    except OSError as e:
-        raise OutputError(f"cannot write the report to {out}: {e}") from None
-    figs = concepts_figure(rep, out, prefix) if figures else []
-    if figures and not figs and log is not None:
-        log("matplotlib is not installed: figures skipped (pip install 'matplotlib>=3.8')")
-    return {"json": jpath, "markdown": mpath, "figures": figs, "text": md}
+    return write_files(rep, out, prefix or "concepts", concepts_markdown(rep),
+                       concepts_figure if figures else None, log)

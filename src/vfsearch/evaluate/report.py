@@ -97,6 +97,9 @@ def to_markdown(rep: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+_NO_MATPLOTLIB = "matplotlib is not installed: figures skipped (pip install 'matplotlib>=3.8')"
+
+
 def _plt():
     try:
         import matplotlib
@@ -131,7 +134,7 @@ def make_figures(rep: dict, out: Path, prefix: str | None = None,
     plt = _plt()
     if plt is None:
         if log is not None:
-            log("matplotlib is not installed: figures skipped (pip install 'matplotlib>=3.8')")
+            log(_NO_MATPLOTLIB)
         return []
     out.mkdir(parents=True, exist_ok=True)
     p = rep["protocol"]
@@ -140,11 +143,7 @@ def make_figures(rep: dict, out: Path, prefix: str | None = None,
     paths = []
 
     def save(fig, name):
-        path = out / f"{prefix}_{name}.png"
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(save_figure(plt, fig, out / f"{prefix}_{name}.png"))
 
     if p in ("labels", "precision"):
         kinds = list(dict.fromkeys(r["queries"] for r in rep["rows"]))
@@ -255,22 +254,43 @@ def _slug(s: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in s)
 
 
-def write_report(rep: dict, out: Path, prefix: str | None = None, figures: bool = True,
-                 log: Log | None = None) -> dict:
-    """Write ``<prefix>.json``, ``<prefix>.md`` and the figures into ``out``."""
+def save_figure(plt, fig, path: Path) -> Path:
+    """Lay out ``fig``, write it to ``path`` (PNG, 110 dpi) and close it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_files(rep: dict, out, prefix: str, md: str, figures=None,
+                log: Log | None = None) -> dict:
+    """Write ``<prefix>.json`` (``rep``) and ``<prefix>.md`` (``md``) into ``out``, then
+    ``figures(rep, out, prefix)`` → figure paths when given ([] without matplotlib, saying so to
+    ``log``). The files of every protocol's report."""
     out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        prefix = prefix or rep["protocol"]
-        jpath = out / f"{prefix}.json"
+        jpath, mpath = out / f"{prefix}.json", out / f"{prefix}.md"
         jpath.write_text(json.dumps(rep, indent=1, default=_json_default))
-        md = to_markdown(rep)
-        mpath = out / f"{prefix}.md"
         mpath.write_text(md)
     except OSError as e:
         raise OutputError(f"cannot write the report to {out}: {e}") from None
-    figs = make_figures(rep, out, prefix, log) if figures else []
+    figs = []
+    if figures is not None:
+        if _plt() is None:
+            if log is not None:
+                log(_NO_MATPLOTLIB)
+        else:
+            figs = figures(rep, out, prefix)
     return {"json": jpath, "markdown": mpath, "figures": figs, "text": md}
+
+
+def write_report(rep: dict, out: Path, prefix: str | None = None, figures: bool = True,
+                 log: Log | None = None) -> dict:
+    """Write ``<prefix>.json``, ``<prefix>.md`` and the figures into ``out``."""
+    return write_files(rep, out, prefix or rep["protocol"], to_markdown(rep),
+                       make_figures if figures else None, log)
 
 
 def _json_default(o):
