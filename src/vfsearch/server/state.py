@@ -58,6 +58,13 @@ def _safe_name(name: str) -> str:
     return s[:60]
 
 
+def _found(value, param: str | None, message: str):
+    """``value`` when a lookup found it; NotFound naming ``param`` when it is None."""
+    if value is None:
+        raise NotFound(message, param=param)
+    return value
+
+
 class AppState:
     def __init__(self, caches, token: str | None = None, max_concurrent: int | None = None):
         self.caches: dict[str, CacheEntry] = {}
@@ -87,18 +94,13 @@ class AppState:
 
     # -- lookups ------------------------------------------------------------------------------
     def entry(self, name: str, param: str | None = "cache") -> CacheEntry:
-        e = self.caches.get(name)
-        if e is None:
-            raise NotFound(f"no cache named {name!r}; open caches: {', '.join(self.caches)}",
-                           param=param)
-        return e
+        return _found(self.caches.get(name), param,
+                      f"no cache named {name!r}; open caches: {', '.join(self.caches)}")
 
     def upload(self, uid: str, param: str | None = "upload") -> Upload:
-        u = self.uploads.get(uid)
-        if u is None:
-            raise NotFound(f"upload {uid!r} is gone (the server keeps the latest uploads in "
-                           "memory only); upload the image again", param=param)
-        return u
+        return _found(self.uploads.get(uid), param,
+                      f"upload {uid!r} is gone (the server keeps the latest uploads in memory "
+                      "only); upload the image again")
 
     def warm_all(self) -> None:
         for e in self.caches.values():
@@ -419,11 +421,9 @@ class AppState:
         }
 
     def stored(self, sid: str, param: str | None = "sid") -> StoredSearch:
-        st = self.searches.get(sid)
-        if st is None:
-            raise NotFound(f"search {sid!r} has expired (the server keeps the latest searches); "
-                           "run it again", param=param)
-        return st
+        return _found(self.searches.get(sid), param,
+                      f"search {sid!r} has expired (the server keeps the latest searches); "
+                      "run it again")
 
     def _offsets(self, e: CacheEntry, st: StoredSearch, ids: np.ndarray):
         """(best scores, offset indices, score maps) of rows ``ids``; for a global query the
