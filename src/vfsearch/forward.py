@@ -52,6 +52,7 @@ __all__ = [
     "export_dir",
     "fold_batchnorm",
     "openvino_available",
+    "prepare_copy",
     "relative_error",
 ]
 
@@ -213,6 +214,35 @@ def fold_batchnorm(module: nn.Module, example: torch.Tensor, keep: Sequence[str]
     return done
 
 
+def prepare_copy(module: nn.Module, example: torch.Tensor, keep: Sequence[str] = (), *,
+                 streamline: bool = False) -> tuple[nn.Module, int]:
+    """A private inference copy of ``module``: deep-copied, in eval mode, every BatchNorm that
+    follows a convolution folded into it (:func:`fold_batchnorm`, ``keep`` left alone), the
+    weights frozen (a backward pass then computes input gradients only). Returns (copy, number
+    folded); the caller checks the copy against the original.
+
+    ``streamline=True`` also makes each symmetric ``ZeroPad2d`` in front of a convolution
+    (EfficientNet's "same" padding) the convolution's own padding (no padded copy of the
+    activation) and ReLU-type activations in place (one activation-sized allocation less per
+    layer). In-place activations are only safe for a forward that stops right after its one
+    layer: an earlier layer's captured output could otherwise be overwritten."""
+    net = copy.deepcopy(module).eval()
+    folded = fold_batchnorm(net, example, keep=keep)
+    for p in net.parameters():
+        p.requires_grad_(False)
+    if streamline:
+        for mod in net.modules():
+            pad = getattr(mod, "static_padding", None)
+            if (isinstance(mod, nn.Conv2d) and isinstance(pad, nn.ZeroPad2d)
+                    and len(set(pad.padding)) == 1 and tuple(mod.padding) == (0, 0)
+                    and mod.padding_mode == "zeros"):
+                mod.padding = (pad.padding[0], pad.padding[0])
+                mod.static_padding = nn.Identity()
+            if isinstance(mod, (nn.ReLU, nn.ReLU6, nn.Hardtanh)):
+                mod.inplace = True
+    return net, folded
+
+
 def _replace(root: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = root.get_submodule(parent_name) if parent_name else root
@@ -284,9 +314,11 @@ class _TorchFast(_Eager):
     def __init__(self, module: nn.Module, layers: list[str], device: str, hw: HW,
                  fold: bool = True):
         self.layers, self.device = layers, device
-        net = copy.deepcopy(module).eval()
-        self.folded = fold_batchnorm(net, _check_input(hw).to(next(
-            iter(net.parameters()), torch.zeros(0)).device), keep=layers) if fold else 0
+        if fold:
+            example = _check_input(hw).to(next(iter(module.parameters()), torch.zeros(0)).device)
+            net, self.folded = prepare_copy(module, example, keep=layers)
+        else:
+            net, self.folded = copy.deepcopy(module).eval(), 0
         self.net = StopEarly(net.to(memory_format=torch.channels_last), layers, nhwc=True)
 
     def __call__(self, x: torch.Tensor) -> list[np.ndarray]:

@@ -1,18 +1,19 @@
 """The model passes of the explainers: a private, inference-ready copy of the network run up to
 the searched layer and no further.
 
-:func:`layer_net` prepares, once per model (and checks once per layer), a copy of the model's
-module with every eval-mode ``BatchNorm2d`` that directly follows a convolution folded into that
-convolution's weights, symmetric zero-padding modules in front of convolutions made the
-convolution's own padding, ReLU-type activations in place, the weights frozen
-(``requires_grad=False``: a backward pass computes the input gradient only) and, where it is
-faster, the channels-last memory layout (together about 2-4× faster on a CPU than the original
-module). The copy is checked against the original (the hooked forward of
-:class:`~vfsearch.extract.FeatureExtractor`, and the input gradient of a backward pass) on a
-fixed input before use; if it differs by more than float rounding the original is used.
+:func:`layer_net` prepares, once per model and layer, a copy of the model's module with
+:func:`vfsearch.forward.prepare_copy` (the one implementation of BatchNorm folding, also the
+indexer's: every eval-mode ``BatchNorm2d`` that directly follows a convolution folded into it,
+symmetric zero-padding modules in front of convolutions made the convolution's own padding,
+ReLU-type activations in place, the weights frozen — a backward pass computes the input
+gradient only) and, where it is faster, the channels-last memory layout (together about 2-4×
+faster on a CPU than the original module). The copy is checked against the original (the
+hooked forward of :class:`~vfsearch.extract.FeatureExtractor`, and the input gradient of a
+backward pass) on a fixed input before use; if it differs by more than float rounding the
+original is used.
 
-A forward stops right after the layer (a hook raises; the hook is removed in ``finally``),
-with or without autograd: :meth:`LayerNet.forward` for the learned mask,
+A forward stops right after the layer (:class:`vfsearch.forward.StopEarly`: hooks live only
+during a call), with or without autograd: :meth:`LayerNet.forward` for the learned mask,
 :meth:`LayerNet.features` under ``torch.inference_mode`` for the black boxes.
 
 The intra-op thread count is settled once per process (:func:`set_threads_once`).
@@ -20,7 +21,6 @@ The intra-op thread count is settled once per process (:func:`set_threads_once`)
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import os
 import threading
@@ -30,6 +30,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 from torch import nn
+
+from ..forward import StopEarly, prepare_copy
 
 __all__ = ["LayerNet", "compose", "layer_net", "set_threads_once"]
 
@@ -61,91 +63,6 @@ def set_threads_once() -> int:
     return torch.get_num_threads()
 
 
-class _Stop(Exception):
-    pass
-
-
-@contextlib.contextmanager
-def _stop_after(module: nn.Module, layer: str):
-    """Capture ``layer``'s output and end the forward there (the hook is removed on exit)."""
-    box: dict = {}
-
-    def hook(_m, _inp, out):
-        box["out"] = out
-        raise _Stop
-
-    handle = module.get_submodule(layer).register_forward_hook(hook)
-    try:
-        yield box
-    finally:
-        handle.remove()
-
-
-def _conv_bn_pairs(module: nn.Module, x: torch.Tensor, layer: str) -> list[tuple[str, str]]:
-    """(conv, bn) module names where the BN's input is the conv's output in a forward (hooks on
-    every conv and BN, removed in ``finally``)."""
-    produced: dict[int, tuple[str, torch.Tensor]] = {}  # tensors kept alive: ids stay unique
-    pairs: list[tuple[str, str]] = []
-    handles = []
-
-    def conv_hook(name):
-        def fn(_m, _inp, out):
-            produced[id(out)] = (name, out)
-        return fn
-
-    def bn_hook(name):
-        def fn(_m, inp, _out):
-            src = produced.get(id(inp[0])) if inp else None
-            if src is not None and src[1] is inp[0]:
-                pairs.append((src[0], name))
-        return fn
-
-    try:
-        for name, m in module.named_modules():
-            if isinstance(m, nn.Conv2d):
-                handles.append(m.register_forward_hook(conv_hook(name)))
-            elif isinstance(m, nn.BatchNorm2d) and not m.training and m.track_running_stats:
-                handles.append(m.register_forward_hook(bn_hook(name)))
-        with torch.inference_mode(), _stop_after(module, layer):
-            try:
-                module(x)
-            except _Stop:
-                pass
-    finally:
-        for h in handles:
-            h.remove()
-    # a conv or BN called more than once (shared) is not folded
-    convs = [c for c, _ in pairs]
-    bns = [b for _, b in pairs]
-    return [(c, b) for c, b in pairs if convs.count(c) == 1 and bns.count(b) == 1]
-
-
-def _fold(module: nn.Module, pairs: list[tuple[str, str]]) -> nn.Module:
-    from torch.nn.utils.fusion import fuse_conv_bn_weights
-
-    m = copy.deepcopy(module)
-    for cname, bname in pairs:
-        conv, bn = m.get_submodule(cname), m.get_submodule(bname)
-        w, b = fuse_conv_bn_weights(conv.weight, conv.bias, bn.running_mean, bn.running_var,
-                                    bn.eps, bn.weight, bn.bias)
-        conv.weight, conv.bias = w, b
-        parent, _, child = bname.rpartition(".")
-        setattr(m.get_submodule(parent) if parent else m, child, nn.Identity())
-    for mod in m.modules():
-        # "same" convolutions padded by a separate ZeroPad2d (EfficientNet's static padding):
-        # a symmetric pad becomes the convolution's own (no padded copy of the activation)
-        pad = getattr(mod, "static_padding", None)
-        if (isinstance(mod, nn.Conv2d) and isinstance(pad, nn.ZeroPad2d)
-                and len(set(pad.padding)) == 1 and tuple(mod.padding) == (0, 0)
-                and mod.padding_mode == "zeros"):
-            mod.padding = (pad.padding[0], pad.padding[0])
-            mod.static_padding = nn.Identity()
-        # activations in place: one activation-sized allocation less per layer
-        if isinstance(mod, (nn.ReLU, nn.ReLU6, nn.Hardtanh)):
-            mod.inplace = True
-    return m
-
-
 class LayerNet:
     """A model run up to ``layer`` (see the module docstring). Not for training: the copy is in
     eval mode with frozen weights. One forward at a time per copy (a lock)."""
@@ -155,6 +72,7 @@ class LayerNet:
         self.original, self.layer, self.module = module, layer, prepared
         self.channels_last, self.folded = channels_last, folded
         self._lock = lock
+        self._stop = StopEarly(prepared, [layer])
         p = next(prepared.parameters(), None)
         self.device = p.device if p is not None else torch.device("cpu")
 
@@ -164,17 +82,8 @@ class LayerNet:
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 3, S, S) → the layer's (N, C, H, W) output (autograd as the caller's context)."""
-        with self._lock, _stop_after(self.module, self.layer) as box:
-            try:
-                self.module(self._layout(x))
-            except _Stop:
-                pass
-        out = box.get("out")
-        if not isinstance(out, torch.Tensor) or out.dim() != 4:
-            from ..errors import VfsError
-
-            raise VfsError(f"layer {self.layer!r} does not output a 4-D feature map")
-        return out
+        with self._lock:
+            return self._stop(self._layout(x))[0]
 
     def features(self, xs, batch: int = DEFAULT_BATCH,
                  between: Callable[[int], None] | None = None) -> np.ndarray:
@@ -218,16 +127,9 @@ def _same_gradient(module: nn.Module, cand: LayerNet, x: torch.Tensor, layer: st
     activations and folding must not break autograd). The tolerance is loose on purpose: float
     rounding moves a few units across a ReLU's kink, and the original's own gradient moves by
     ~1 % (relative L2) for a 1e-5 change of its input; a broken backward is off by ~100 %."""
-    def original(xg):
-        with _stop_after(module, layer) as box:
-            try:
-                module(xg)
-            except _Stop:
-                pass
-        return box["out"]
-
+    original = StopEarly(module, [layer])
     try:
-        g_ref = _input_gradient(original, x)
+        g_ref = _input_gradient(lambda xg: original(xg)[0], x)
         g = _input_gradient(cand.forward, x)
     except RuntimeError:
         return False
@@ -245,30 +147,22 @@ def layer_net(lm, layer: str, size: int | None = None, fast: bool = True) -> Lay
     if not fast:
         return LayerNet(module, layer, module, False, 0, threading.Lock())
     with _NETS_LOCK:
-        entry = _NETS.get(module)
-        if entry is None:
-            entry = {"lock": threading.Lock(), "layers": {}}
-            _NETS[module] = entry
-        if layer in entry["layers"]:
-            return entry["layers"][layer]
+        entry = _NETS.setdefault(module, {})
+        if layer in entry:
+            return entry[layer]
         g = torch.Generator().manual_seed(0)
         x = torch.randn(2, 3, size, size, generator=g)
         ref = _reference(module, layer, x)
-        if "copy" not in entry:
-            pairs = _conv_bn_pairs(module, x, layer)
-            prepared = _fold(module, pairs)
-            for p in prepared.parameters():
-                p.requires_grad_(False)
-            entry["copy"], entry["pairs"] = prepared.eval(), pairs
+        # one copy per layer: the layer's own convolution keeps its BatchNorm after it
+        prepared, folded = prepare_copy(module, x[:1], keep=[layer], streamline=True)
         net = None
         scale = float(ref.abs().max()) or 1.0
         for cl in (True, False):
             if cl:
-                m = entry["copy"].to(memory_format=torch.channels_last)
-            else:  # a contiguous copy of its own (other layers may share the channels-last one)
-                m = copy.deepcopy(entry["copy"]).to(memory_format=torch.contiguous_format)
-            cand = LayerNet(module, layer, m, cl, len(entry["pairs"]),
-                            entry["lock"] if cl else threading.Lock())
+                m = prepared.to(memory_format=torch.channels_last)
+            else:
+                m = copy.deepcopy(prepared).to(memory_format=torch.contiguous_format)
+            cand = LayerNet(module, layer, m, cl, folded, threading.Lock())
             with torch.inference_mode():
                 got = cand.forward(x).permute(0, 2, 3, 1).float().cpu()
             if (got.shape == ref.shape and float((got - ref).abs().max()) <= 1e-3 * scale
@@ -277,7 +171,7 @@ def layer_net(lm, layer: str, size: int | None = None, fast: bool = True) -> Lay
                 break
         if net is None:  # folding changed the function (a conv output also used elsewhere)
             net = LayerNet(module, layer, module, False, 0, threading.Lock())
-        entry["layers"][layer] = net
+        entry[layer] = net
         return net
 
 

@@ -24,7 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .forward import LayerNet, _Stop, _stop_after, compose
+from ..forward import StopEarly
+from .forward import LayerNet, compose
 
 __all__ = ["occluded_features"]
 
@@ -81,11 +82,8 @@ def _chain(net: LayerNet, x: torch.Tensor):
     try:
         for name, m in cands:
             handles.append(m.register_forward_hook(hook(name)))
-        with torch.inference_mode(), _stop_after(net.module, net.layer):
-            try:
-                net.module(x)
-            except _Stop:
-                pass
+        with torch.inference_mode():
+            StopEarly(net.module, [net.layer])(x)
     finally:
         for h in handles:
             h.remove()
