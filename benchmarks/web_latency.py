@@ -2,8 +2,10 @@
 
     python benchmarks/web_latency.py [CACHE_DIR] [--n 50000] [--strokes 30] [--k 24]
 
-Builds (or reuses) a synthetic 8-bit cache of the default layer shape 7×7×320 (signed int8,
-no refine copy, a few real JPEG thumbnails of a few KB reused for every row), starts
+Builds (or reuses) a synthetic 8-bit cache (``--shape``, default 7×7×320; signed int8, no refine
+copy, a few real JPEG thumbnails of a few KB reused for every row) — or, with ``--tile-from
+CACHE --layer L``, a cache of N rows tiled from the real features and thumbnails of an indexed
+cache (8-bit + f32 refine, as indexing writes it) — starts
 ``vfsearch serve`` on it in a subprocess, and in headless chromium draws ~30 strokes of about
 3×3 feature cells on dataset images, timing each from the stroke's end (pointerup) until every
 result thumbnail and overlay is drawn. Prints p50/p95. Target: p95 ≤ 300 ms.
@@ -139,6 +141,10 @@ def main(argv=None) -> int:
     ap.add_argument("--shape", default=f"{H}x{W}x{C}",
                     help="layer grid and channels, e.g. 14x14x112 for the default layer blocks.10")
     ap.add_argument("--layer", default=LAYER, help="layer name stored in the synthetic cache")
+    ap.add_argument("--tile-from", type=Path, default=None, metavar="CACHE",
+                    help="build the N-image cache from this cache's real features of --layer "
+                         "(its images tiled to N rows, each copy rolled/mirrored, thumbnails "
+                         "copied; vfsearch.bench.build_tiled_cache) instead of synthetic ones")
     a = ap.parse_args(argv)
     H, W, C = (int(v) for v in a.shape.lower().split("x"))
     LAYER = a.layer
@@ -149,7 +155,18 @@ def main(argv=None) -> int:
         path = tmp / "synthetic.vfs"
     else:
         path = Path(a.cache).expanduser().resolve()
-    ensure_cache(path, a.n)
+    if a.tile_from is not None:
+        from vfsearch import open_cache
+        from vfsearch.bench import build_tiled_cache
+
+        src = open_cache(a.tile_from)
+        H, W = src.grid(LAYER)
+        C = src.layer_info(LAYER)["channels"]
+        build_tiled_cache(src, LAYER, a.n, path, log=lambda m: print(m, file=sys.stderr))
+        print(f"real features of {src.path} ({LAYER}, {H}x{W}x{C}) tiled to {a.n:,} rows",
+              file=sys.stderr)
+    else:
+        ensure_cache(path, a.n)
 
     port = _free_port()
     base = f"http://127.0.0.1:{port}"

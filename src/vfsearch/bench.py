@@ -422,12 +422,14 @@ def build_tiled_cache(src, layer: str, n: int, path, vary: bool = True,
                             "kind": "synthetic"}
         model, wh, tr, root, paths, labels, sizes = "synthetic", "0", Transform(), Path("/"), \
             None, None, None
+        thumbs = None
     else:
         ids = np.flatnonzero(src.valid)[:sources]
         feats = src.rows_features(layer, ids)
         info = src.meta["layer_info"][layer]
         model, wh, tr, root = src.model, src.weights_hash, src.transform, src.image_root
         paths, labels, sizes = src.paths[ids], src.labels[ids], src.sizes[ids]
+        thumbs = np.array(src.thumbnails(ids), dtype=object)
     feats = feats[:sources] if sources else feats
     M = len(feats)
     stamp = {"n": n, "vary": vary, "sources": M, "layer": layer, "model": model,
@@ -446,7 +448,8 @@ def build_tiled_cache(src, layer: str, n: int, path, vary: bool = True,
         ids = np.arange(s, min(n, s + 1024))
         kw = {}
         if paths is not None:
-            kw = {"path": paths[ids % M], "label": labels[ids % M], "size": sizes[ids % M]}
+            kw = {"path": paths[ids % M], "label": labels[ids % M], "size": sizes[ids % M],
+                  "thumb": thumbs[ids % M]}
         else:
             kw = {"path": [f"{i}" for i in ids], "label": [str(i % M) for i in ids],
                   "size": [(224, 224)] * len(ids)}
