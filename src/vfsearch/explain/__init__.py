@@ -20,6 +20,11 @@ of the network with BatchNorm folded, run up to the searched layer only, batched
 ``torch.inference_mode`` (the mask's forward keeps autograd, for the mask only). A running
 explanation reports ``progress`` and stops on ``cancel`` (:class:`~vfsearch.errors.Cancelled`).
 
+A global query ("similar images": the cosine of mean-pooled vectors) is explained by its own
+score: ``exact`` splits the pooled cosine over the result's cells, the query's cells and the
+channels (:func:`~.exact.pooled_shares`), and the black boxes perturb with the pooled-cosine
+scorer.
+
 Every explainer has one signature, ``explain(query, result_id) -> Explanation``, and declares
 its parameters (:data:`METHODS`, :func:`method_info`, :func:`check_params`); model hooks are
 removed in ``finally``. Insertion / deletion AUCs measure any saliency map: deletion blurs the
@@ -42,7 +47,13 @@ from .base import (
     register,
 )
 from .blackbox import ModelExplainer, OcclusionExplainer, RISEExplainer
-from .exact import ExactExplainer, FeatureOcclusionExplainer, cell_shares, top_patches
+from .exact import (
+    ExactExplainer,
+    FeatureOcclusionExplainer,
+    cell_shares,
+    pooled_shares,
+    top_patches,
+)
 from .lime import LIMEExplainer
 from .mask import MaskExplainer
 from .render import render_on_thumbnail, render_overlay
@@ -66,6 +77,7 @@ __all__ = [
     "insertion_deletion",
     "method_info",
     "needs_query_image",
+    "pooled_shares",
     "register",
     "render_on_thumbnail",
     "render_overlay",

@@ -249,8 +249,10 @@ def explain(cache: FeatureCache, query: Query, result_id: int, method: str = "ex
     batches with :class:`~vfsearch.errors.Cancelled` (nothing is memoised then)."""
     checked = check_params(method, params)
     qimg = checked.pop("query_image", None)
-    key = (str(cache.path), query.layer, query.source_id, query.weights.tobytes(),
-           hash(query.features.tobytes()), int(result_id), method, tuple(sorted(checked.items())),
+    key = (str(cache.path), query.layer, query.source_id, query.mode, query.weights.tobytes(),
+           hash(query.features.tobytes()),
+           None if query.pooled is None else query.pooled.tobytes(),
+           int(result_id), method, tuple(sorted(checked.items())),
            None if qimg is None else id(qimg))
     if use_cache:
         with _RESULTS_LOCK:

@@ -16,6 +16,7 @@ import torch
 from PIL import Image, ImageFilter
 
 from ..cache import FeatureCache
+from ..engine.global_search import pooled_cosine
 from ..engine.query import Query
 from ..engine.searcher import exact_scores
 from ..errors import BadQuery
@@ -56,14 +57,17 @@ def image_for(cache: FeatureCache, i: int) -> Image.Image:
 
 
 class Scorer:
-    """Region scores of perturbed images through a :class:`~.forward.LayerNet`: perturbed
-    results against the query region, or perturbed query images (same region) against a fixed
-    result feature map. ``ctl`` is checked between batches."""
+    """Scores of perturbed images through a :class:`~.forward.LayerNet`, as the search scores
+    the match: perturbed results against the query, or perturbed query images against a fixed
+    result (``ref``: its feature map, or for a global query its pooled vector). A region or
+    whole-image query scores by the region cosine at the best offset, a global one by the
+    cosine of mean-pooled vectors. ``ctl`` is checked between batches."""
 
     def __init__(self, net: LayerNet, q: Query, batch: int, ctl: Control | None = None):
         self.net, self.q, self.batch = net, q, batch
         self.ctl = ctl or Control()
         self.forwards = 0
+        self.pooled = q.mode == "global"
 
     def _between(self, _done: int) -> None:
         self.ctl.check()
@@ -76,13 +80,22 @@ class Scorer:
         return self.result_scores(self.features(xs))
 
     def result_scores(self, feats: np.ndarray) -> np.ndarray:
+        if self.pooled:
+            return pooled_cosine(_mean_pool(feats), self.q.pooled)
         return exact_scores(feats, self.q.weights, self.q.features)[0]
 
     def queries(self, xs, ref: np.ndarray) -> np.ndarray:
         return self.query_scores(self.features(xs), ref)
 
     def query_scores(self, feats: np.ndarray, ref: np.ndarray) -> np.ndarray:
+        if self.pooled:
+            ref = ref if ref.ndim == 1 else _mean_pool(ref[None])[0]
+            return pooled_cosine(_mean_pool(feats), ref)
         return np.array([exact_scores(ref[None], self.q.weights, f)[0][0] for f in feats])
+
+
+def _mean_pool(feats: np.ndarray) -> np.ndarray:
+    return np.asarray(feats, np.float64).mean(axis=(1, 2))
 
 
 class ModelExplainer(Explainer):
@@ -101,6 +114,9 @@ class ModelExplainer(Explainer):
         scorer = Scorer(net, q, self.params.get("batch_size", DEFAULT_BATCH), ctl)
         self.result_image = image_for(self.cache, rid)
         x, xb = input_arrays(self.result_image, self.cache.transform)
+        if q.mode == "global":  # the match's score: its stored pooled vector's cosine
+            ref = np.asarray(self.cache.pooled(q.layer, [rid])[0], np.float64)
+            return scorer, x, xb, ref, float(pooled_cosine(ref[None], q.pooled)[0]), (0, 0)
         ref = self._result_features(q, rid)
         best, off, _ = exact_scores(ref[None], q.weights, q.features)
         return scorer, x, xb, ref, float(best[0]), offset_rc(off[0], q.grid, q.cell_box[3])

@@ -11,7 +11,8 @@ from ..engine.searcher import exact_scores
 from ..geometry import offset_rc
 from .base import Explainer, Explanation, Param, register
 
-__all__ = ["ExactExplainer", "FeatureOcclusionExplainer", "cell_shares", "top_patches"]
+__all__ = ["ExactExplainer", "FeatureOcclusionExplainer", "cell_shares", "pooled_shares",
+           "top_patches"]
 
 
 def cell_shares(q: Query, feats: np.ndarray):
@@ -30,9 +31,36 @@ def cell_shares(q: Query, feats: np.ndarray):
     return float(best[0]), (a, b), ys, xs, per
 
 
+def pooled_shares(qvec: np.ndarray, feats: np.ndarray, pooled: np.ndarray | None = None):
+    """The exact split of a global score, the cosine of ``pooled`` (the image's stored
+    mean-pooled vector; default: the mean of ``feats``) with ``qvec``, over the image's cells
+    and channels: (cells (H, W), channels (C,), residual); each sums to the cosine.
+
+    cos = q̂·p/|p| = Σᵢ q̂·(fᵢ + e)/(HW·|p|) with e = p − mean(f): each cell's share is its
+    features' dot product with the unit query vector, the cells' common residual ``e`` (zero
+    when ``feats`` are the exact features; the 8-bit rounding of a cache without a float copy
+    otherwise) spread evenly; ``residual`` = q̂·e/|p|, its part of the score."""
+    f = np.asarray(feats, np.float64)
+    H, W = f.shape[:2]
+    mean = f.mean(axis=(0, 1))
+    p = mean if pooled is None else np.asarray(pooled, np.float64).reshape(-1)
+    n = float(np.linalg.norm(p))
+    qn = float(np.linalg.norm(np.asarray(qvec, np.float64)))
+    if n == 0 or qn == 0:
+        return np.zeros((H, W)), np.zeros(f.shape[-1]), 0.0
+    qh = np.asarray(qvec, np.float64).reshape(-1) / qn
+    e = p - mean
+    cells = ((f + e) @ qh) / (H * W * n)
+    return cells, qh * p / n, float(e @ qh / n)
+
+
 @register
 class ExactExplainer(Explainer):
-    """Signed share of each query cell / matched cell / channel in the score (they sum to it)."""
+    """Signed share of each query cell / matched cell / channel in the score (they sum to it).
+
+    For a global query (the cosine of mean-pooled vectors) the score splits over the result's
+    cells, over the query's cells and over the channels (:func:`pooled_shares`); each sums to
+    the match's global score."""
 
     name = "exact"
     title = "exact shares"
@@ -41,7 +69,33 @@ class ExactExplainer(Explainer):
         Param("patches", int, 6, "most-activating dataset patches per channel", 0, 32),
     )
 
+    def _channels(self, q, chan: np.ndarray) -> list[dict]:
+        top = np.argsort(-chan)[: self.params["top_channels"]]
+        return [{"channel": int(c), "share": float(chan[c]),
+                 "patches": top_patches(self.cache, q.layer, int(c), self.params["patches"])}
+                for c in top]
+
+    def _explain_global(self, q, rid):
+        from ..engine.global_search import pooled_cosine
+
+        feats = self._result_features(q, rid)
+        rvec = np.asarray(self.cache.pooled(q.layer, [rid])[0], np.float64)
+        score = float(pooled_cosine(rvec[None], q.pooled)[0])  # the match's global score
+        rmap, chan, resid = pooled_shares(q.pooled, feats, rvec)
+        qmap, _, qresid = pooled_shares(rvec, q.features, q.pooled)
+        H, W = rmap.shape
+        return Explanation("exact", rid, score, (0, 0), rmap, qmap, "grid", extra={
+            "cell_shares": [{"result_cell": [int(y), int(x)], "share": float(rmap[y, x])}
+                            for y in range(H) for x in range(W)],
+            "query_cell_shares": [{"query_cell": [int(y), int(x)], "share": float(qmap[y, x])}
+                                  for y in range(qmap.shape[0]) for x in range(qmap.shape[1])],
+            "channel_share_sum": float(chan.sum()), "top_channels": self._channels(q, chan),
+            "global": True, "pooled_residual": resid, "query_pooled_residual": qresid,
+        })
+
     def _explain(self, q, rid, progress):
+        if q.mode == "global":
+            return self._explain_global(q, rid)
         feats = self._result_features(q, rid)
         score, (a, b), ys, xs, per = cell_shares(q, feats)
         H, W = q.weights.shape
@@ -52,10 +106,7 @@ class ExactExplainer(Explainer):
         qmap[ys, xs] = cell
         rmap[ys - r0 + a, xs - c0 + b] = cell
         chan = per.sum(0)
-        top = np.argsort(-chan)[: self.params["top_channels"]]
-        channels = [{"channel": int(c), "share": float(chan[c]),
-                     "patches": top_patches(self.cache, q.layer, int(c), self.params["patches"])}
-                    for c in top]
+        channels = self._channels(q, chan)
         return Explanation("exact", rid, score, (a, b), rmap, qmap, "grid", extra={
             "cell_shares": [{"query_cell": [int(y), int(x)],
                              "result_cell": [int(y - r0 + a), int(x - c0 + b)],
@@ -86,18 +137,27 @@ def top_patches(cache: FeatureCache, layer: str, channel: int, n: int = 6) -> li
     return out
 
 
-
-
 @register
 class FeatureOcclusionExplainer(Explainer):
     """Drop in score when one cell of the result's feature map is zeroed (re-scored over all
-    offsets, so the match may move)."""
+    offsets, so the match may move; for a global query, the pooled cosine with that cell's
+    features taken out of the mean)."""
 
     name = "feature"
     title = "feature-map occlusion"
 
     def _explain(self, q, rid, progress):
         feats = self._result_features(q, rid)
+        if q.mode == "global":
+            from ..engine.global_search import pooled_cosine
+
+            H, W, _ = feats.shape
+            p = np.asarray(self.cache.pooled(q.layer, [rid])[0], np.float64)
+            base = float(pooled_cosine(p[None], q.pooled)[0])
+            occluded = p[None] - feats.reshape(H * W, -1).astype(np.float64) / (H * W)
+            sal = (base - pooled_cosine(occluded, q.pooled)).reshape(H, W)
+            return Explanation("feature", rid, base, (0, 0), sal, None, "grid",
+                               extra={"global": True})
         best, off, maps = exact_scores(feats[None], q.weights, q.features)
         H, W, _ = feats.shape
         occluded = np.repeat(feats[None], H * W, axis=0)

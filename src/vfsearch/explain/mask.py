@@ -12,7 +12,7 @@ from ..errors import BadParameter
 from .base import Explanation, Param, register
 from .blackbox import _AUC, _MODE, ModelExplainer
 
-__all__ = ["MaskExplainer", "RegionScore"]
+__all__ = ["MaskExplainer", "PooledScore", "RegionScore"]
 
 
 class RegionScore:
@@ -45,6 +45,24 @@ class RegionScore:
         return s.flatten(1).max(1).values
 
 
+class PooledScore:
+    """The global score (cosine of mean-pooled feature maps) as a differentiable torch function
+    of feature maps (N, C, H, W), with :class:`RegionScore`'s interface."""
+
+    def query(self, qmap: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(1, C, H, W) query feature map → (its pooled vector (C,), its norm)."""
+        v = qmap[0].mean(dim=(1, 2))
+        return v, v.norm()
+
+    def vector(self, pooled: np.ndarray, device) -> tuple[torch.Tensor, torch.Tensor]:
+        v = torch.from_numpy(np.asarray(pooled, np.float32)).to(device)
+        return v, v.norm()
+
+    def __call__(self, fmap: torch.Tensor, qv: torch.Tensor, qnorm: torch.Tensor) -> torch.Tensor:
+        p = fmap.mean(dim=(2, 3))  # (N, C)
+        return (p @ qv) / (qnorm * p.norm(dim=1)).clamp_min(1e-12)
+
+
 def _tv(m: torch.Tensor, beta: float) -> torch.Tensor:
     dy = (m[..., 1:, :] - m[..., :-1, :]).abs().pow(beta).mean()
     dx = (m[..., :, 1:] - m[..., :, :-1]).abs().pow(beta).mean()
@@ -65,7 +83,9 @@ class MaskExplainer(ModelExplainer):
     with TV(m) the mean of |∇m|^``tv_beta`` (Fong & Vedaldi use β = 3). ``mode="fixed"``
     perturbs the result only (the query region's features stay those of the search);
     ``mode="both"`` learns a mask on the query image and one on the result jointly, the score
-    being that of the perturbed query region against the perturbed result. Gradients flow to
+    being that of the perturbed query region against the perturbed result. The score is the
+    search's: the region cosine at the best offset, or for a global query the cosine of the
+    mean-pooled maps (:class:`PooledScore`). Gradients flow to
     the masks only, through a forward that stops at the searched layer. The objective's values
     are kept in ``extra["objective"]`` (first, every ``iterations``/50-th, last).
     """
@@ -99,7 +119,8 @@ class MaskExplainer(ModelExplainer):
         size, iters = self.params["size"], self.params["iterations"]
         preserve = self.params["objective"] == "preserve"
         l1, tv, beta = self.params["l1"], self.params["tv"], self.params["tv_beta"]
-        score_fn = RegionScore(q.weights)
+        glob = q.mode == "global"  # the search's own score: pooled cosine, else region cosine
+        score_fn = PooledScore() if glob else RegionScore(q.weights)
         dev = net.device
         xs = [torch.from_numpy(x).to(dev)]
         xbs = [torch.from_numpy(xb).to(dev)]
@@ -109,7 +130,9 @@ class MaskExplainer(ModelExplainer):
             xbs.insert(0, torch.from_numpy(qxb).to(dev))
         X, XB = torch.stack(xs), torch.stack(xbs)
         fixed_filt = None
-        if not both:
+        if not both and glob:
+            fixed_filt = score_fn.vector(q.pooled, dev)
+        elif not both:
             qmap = torch.from_numpy(np.ascontiguousarray(q.features.transpose(2, 0, 1)))[None]
             fixed_filt = score_fn.query(qmap.to(dev))
         m = torch.full((len(xs), 1, size, size), 0.5, device=dev, requires_grad=True)
