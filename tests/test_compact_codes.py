@@ -23,9 +23,9 @@ def _mask(rng, full=False):
     return w
 
 
-def _check(feats, weights, qfeat, basis, bits, k, exclude=None):
+def _check(feats, weights, qfeat, basis, bits, k, exclude=None, **kw):
     truth = exact_scores(feats, weights, qfeat)[0]
-    c = cd.encode(feats, basis, bits=bits, block=37)
+    c = cd.encode(feats, basis, bits=bits, block=37, **kw)
     lower, upper = cd.bounds(c, weights, qfeat, block=29)
     assert lower.shape == upper.shape == (len(feats),)
     assert np.all(lower <= truth + 1e-7), "lower bound above the exact score"
@@ -44,9 +44,11 @@ def _check(feats, weights, qfeat, basis, bits, k, exclude=None):
     return len(cand), float(np.median(upper - lower))
 
 
-@pytest.mark.parametrize("d,bits", [(4, 8), (12, 8), (C, 8), (6, 4), (C, 4), (C, 6)])
+@pytest.mark.parametrize("d,bits,kw", [(4, 8, {}), (12, 8, {}), (C, 8, {}), (6, 4, {}),
+                                       (C, 4, {}), (C, 6, {}), (12, 5, {"qerr": True}),
+                                       (C, 4, {"qerr": True}), (C, 5, {"clip": 0.9})])
 @pytest.mark.parametrize("signed", [True, False])
-def test_bounds_and_exact_topk_random(d, bits, signed):
+def test_bounds_and_exact_topk_random(d, bits, kw, signed):
     rng = np.random.default_rng(d * 10 + bits + signed)
     f = rng.standard_normal((160, H, W, C)).astype(np.float32)
     if not signed:
@@ -58,8 +60,8 @@ def test_bounds_and_exact_topk_random(d, bits, signed):
     np.testing.assert_allclose(basis @ basis.T, np.eye(d), atol=1e-12)
     w = _mask(rng)
     q = f[7]
-    _check(f, w, q, basis, bits, k=10, exclude=[7])
-    _check(f, w, rng.standard_normal((H, W, C)).astype(np.float32), basis, bits, k=5)
+    _check(f, w, q, basis, bits, k=10, exclude=[7], **kw)
+    _check(f, w, rng.standard_normal((H, W, C)).astype(np.float32), basis, bits, k=5, **kw)
 
 
 def test_full_dims_8bit_prunes_and_small_d_is_loose():
@@ -76,8 +78,9 @@ def test_full_dims_8bit_prunes_and_small_d_is_loose():
     assert width_small > 10 * width_full and n_small >= n_full
 
 
-@pytest.mark.parametrize("d,bits", [(6, 8), (C, 8), (C, 4)])
-def test_adversarial_near_ties(d, bits):
+@pytest.mark.parametrize("d,bits,kw", [(6, 8, {}), (C, 8, {}), (C, 4, {}), (C, 4, {"qerr": True}),
+                                       (C, 6, {"clip": 0.8})])
+def test_adversarial_near_ties(d, bits, kw):
     """Many near-identical images (one base map plus noise of 1e-6 .. 1e-3, exact duplicates,
     shifted copies): the codes cannot tell them apart, the re-rank must, ties broken by id."""
     rng = np.random.default_rng(40 + d + bits)
@@ -94,8 +97,25 @@ def test_adversarial_near_ties(d, bits):
     w = _mask(rng)
     q = base + np.float32(1e-4) * rng.standard_normal((H, W, C)).astype(np.float32)
     for k in (1, 10, 25):
-        ncand, _ = _check(f, w, q, basis, bits, k=k)
+        ncand, _ = _check(f, w, q, basis, bits, k=k, **kw)
         assert ncand >= k
+
+
+def test_stored_qerr_tightens_the_bound():
+    """Storing each cell's quantisation error norm never loosens the bound (the min of the box
+    and the Cauchy-Schwarz forms) and adds 2 bytes per cell."""
+    rng = np.random.default_rng(9)
+    f = rng.standard_normal((80, H, W, C)).astype(np.float32)
+    w = _mask(rng, full=True)
+    basis = np.eye(C)
+    plain, withq = cd.encode(f, basis, bits=5), cd.encode(f, basis, bits=5, qerr=True)
+    assert withq.bytes_per_image == plain.bytes_per_image + 2 * H * W
+    lo0, up0 = cd.bounds(plain, w, f[3])
+    lo1, up1 = cd.bounds(withq, w, f[3])
+    assert np.all(up1 <= up0 + 1e-6) and np.all(lo1 >= lo0 - 1e-6)
+    assert np.median(up1 - lo1) < np.median(up0 - lo0)
+    with pytest.raises(BadParameter):
+        cd.encode(f, basis, clip=0)
 
 
 def test_errors():

@@ -13,6 +13,9 @@ see :mod:`vfsearch.engine.kernel`), at each offset o::
     <q_k, x> = <P q_k, s c> + <P q_k, P x - s c> + <q_k - P^T P q_k, x - P^T P x>
              within  <P q_k, s c>  +-  (s / 2) |P q_k|_1  +  |q_k_perp| * resid
 
+(optionally also ``qerr`` >= |P x - s c| per cell, rounded up: the quantisation term is then
+min((s / 2) |P q_k|_1, |P q_k| qerr), and with ``clip`` < 1 the scale is set by a quantile of
+|P x| so that the largest values are clipped and only the second, Cauchy-Schwarz, form holds),
 so num(o) = sum_k m_k^2 <q_k, x> lies in [num^ - err, num^ + err] and den(o) = sum_k m_k^2 |x|^2
 in [den_lo, den_hi]; the score num / (|q| sqrt(den)) then lies in an interval, and an image's
 score (the max over offsets) lies in [max_o lower(o), max_o upper(o)]. Float rounding of the
@@ -88,6 +91,8 @@ class Codes:
     norm_lo: np.ndarray
     basis: np.ndarray
     bits: int = 8
+    qerr: np.ndarray | None = None  # (n, H, W) float16 >= |P x - s c|, when stored
+    clipped: bool = False  # scales from a quantile: codes clipped, only the qerr bound holds
 
     def __len__(self) -> int:
         return len(self.scale)
@@ -106,17 +111,23 @@ class Codes:
         whole bytes) plus three float16 scalars per cell. Only 4-bit codes are held packed by
         this prototype (others in one int8 each: :attr:`held_bytes_per_image`)."""
         H, W = self.grid
-        return H * W * (-(-self.d * self.bits // 8) + 3 * 2)
+        return H * W * (-(-self.d * self.bits // 8) + self._scalars * 2)
+
+    @property
+    def _scalars(self) -> int:
+        return 3 if self.qerr is None else 4
 
     @property
     def held_bytes_per_image(self) -> int:
         """Bytes one image takes in this prototype's arrays."""
         H, W = self.grid
-        return int(self.codes[0].nbytes) + 3 * 2 * H * W
+        return int(self.codes[0].nbytes) + self._scalars * 2 * H * W
 
     @property
     def nbytes(self) -> int:
-        return self.codes.nbytes + self.scale.nbytes + self.resid.nbytes + self.norm_lo.nbytes
+        extra = 0 if self.qerr is None else self.qerr.nbytes
+        return (self.codes.nbytes + self.scale.nbytes + self.resid.nbytes + self.norm_lo.nbytes
+                + extra)
 
     def unpack(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Integer codes of rows [start, stop) as float32 (m, H, W, d)."""
@@ -130,13 +141,21 @@ class Codes:
     def concat(parts: list["Codes"]) -> "Codes":
         p0 = parts[0]
         cat = lambda name: np.concatenate([getattr(p, name) for p in parts])  # noqa: E731
-        return Codes(cat("codes"), cat("scale"), cat("resid"), cat("norm_lo"), p0.basis, p0.bits)
+        qerr = None if p0.qerr is None else cat("qerr")
+        return Codes(cat("codes"), cat("scale"), cat("resid"), cat("norm_lo"), p0.basis, p0.bits,
+                     qerr, p0.clipped)
 
 
-def encode(feats, basis: np.ndarray, *, bits: int = 8, block: int = 256) -> Codes:
-    """Codes of float feature maps ``feats`` (n, H, W, C) on ``basis`` (d, C)."""
+def encode(feats, basis: np.ndarray, *, bits: int = 8, block: int = 256, qerr: bool = False,
+           clip: float = 1.0) -> Codes:
+    """Codes of float feature maps ``feats`` (n, H, W, C) on ``basis`` (d, C); ``qerr`` stores
+    the norm of each cell's quantisation error too, ``clip`` < 1 sets each cell's scale from
+    that quantile of |P x| (clipping the largest values; implies ``qerr``)."""
     if bits not in _QMAX:
         raise BadParameter(f"bits must be in 2..8, got {bits}", param="bits")
+    if not 0 < clip <= 1:
+        raise BadParameter(f"clip must be in (0, 1], got {clip}", param="clip")
+    qerr = qerr or clip < 1
     feats = np.asarray(feats)
     if feats.ndim != 4 or feats.shape[3] != basis.shape[1]:
         raise BadParameter(f"feats must be (n, H, W, {basis.shape[1]}), got {feats.shape}",
@@ -148,6 +167,7 @@ def encode(feats, basis: np.ndarray, *, bits: int = 8, block: int = 256) -> Code
     scale = np.empty((n, H, W), np.float16)
     resid = np.empty((n, H, W), np.float16)
     norm_lo = np.empty((n, H, W), np.float16)
+    qe = np.empty((n, H, W), np.float16) if qerr else None
     for s in range(0, n, block):
         x = np.asarray(feats[s:s + block], dtype=np.float64)
         y = x @ basis.T  # (b, H, W, d)
@@ -155,9 +175,18 @@ def encode(feats, basis: np.ndarray, *, bits: int = 8, block: int = 256) -> Code
         # float64 rounding of r and |x| (~1e-15 relative to |x|): covered by the 1e-12 |x| margins
         r = np.sqrt(np.einsum("...c,...c->...", xp, xp))
         nx = np.sqrt(np.einsum("...c,...c->...", x, x))
-        sc = _f16_up(np.abs(y).max(-1) / qmax)
+        ay = np.abs(y)
+        top = ay.max(-1)
+        if clip < 1:  # a zero quantile (sparse cell): keep the max
+            qt = np.quantile(ay, clip, axis=-1)
+            top = np.where(qt > 0, qt, top)
+        sc = _f16_up(top / qmax)
         sc[sc == 0] = np.float16(1)
         c = np.clip(np.rint(y / sc.astype(np.float64)[..., None]), -qmax, qmax).astype(np.int8)
+        if qe is not None:
+            ey = y - c * sc.astype(np.float64)[..., None]
+            ny = np.sqrt(np.einsum("...c,...c->...", y, y))
+            qe[s:s + block] = _f16_up(np.sqrt(np.einsum("...c,...c->...", ey, ey)) + 1e-12 * ny)
         if bits == 4:
             if d % 2:
                 c = np.concatenate([c, np.zeros(c.shape[:-1] + (1,), np.int8)], -1)
@@ -167,7 +196,8 @@ def encode(feats, basis: np.ndarray, *, bits: int = 8, block: int = 256) -> Code
         scale[s:s + block] = sc
         resid[s:s + block] = _f16_up(r + 1e-12 * nx)
         norm_lo[s:s + block] = _f16_down(nx * (1 - 1e-12))
-    return Codes(codes, scale, resid, norm_lo, np.asarray(basis, np.float64), bits)
+    return Codes(codes, scale, resid, norm_lo, np.asarray(basis, np.float64), bits, qe,
+                 clip < 1)
 
 
 def _query_terms(codes: Codes, weights, qfeat):
@@ -202,6 +232,7 @@ def bounds(codes: Codes, weights, qfeat, *, block: int = 1024, start: int = 0,
     Qt = np.ascontiguousarray((pq * m2[:, None]).T.astype(np.float32))  # (d, K)
     a = (m2 * 0.5 * np.abs(pq).sum(1)).astype(np.float32)  # quantisation term per unit scale
     b = (m2 * qperp).astype(np.float32)  # residual term per unit resid
+    cq = (m2 * np.sqrt(np.einsum("kd,kd->k", pq, pq))).astype(np.float32)  # per unit qerr
     m2f = m2.astype(np.float32)
     nxt = np.float16(np.inf)
     for s in range(start, stop, block):
@@ -210,6 +241,7 @@ def bounds(codes: Codes, weights, qfeat, *, block: int = 1024, start: int = 0,
         sc = codes.scale[s:e].astype(np.float32)
         G *= sc[..., None]
         r = codes.resid[s:e].astype(np.float32)
+        qe = None if codes.qerr is None else codes.qerr[s:e].astype(np.float32)
         nl16 = codes.norm_lo[s:e]
         nl = nl16.astype(np.float32)
         nh = np.nextafter(nl16, nxt).astype(np.float32)
@@ -223,7 +255,12 @@ def bounds(codes: Codes, weights, qfeat, *, block: int = 1024, start: int = 0,
         for k in range(len(m2)):
             sl = (slice(None), slice(dy[k], dy[k] + A), slice(dx[k], dx[k] + B))
             num += G[sl + (k,)]
-            err += a[k] * sc[sl] + b[k] * r[sl]
+            if qe is None:
+                err += a[k] * sc[sl] + b[k] * r[sl]
+            elif codes.clipped:
+                err += cq[k] * qe[sl] + b[k] * r[sl]
+            else:
+                err += np.minimum(a[k] * sc[sl], cq[k] * qe[sl]) + b[k] * r[sl]
             dlo += m2f[k] * nl[sl]
             dhi += m2f[k] * nh[sl]
         sdlo, sdhi = np.sqrt(dlo), np.sqrt(dhi)
