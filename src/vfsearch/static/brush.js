@@ -297,19 +297,15 @@ export class Brush extends EventTarget {
   canUndo() { return this._undo.length > 0; }
   canRedo() { return this._redo.length > 0; }
 
-  undo() {
-    if (!this._undo.length) return false;
-    this._redo.push(this.mask);
-    this.mask = this._undo.pop();
-    this._changed(0, 0, this.w, this.h, "undo", true);
-    return true;
-  }
+  undo() { return this._step(this._undo, this._redo, "undo"); }
+  redo() { return this._step(this._redo, this._undo, "redo"); }
 
-  redo() {
-    if (!this._redo.length) return false;
-    this._undo.push(this.mask);
-    this.mask = this._redo.pop();
-    this._changed(0, 0, this.w, this.h, "redo", true);
+  /** Undo or redo: the latest mask of `from` becomes the mask, the current one goes on `to`. */
+  _step(from, to, what) {
+    if (!from.length) return false;
+    to.push(this.mask);
+    this.mask = from.pop();
+    this._changed(0, 0, this.w, this.h, what, true);
     return true;
   }
 

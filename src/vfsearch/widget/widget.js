@@ -125,31 +125,24 @@ async function render({ model, el: root }) {
   brush.addEventListener("history", syncUi);
   brush.addEventListener("toolchange", syncUi);
 
-  const onImage = () => loadImage();
-  const onTool = () => { brush.setTool(model.get("tool")); syncUi(); };
-  const onSize = () => { brush.setSize(model.get("size")); syncUi(); };
-  const onHard = () => brush.setHardness(model.get("hardness"));
-  const onPush = () => applyPythonMask();
-  model.on("change:image_data", onImage);
-  model.on("change:tool", onTool);
-  model.on("change:size", onSize);
-  model.on("change:hardness", onHard);
-  model.on("change:_mask_push", onPush);
-  model.on("change:display_width", syncUi);
-  model.on("change:label", syncUi);
+  // model change → handler; registered here, removed again when the view goes away
+  const handlers = [
+    ["change:image_data", () => loadImage()],
+    ["change:tool", () => { brush.setTool(model.get("tool")); syncUi(); }],
+    ["change:size", () => { brush.setSize(model.get("size")); syncUi(); }],
+    ["change:hardness", () => brush.setHardness(model.get("hardness"))],
+    ["change:_mask_push", () => applyPythonMask()],
+    ["change:display_width", syncUi],
+    ["change:label", syncUi],
+  ];
+  for (const [event, fn] of handlers) model.on(event, fn);
 
   brush.setTool(model.get("tool"));
   syncUi();
   loadImage();
 
   return () => {
-    model.off("change:image_data", onImage);
-    model.off("change:tool", onTool);
-    model.off("change:size", onSize);
-    model.off("change:hardness", onHard);
-    model.off("change:_mask_push", onPush);
-    model.off("change:display_width", syncUi);
-    model.off("change:label", syncUi);
+    for (const [event, fn] of handlers) model.off(event, fn);
     brush.destroy();
     if (imgUrl) URL.revokeObjectURL(imgUrl);
   };

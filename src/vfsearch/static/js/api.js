@@ -67,6 +67,38 @@ export function primeThumbs(cache, thumbs) {
   }
 }
 
+// -- server jobs --------------------------------------------------------------------------------
+/** "12 % · 3 s": how far a running job is. */
+export const jobProgress = (j) => `${(100 * j.progress).toFixed(0)} % · ${j.seconds.toFixed(0)} s`;
+
+/** Fill a progress bar (its <i> is the bar, its <span> the text); no bar, nothing to do. */
+export function showProgress(bar, fraction, text) {
+  if (!bar) return;
+  $("i", bar).style.width = `${(100 * fraction).toFixed(0)}%`;
+  $("span", bar).textContent = text;
+}
+
+/** Follow server job `job`: poll it (first after `first` ms, then every `every` ms) while
+ * `current()` holds; at each poll that finds it running, "`text`… 12 % · 3 s" in element `info`
+ * and the progress in bar `bar` (selectors); `ended(j)` once it is done or failed. The pending
+ * timer lives in `owner.poll` (cleared first: a new job replaces the one followed before). */
+export function followJob(job, owner, { current, info, bar, text, ended, first, every }) {
+  clearTimeout(owner.poll);
+  const tick = async () => {
+    let j;
+    try { j = await api(`/api/jobs/${job}`); } catch (e) { reportError(e); return; }
+    if (!current()) return;
+    if (j.status === "running") {
+      $(info).textContent = `${text}… ${jobProgress(j)}`;
+      showProgress($(bar), j.progress, jobProgress(j));
+      owner.poll = setTimeout(tick, every);
+      return;
+    }
+    ended(j);
+  };
+  owner.poll = setTimeout(tick, first);
+}
+
 // -- toast / status -----------------------------------------------------------------------------
 let toastTimer;
 export function toast(msg, kind = "error") {

@@ -7,7 +7,7 @@
 // A concept search has no query image: S.concept holds it while it is the query, and any action on
 // the query image (picking one, a tool, a brush key, the feature choice) leaves it.
 import { $, $$, el, fmt, dpr } from "./util.js";
-import { api, enc, thumbURL, loadImage, toast, reportError } from "./api.js";
+import { api, enc, thumbURL, loadImage, toast, reportError, followJob } from "./api.js";
 import { S, choiceKey, choiceLabel, layerInfo, queryMode } from "./state.js";
 import { brush, renderQueryMeta } from "./query.js";
 import { runSearch, clearResults } from "./search.js";
@@ -106,26 +106,14 @@ async function compute() {
 }
 
 function pollJob(job, key) {
-  clearTimeout(CONCEPTS.poll);
-  const tick = async () => {
-    let j;
-    try { j = await api(`/api/jobs/${job}`); } catch (e) { reportError(e); return; }
-    if (CONCEPTS.key !== key) return;
-    if (j.status === "running") {
-      const pct = `${(100 * j.progress).toFixed(0)} % · ${j.seconds.toFixed(0)} s`;
-      $("#cn-info").textContent = `computing concepts… ${pct}`;
-      const bar = $("#cn-progress");
-      if (bar) {
-        $("i", bar).style.width = `${(100 * j.progress).toFixed(0)}%`;
-        $("span", bar).textContent = pct;
-      }
-      CONCEPTS.poll = setTimeout(tick, 600);
-      return;
-    }
-    if (j.status === "error") toast(`computing the concepts failed: ${j.error}`);
-    refreshConcepts(true).catch(reportError);
-  };
-  CONCEPTS.poll = setTimeout(tick, 300);
+  followJob(job, CONCEPTS, {
+    first: 300, every: 600, current: () => CONCEPTS.key === key,
+    info: "#cn-info", bar: "#cn-progress", text: "computing concepts",
+    ended: (j) => {
+      if (j.status === "error") toast(`computing the concepts failed: ${j.error}`);
+      refreshConcepts(true).catch(reportError);
+    },
+  });
 }
 
 function setMethod(m) {

@@ -2,7 +2,7 @@
 // atlas pages), pan/zoom, the current scores as colour, the top-k, the curve's rank window, and
 // click to search an image. main.js exposes MAP as window.vfs.MAP (tests and benchmarks read it).
 import { $, $$, clamp, dpr, el, fmt, basename, cmap } from "./util.js";
-import { api, enc, thumbURL, loadImage, toast, reportError } from "./api.js";
+import { api, enc, thumbURL, loadImage, toast, reportError, followJob } from "./api.js";
 import { S, choiceKey, choiceLabel } from "./state.js";
 import { curveSeries } from "./curve.js";
 import { setQuery } from "./query.js";
@@ -142,27 +142,16 @@ async function computeMap() {
 }
 
 function pollMapJob(job, c, key) {
-  clearTimeout(MAP.poll);
-  const tick = async () => {
-    let j;
-    try { j = await api(`/api/jobs/${job}`); } catch (e) { reportError(e); return; }
-    if (MAP.key !== key) return;
-    if (j.status === "running") {
-      $("#map-info").textContent = `computing map… ${(100 * j.progress).toFixed(0)} % · ${j.seconds.toFixed(0)} s`;
-      const bar = $("#map-progress");
-      if (bar) {
-        $("i", bar).style.width = `${(100 * j.progress).toFixed(0)}%`;
-        $("span", bar).textContent = `${(100 * j.progress).toFixed(0)} % · ${j.seconds.toFixed(0)} s`;
-      }
-      MAP.poll = setTimeout(tick, 700);
-      return;
-    }
-    if (j.status === "error") toast(`computing the map failed: ${j.error}`);
-    MAP.key = "";
-    $("#map-compute").hidden = false;
-    refreshMap().catch(reportError);
-  };
-  MAP.poll = setTimeout(tick, 400);
+  followJob(job, MAP, {
+    first: 400, every: 700, current: () => MAP.key === key,
+    info: "#map-info", bar: "#map-progress", text: "computing map",
+    ended: (j) => {
+      if (j.status === "error") toast(`computing the map failed: ${j.error}`);
+      MAP.key = "";
+      $("#map-compute").hidden = false;
+      refreshMap().catch(reportError);
+    },
+  });
 }
 
 /** The scores of the latest search on the map's cache (the pane with the same layer first). */
