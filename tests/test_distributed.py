@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 
 pytest.importorskip("distributed")
+from conftest import photo  # noqa: E402
 from distributed import Client, LocalCluster  # noqa: E402
 
-from conftest import photo  # noqa: E402
 from vfsearch import index, make_query, search_many  # noqa: E402
-from vfsearch.engine.dask_backend import scan_distributed  # noqa: E402
 from vfsearch.engine import kernel  # noqa: E402
+from vfsearch.engine.dask_backend import scan_distributed  # noqa: E402
 from vfsearch.engine.searcher import _scan_all  # noqa: E402
 
 
@@ -61,7 +61,7 @@ def test_distributed_index_and_search_equal_the_local_path(cluster, images, mode
     qs = [make_query(local, 3, whole=True), make_query(local, 7, box=(40, 40, 180, 160))]
     r_local = search_many(local, qs, k=6, return_scores=True)
     r_dist = search_many(local, qs, k=6, return_scores=True, scheduler="test-cluster")
-    for x, y in zip(r_local, r_dist):
+    for x, y in zip(r_local, r_dist, strict=True):
         assert list(x.ids) == list(y.ids)
         assert np.array_equal(x.top_scores, y.top_scores)
         assert [m.box for m in x] == [m.box for m in y]

@@ -99,8 +99,9 @@ def test_serve_and_the_cli_pass_allowed_hosts(small_cache, monkeypatch):
     from vfsearch.cli.serve import serve_cmd
 
     apps = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: apps.append(app))
-    serve([small_cache.path], port=8765, allow_hosts=["vfs.example.org"])
+    monkeypatch.setattr(uvicorn.Server, "run",
+                        lambda self, sockets=None: apps.append(self.config.app))
+    serve([small_cache.path], port=0, allow_hosts=["vfs.example.org"])
     with client(apps[-1], "vfs.example.org") as c:
         assert c.get("/api/health").status_code == 200
     with client(apps[-1], "evil.example.org") as c:
