@@ -3,8 +3,13 @@
     python benchmarks/forward_bench.py [IMAGES] [--n 256] [--rounds 3] [--full 1000]
                                        [--no-models] [--no-draft] [--out benchmarks/results]
 
+    python benchmarks/forward_bench.py [IMAGES] --models-e2e 64 [--rounds 2] [--out DIR]
+
 (results/forward_bench.* is a run with every part; results/forward_bench_e2e.* one with
-``--no-models --no-draft``, which adds the CPU-time comparison.)
+``--no-models --no-draft``, which adds the CPU-time comparison; results/transformer_bench.* is
+``--models-e2e 64``, which runs only :func:`bench_models_e2e`: ``vfsearch index`` of a timm
+ViT-S/16 and a torchvision ResNet-50, random weights saved to a file, against the same bare
+networks' full forward.)
 
 Each round measures, one after the other on the same machine:
   - the bare, unmodified EfficientNet-Lite0 from its own package (``efficientnet_lite_pytorch``),
@@ -126,6 +131,150 @@ def forward_cases(lm):
             ("efficientnet-lite0 head", lm.module, "head"),
             ("torchvision resnet50 layer3", r50, "layer3"),
             ("timm vit_small_patch16_224 blocks.8", vit, "blocks.8")]
+
+
+def model_e2e_cases(tmp: Path) -> list[dict]:
+    """A timm ViT-S/16 and a torchvision ResNet-50 with random weights (seed 0) saved to files,
+    the unmodified networks from their own packages, and the layers to index (None: the one
+    ``vfsearch index`` picks by default)."""
+    from vfsearch.models import _import_torchvision
+
+    tv = _import_torchvision()
+    import timm
+
+    torch.manual_seed(0)
+    vit = timm.create_model("vit_small_patch16_224", pretrained=False).eval()
+    torch.save(vit.state_dict(), tmp / "vit_small_patch16_224.pth")
+    torch.manual_seed(0)
+    r50 = tv.models.resnet50(weights=None).eval()
+    torch.save(r50.state_dict(), tmp / "resnet50.pth")
+    return [{"name": "timm vit_small_patch16_224", "model": "timm:vit_small_patch16_224",
+             "weights": str(tmp / "vit_small_patch16_224.pth"), "net": vit,
+             "layers": [None, "blocks.8"]},
+            {"name": "torchvision resnet50", "model": "torchvision:resnet50",
+             "weights": str(tmp / "resnet50.pth"), "net": r50, "layers": [None, "layer3"]}]
+
+
+def bench_models_e2e(args) -> dict:
+    """``vfsearch index`` (its own process, start to exit, default options but the model,
+    weights file and layer) of ``args.models_e2e`` images against the bare full forward of
+    the same unmodified network (batch 32, the images already decoded with the model's own
+    preprocessing), in interleaved rounds; each ratio within its round."""
+    from vfsearch import load_model
+    from vfsearch.extract import prepare_image
+
+    threads = len(os.sched_getaffinity(0))
+    torch.set_num_threads(threads)
+    files = sorted(str(p) for p in Path(args.images).iterdir()
+                   if p.suffix.lower() in (".jpeg", ".jpg", ".png"))[:args.models_e2e]
+    tmp = Path(tempfile.mkdtemp(prefix="vfs-model-e2e-"))
+    env = dict(os.environ, VFSEARCH_CACHE_DIR=str(tmp / "vfs-cache"))
+    res: dict = {"uptime_start": _uptime(), "threads": threads, "n": len(files),
+                 "n_rounds": args.rounds, "images": str(args.images)}
+    try:
+        src = _link_images(files, tmp / "imgs")
+        cases = model_e2e_cases(tmp)
+        for c in cases:
+            lm = load_model(c["model"], c["weights"])
+            c["default_layer"], c["transform"] = lm.default_layer, repr(lm.transform)
+            c["x"] = torch.from_numpy(np.stack([prepare_image(f, lm.transform)[0]
+                                                for f in files]))
+            del lm
+
+        def full(c):
+            with torch.inference_mode():
+                for i in range(0, len(c["x"]), 32):
+                    c["net"](c["x"][i:i + 32])
+
+        for c in cases:
+            full(c)  # warm-up
+        rows = []
+        for r in range(args.rounds):
+            for c in cases:
+                for layer in c["layers"]:
+                    c0 = time.process_time()
+                    bare = _timed(lambda c=c: full(c), len(files))
+                    bare_cpu = (time.process_time() - c0) / len(files) * 1e3
+                    extra = ["-m", c["model"], "--weights", c["weights"]] + (
+                        ["-l", layer] if layer else [])
+                    load = _load()
+                    idx = run_index(src, tmp / "c", env, extra)
+                    row = {"round": r, "case": f"{c['name']} {layer or c['default_layer']}",
+                           "default_layer": layer is None, "load_before": load,
+                           "bare_full_ips": bare, "index": idx,
+                           "index_vs_bare": idx["images_per_s"] / bare,
+                           "bare_cpu_ms_per_image": bare_cpu,
+                           "index_vs_bare_cpu": bare_cpu / idx["cpu_ms_per_image"]}
+                    inner = re.search(r"indexed \d+ images in ([\d.]+) s", idx["stdout"])
+                    if inner:  # process start, imports, model load, engine choice, exit
+                        row["outside_s"] = idx["wall_s"] - float(inner.group(1))
+                    rows.append(row)
+                    print(f"round {r} {row['case']}: bare {bare:.1f} img/s, index "
+                          f"{idx['images_per_s']:.1f} img/s ({row['index_vs_bare']:.2f}×), "
+                          f"load {load}", flush=True)
+        res["rounds"] = rows
+        summ = {}
+        for key in dict.fromkeys(row["case"] for row in rows):
+            rs = [row for row in rows if row["case"] == key]
+            d = {k: statistics.median([row[k] for row in rs])
+                 for k in ("bare_full_ips", "index_vs_bare", "bare_cpu_ms_per_image",
+                           "index_vs_bare_cpu")}
+            d["index_ips"] = statistics.median([row["index"]["images_per_s"] for row in rs])
+            d["index_cpu_ms_per_image"] = statistics.median(
+                [row["index"]["cpu_ms_per_image"] for row in rs])
+            if all("outside_s" in row for row in rs):
+                d["outside_s"] = statistics.median([row["outside_s"] for row in rs])
+            d["default_layer"] = rs[0]["default_layer"]
+            for k in ("decode_ips_per_process", "forward_ips", "write_ips"):
+                vals = [row["index"][k] for row in rs if k in row["index"]]
+                if vals:
+                    d[k] = statistics.median(vals)
+            d["engine"] = rs[0]["index"].get("engine", "?")
+            summ[key] = d
+        res["summary"] = summ
+        res["transforms"] = {c["name"]: c["transform"] for c in cases}
+        res["uptime_end"] = _uptime()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return res
+
+
+def report_models_md(res: dict, command: str) -> str:
+    lines = ["# `vfsearch index` vs the bare network: a timm ViT-S/16 and a torchvision ResNet-50",
+             "", f"Command: `{command}`", "",
+             f"Machine load: start `{res['uptime_start']}`; end `{res['uptime_end']}`. "
+             f"{res['threads']} threads, {res['n_rounds']} interleaved rounds, medians; each "
+             "ratio is taken within its round.", "",
+             f"{res['n']} ImageNet images ({res['images']}). Random weights made by the "
+             "benchmark (seed 0) and saved to a file (`--weights`); no pretrained weights ship "
+             "offline. The bare network: the unmodified model from its own package (timm / "
+             "torchvision), full forward, batch 32, on the images already decoded with the "
+             "model's own preprocessing. `vfsearch index`: its own process, start to exit "
+             "(model load, decode, forward, 8-bit + zstd + f32 refine, thumbnails), default "
+             "options but the model, weights and layer.", "",
+             "| model, layer | bare full forward, images/s | `vfsearch index`, images/s | "
+             "× bare | engine | index stages: decode per process / forward / write, images/s |",
+             "|---|---|---|---|---|---|"]
+    for key, d in res["summary"].items():
+        st = (f"{d['decode_ips_per_process']:.1f} / {d['forward_ips']:.1f} / "
+              f"{d['write_ips']:.1f}" if "forward_ips" in d else "")
+        name = key + (" (the default layer)" if d["default_layer"] else "")
+        lines.append(f"| {name} | {d['bare_full_ips']:.1f} | {d['index_ips']:.1f} | "
+                     f"**{d['index_vs_bare']:.2f}** | {d['engine']} | {st} |")
+    lines += ["", "CPU time per image (every thread and process; what the run costs whatever "
+              "the load): bare full forward / `vfsearch index` (start to exit), and the ratio; "
+              "seconds of `vfsearch index` outside its own indexing report (process start, "
+              "imports, model load, engine choice):", "",
+              "| model, layer | bare CPU ms/image | index CPU ms/image | × bare in CPU time | "
+              "outside, s |", "|---|---|---|---|---|"]
+    for key, d in res["summary"].items():
+        lines.append(f"| {key} | {d['bare_cpu_ms_per_image']:.0f} | "
+                     f"{d['index_cpu_ms_per_image']:.0f} | **{d['index_vs_bare_cpu']:.2f}** | "
+                     f"{d.get('outside_s', float('nan')):.1f} |")
+    lines += ["", "Per round: " + "; ".join(
+        f"{r['case']} r{r['round']} {r['index_vs_bare']:.2f}× (load {r['load_before']})"
+        for r in res["rounds"]) + "."]
+    return "\n".join(lines) + "\n"
 
 
 def bench(args) -> dict:
@@ -375,8 +524,20 @@ def main() -> None:
     ap.add_argument("--no-draft", dest="draft", action="store_false")
     ap.add_argument("--no-models", dest="models", action="store_false",
                     help="skip the forward-only comparisons of the four model/layer cases")
+    ap.add_argument("--models-e2e", type=int, default=0, metavar="N",
+                    help="only `vfsearch index` of N images with a timm ViT-S/16 and a "
+                         "torchvision ResNet-50 vs their bare forward (transformer_bench.*)")
     ap.add_argument("--out", default=None, help="folder for forward_bench.json / .md")
     args = ap.parse_args()
+    if args.models_e2e:
+        res = bench_models_e2e(args)
+        md = report_models_md(res, "python " + " ".join(sys.argv))
+        print(md)
+        if args.out:
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+            Path(args.out, "transformer_bench.json").write_text(json.dumps(res, indent=1))
+            Path(args.out, "transformer_bench.md").write_text(md)
+        return
     res = bench(args)
     md = report_md(res)
     print(md)
