@@ -19,6 +19,7 @@ import textwrap
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+KEYS = ("ids", "scores", "offsets", "boxes", "all_scores")
 
 QUERIES = textwrap.dedent('''
     import json, sys
@@ -83,10 +84,21 @@ def main() -> None:
     b = json.loads(_run(ROOT / "src", QUERIES, str(work / "cache")))
     assert len(a) == len(b)
     bad = [(x["layer"], x["image"], x["kind"], key) for x, y in zip(a, b, strict=True)
-           for key in ("ids", "scores", "offsets", "boxes", "all_scores") if x[key] != y[key]]
+           for key in KEYS if x[key] != y[key]]
+    n_bad = sum(any(x[key] != y[key] for key in KEYS) for x, y in zip(a, b, strict=True))
     print(f"{len(a)} queries compared between {args.old} and this checkout: "
-          f"{len(a) - len({b[:3] for b in bad})} identical")
-    for b_ in bad[:20]:
+          f"{len(a) - n_bad} identical in every field")
+    for key in KEYS:
+        diff = [x for x, y in zip(a, b, strict=True) if x[key] != y[key]]
+        line = f"  {key}: {len(a) - len(diff)} of {len(a)} identical"
+        if key == "all_scores" and diff:
+            worst = max(abs(u - v) for x, y in zip(a, b, strict=True)
+                        for u, v in zip(x[key], y[key], strict=True)
+                        if u is not None and v is not None)
+            line += (f" (the scan's scores of images outside the exact refine; largest "
+                     f"difference {worst:.2e})")
+        print(line)
+    for b_ in bad[:10]:
         print("  differs:", b_)
     sys.exit(1 if bad else 0)
 
