@@ -110,6 +110,10 @@ def test_torchvision_and_timm_models_load_local_weights(tmp_path):
     assert lm.default_layer == "layer3"  # deepest stride-16 layer
     with pytest.raises(UnknownModel, match="weights file"):
         load_model("torchvision:resnet50")  # no local weights: no download, a clear error
+    # ResNet-50's first layer4 block strides in its second conv: its conv1/bn1 are still at
+    # stride 16 but are intermediates of a stride-32 block, not the default
+    r50 = from_module(tv.models.resnet50(weights=None), name="r50")
+    assert r50.default_layer == "layer3"
     tnet = timm.create_model("resnet18", pretrained=False)
     p2 = tmp_path / "t18.pth"
     torch.save(tnet.state_dict(), p2)

@@ -647,7 +647,16 @@ def _pick_default_layer(layers: list[LayerInfo], transform: Transform) -> str:
     test localises best for EfficientNet-Lite0), else the deepest layer, else ""."""
     if not layers:
         return ""
-    s16 = [i for i in layers if i.grid[1] == int(round(transform.size / 16))]
+    grid = {i.name: i.grid for i in layers}
+
+    def inside_a_downsampling_block(i: LayerInfo) -> bool:
+        # e.g. ResNet-50's layer4.0.bn1: still stride 16, but inside a block whose output is
+        # stride 32 (the stride sits in the block's second conv) — an intermediate, not a stage
+        parts = i.name.split(".")
+        return any(grid.get(".".join(parts[:k]), i.grid) != i.grid for k in range(1, len(parts)))
+
+    s16 = [i for i in layers if i.grid[1] == int(round(transform.size / 16))
+           and not inside_a_downsampling_block(i)]
     return (s16 or layers)[-1].name
 
 
