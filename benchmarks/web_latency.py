@@ -8,7 +8,7 @@ CACHE --layer L``, a cache of N rows tiled from the real features and thumbnails
 cache (8-bit + f32 refine, as indexing writes it) — starts
 ``vfsearch serve`` on it in a subprocess, and in headless chromium draws ~30 strokes of about
 3×3 feature cells on dataset images, timing each from the stroke's end (pointerup) until every
-result thumbnail and overlay is drawn. Prints p50/p95. Target: p95 ≤ 300 ms.
+result thumbnail and overlay is drawn. Prints p50/p95. Target: p95 ≤ 150 ms.
 """
 
 from __future__ import annotations
@@ -212,6 +212,11 @@ def main(argv=None) -> int:
                     pg.wait_for_function("window.vfs.S.query && "
                                          "!document.querySelector('#stage').classList"
                                          ".contains('empty')")
+                    # the query image and its grid settle before the first stroke (a stroke
+                    # drawn while they load is cleared by the reset)
+                    pg.wait_for_function("document.querySelector('#q-img').complete && "
+                                         "document.body.dataset.state === 'idle'")
+                    pg.wait_for_timeout(500)
                     pg.evaluate("window.vfs.brush.clear({commit: false})")
                 box = pg.locator("#q-canvas").bounding_box()
                 qw, qh = pg.evaluate("window.vfs.S.query.size")
@@ -265,7 +270,7 @@ def main(argv=None) -> int:
         for name, v in rows:
             print(f"  {name:36s} p50 {statistics.median(v):6.0f} ms   p95 {pct(v, 0.95):6.0f} ms")
         p95 = pct(col("total"), 0.95)
-        print(f"  target p95 ≤ 300 ms: {'met' if p95 <= 300 else 'NOT met'}")
+        print(f"  target p95 ≤ 150 ms: {'met' if p95 <= 150 else 'NOT met'}")
     finally:
         proc.terminate()
         try:
