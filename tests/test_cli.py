@@ -140,6 +140,33 @@ def test_bad_values_name_their_flags(small_cache, tmp_path):
     assert_user_error(run("eval", "localize", str(tmp_path), "--out", str(tmp_path / "e")), 2,
                       "error: --work: ")
     assert_user_error(run("eval", "labels", c, "--work", str(tmp_path)), 2, "error: --work: ")
+    assert_user_error(run("eval", "labels", c, "--model", "efficientnet-lite0"), 2,
+                      "error: --model: only localize indexes images")
+    r = run("eval", "localize", str(tmp_path), "--work", str(tmp_path / "w"), "--model", "nonet")
+    assert_user_error(r, 2, "error: ")
+    assert "nonet" in r.stderr and not (tmp_path / "w").exists()
+
+
+def test_eval_localize_passes_the_model_and_its_default_layer(tmp_path, monkeypatch):
+    """--model/--weights/--input-size reach the protocol as a loaded model, and without --layer
+    the model's own default layer is evaluated."""
+    from click.testing import CliRunner
+
+    import vfsearch.evaluate as ev
+    from vfsearch.cli import main
+
+    seen = {}
+
+    def fake(images, work, **kw):
+        seen.update(kw)
+        raise ev.EvalError("stop here")
+
+    monkeypatch.setattr(ev, "run_localize", fake)
+    r = CliRunner().invoke(main, ["eval", "localize", str(tmp_path), "--work", str(tmp_path / "w"),
+                                  "--model", "efficientnet-lite0", "--input-size", "192"])
+    assert r.exit_code == 2 and "stop here" in r.output
+    assert seen["model"].name == "efficientnet-lite0" and seen["model"].transform.size == 192
+    assert seen["layers"] == [seen["model"].default_layer]
 
 
 def test_missing_weights_name_the_weights_flag():

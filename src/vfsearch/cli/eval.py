@@ -92,6 +92,13 @@ def arms_from_paths(protocol: str, cache_path: str, cache2_path: str | None, lay
               help="localize: largest crop side (px).")
 @click.option("--label-pattern", default=None,
               help="localize: label regex on file names (for the cache).")
+@click.option("--model", "-m", "model", default=None,
+              help="localize: the model that indexes the planted set (default: "
+                   "efficientnet-lite0; its default layer when no --layer is given).")
+@click.option("--weights", default=None, type=click.Path(path_type=Path),
+              help="localize: weights file for a torchvision:/timm: --model.")
+@click.option("--input-size", default=None, type=click.IntRange(16, 4096),
+              help="localize: model input side in pixels.")
 @click.option("--boxes", "boxes", default=None, type=click.Path(path_type=Path),
               help="boxes: ground-truth boxes CSV (path,x0,y0,x1,y1[,label]); with --detect, "
                    "where the detections go.")
@@ -104,8 +111,8 @@ def arms_from_paths(protocol: str, cache_path: str, cache2_path: str | None, lay
 @click.option("--no-figures", is_flag=True, help="Skip the matplotlib figures.")
 @click.option("--quiet", "-q", is_flag=True)
 def eval_cmd(protocol, cache, cache2, layer, layer2, n, k, seed, boot, kinds, column, out, name,
-             work, pool, min_side, max_side, label_pattern, boxes, detect, n_concepts,
-             labels_file, no_figures, quiet):
+             work, pool, min_side, max_side, label_pattern, model, weights, input_size, boxes,
+             detect, n_concepts, labels_file, no_figures, quiet):
     """Quantitative experiments: PROTOCOL is labels, overlap, precision, localize, concepts
     or boxes.
 
@@ -122,6 +129,10 @@ def eval_cmd(protocol, cache, cache2, layer, layer2, n, k, seed, boot, kinds, co
 
     Writes PROTOCOL.json, PROTOCOL.md and PNG figures into --out and prints the markdown table.
     """
+    if protocol != "localize" and (model or weights or input_size):
+        raise EvalError("only localize indexes images: --model, --weights and --input-size "
+                        "belong to it (the other protocols read the caches' own model)",
+                        param="model")
     if protocol in ("concepts", "boxes"):
         from .concepts import run_eval
 
@@ -143,10 +154,17 @@ def eval_cmd(protocol, cache, cache2, layer, layer2, n, k, seed, boot, kinds, co
                             param="work")
         if not 0 < min_side < max_side:
             raise EvalError("need 0 < --min-side < --max-side")
-        layers = [x for x in (layer, layer2) if x] or list(DEFAULT_LOCALIZE_LAYERS)
+        lm = None
+        if model or weights or input_size:
+            from .. import load_model
+
+            lm = load_model(model or "efficientnet-lite0", str(weights) if weights else None,
+                            input_size)
+        layers = [x for x in (layer, layer2) if x] or (
+            [lm.default_layer] if lm is not None else list(DEFAULT_LOCALIZE_LAYERS))
         rep = run_localize(cache, work, layers=layers, n=n, pool=pool, k=k, seed=seed,
                            n_boot=boot, sides=(min_side, max_side), label_pattern=label_pattern,
-                           progress=not quiet, log=log)
+                           model=lm, progress=not quiet, log=log)
     else:
         if work is not None:
             raise EvalError("only localize takes a work folder", param="work")
