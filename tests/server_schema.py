@@ -79,3 +79,18 @@ def checked_client(app, base_url: str = LOCAL, **kw) -> TestClient:
     client = TestClient(app, base_url=base_url, **kw)
     client.event_hooks = {"response": [hook]}
     return client
+
+
+def poll_job(client, job: str, timeout: float = 120.0, every: float = 0.05) -> dict:
+    """Poll ``/api/jobs/{job}`` until it is no longer running; its last record."""
+    import time
+
+    t = time.time()
+    while True:
+        r = client.get(f"/api/jobs/{job}")
+        assert r.status_code == 200, r.text
+        j = r.json()
+        if j["status"] != "running":
+            return j
+        assert time.time() - t < timeout, j
+        time.sleep(every)

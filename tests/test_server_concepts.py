@@ -9,11 +9,10 @@ import csv
 import io
 import shutil
 import threading
-import time
 
 import numpy as np
 import pytest
-from server_schema import checked_client
+from server_schema import checked_client, poll_job
 
 from vfsearch import search
 from vfsearch.concepts import concept_query, load_concepts, sheet_png
@@ -45,18 +44,6 @@ def client(app):
         yield c
 
 
-def poll(client, job, timeout=120):
-    t = time.time()
-    while True:
-        r = client.get(f"/api/jobs/{job}")
-        assert r.status_code == 200, r.text
-        j = r.json()
-        if j["status"] != "running":
-            return j
-        assert time.time() - t < timeout, j
-        time.sleep(0.05)
-
-
 def info(client, layer=LAYER, method="dictionary", **params):
     r = client.get("/api/caches/small/concepts", params={"layer": layer, "method": method,
                                                          **params})
@@ -70,7 +57,7 @@ def stored(client, app, ccache):
     r = client.post("/api/caches/small/concepts", params={"layer": LAYER},
                     json={"n_concepts": 5})
     assert r.status_code == 202, r.text
-    j = poll(client, r.json()["job"])
+    j = poll_job(client, r.json()["job"])
     assert j["status"] == "done" and j["progress"] == 1.0, j
     assert j["result"]["n_concepts"] == 5 and j["result"]["layer"] == LAYER
     return load_concepts(ccache, LAYER, "dictionary")
@@ -253,7 +240,7 @@ def test_one_discovery_at_a_time_and_progress(client, app, ccache, monkeypatch, 
     assert d["status"] == "computing" and d["job"]["job"] == job
     assert info(client)["status"] == "ready"  # other sets stay readable meanwhile
     gate.set()
-    j = poll(client, job)
+    j = poll_job(client, job)
     assert j["status"] == "done" and j["progress"] == 1.0, j
     d = info(client, layer="blocks.15", method="saliency")
     assert d["status"] == "ready" and d["stored"]["saliency"] and 1 <= d["n_concepts"] <= 3
@@ -261,7 +248,7 @@ def test_one_discovery_at_a_time_and_progress(client, app, ccache, monkeypatch, 
     # a finished discovery is recomputed on request (a new job)
     r = client.post(url, params={"layer": "blocks.15", "method": "saliency"})
     assert r.status_code == 202 and r.json()["job"] != job
-    assert poll(client, r.json()["job"])["status"] == "done"
+    assert poll_job(client, r.json()["job"])["status"] == "done"
 
 
 def test_a_failed_discovery_reports_its_error(client, monkeypatch):
@@ -274,7 +261,7 @@ def test_a_failed_discovery_reports_its_error(client, monkeypatch):
     r = client.post("/api/caches/small/concepts", params={"layer": "blocks.15"},
                     json={"n_concepts": 7})
     assert r.status_code == 202
-    j = poll(client, r.json()["job"])
+    j = poll_job(client, r.json()["job"])
     assert j["status"] == "error" and j["code"] == "bad_parameter" and j["param"] == "n_concepts"
     d = info(client, layer="blocks.15")
     assert d["status"] == "missing" and d["job"]["error"] == j["error"]

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import shutil
-import time
 
 import numpy as np
 import pytest
-from server_schema import checked_client
+from server_schema import checked_client, poll_job
 
 from vfsearch.server import create_app
 
@@ -27,18 +26,6 @@ def map_cache(small_cache, tmp_path_factory):
 def client(map_cache):
     with checked_client(create_app({"small": map_cache})) as c:
         yield c
-
-
-def poll(client, job, timeout=120):
-    t = time.time()
-    while True:
-        r = client.get(f"/api/jobs/{job}")
-        assert r.status_code == 200, r.text
-        j = r.json()
-        if j["status"] != "running":
-            return j
-        assert time.time() - t < timeout, j
-        time.sleep(0.1)
 
 
 def search(client, image=0, layer="blocks.10", k=5):
@@ -64,7 +51,7 @@ def test_map_missing_compute_and_atlas(client, map_cache):
     assert r.json()["status"] == "no_atlas"  # map stored, thumbnails not yet
     r = client.post("/api/caches/small/map", params={"layer": "blocks.10"})
     assert r.status_code == 202 and r.json()["status"] in ("running", "done")
-    j = poll(client, r.json()["job"])
+    j = poll_job(client, r.json()["job"])
     assert j["status"] == "done", j
 
     r = client.get("/api/caches/small/map", params={"layer": "blocks.10"})
@@ -168,7 +155,7 @@ def test_explain_background_job(client):
     }
     r = client.post(f"/api/searches/{s['search_id']}/explain", json=body)
     assert r.status_code in (200, 202), r.text
-    j = poll(client, r.json()["job"])
+    j = poll_job(client, r.json()["job"])
     assert j["status"] == "done", j
     ex = j["result"]
     assert ex["space"] == "input" and np.array(ex["saliency"]).ndim == 2

@@ -9,6 +9,7 @@ registered in timm's registry under a test name and saved to a temporary file.""
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 
 import numpy as np
@@ -260,8 +261,11 @@ def test_a_checkpoint_with_another_classifier_loads_without_it(tmp_path):
     assert relative_error(got, _intermediates(ref, x, 1)) <= REL
 
 
-def _hf_repo(root, repo: str, model: nn.Module, arch: str, args: dict, h: str = "b" * 40):
-    """A Hugging Face hub cache entry as huggingface_hub lays it out."""
+def _hf_repo(root, repo: str, model: nn.Module, arch: str, args: dict, h: str = "b" * 40,
+             linked: bool = False):
+    """A Hugging Face hub cache entry under ``root/hub`` as huggingface_hub lays it out;
+    ``linked``: the weights a blob linked from the snapshot, as the real cache does where links
+    are allowed (a copy where they are not)."""
     from safetensors.torch import save_file
 
     d = root / "hub" / f"models--{repo.replace('/', '--')}"
@@ -269,7 +273,16 @@ def _hf_repo(root, repo: str, model: nn.Module, arch: str, args: dict, h: str = 
     snap.mkdir(parents=True)
     (d / "refs").mkdir()
     (d / "refs" / "main").write_text(h)
-    save_file(model.state_dict(), snap / "model.safetensors")
+    if linked:
+        blob = d / "blobs" / "w"
+        blob.parent.mkdir()
+        save_file(model.state_dict(), blob)
+        try:
+            (snap / "model.safetensors").symlink_to(blob)
+        except OSError:
+            shutil.copy(blob, snap / "model.safetensors")
+    else:
+        save_file(model.state_dict(), snap / "model.safetensors")
     keep = ("tag", "input_size", "interpolation", "crop_pct", "crop_mode", "mean", "std",
             "num_classes", "first_conv", "classifier", "license")
     cfg = {k: v for k, v in dict(model.pretrained_cfg).items() if k in keep}

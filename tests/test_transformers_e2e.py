@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import shutil
 import socket
-import time
 
 import numpy as np
 import pytest
@@ -33,6 +32,7 @@ from test_transformers import (  # noqa: E402 - registers the tiny test architec
     REL,
     TINY_SWIN,
     TINY_VIT,
+    _hf_repo,
     _intermediates,
     _reference,
 )
@@ -52,30 +52,6 @@ CASES = {
 BOX = (24, 16, 88, 80)  # a region of image 0 (original pixels)
 
 
-def _hf_repo(hub, repo: str, model, arch: str, args: dict, h: str):
-    """A Hugging Face hub cache entry as huggingface_hub lays it out (a blob linked from the
-    snapshot, as the real cache does where links are allowed)."""
-    from safetensors.torch import save_file
-
-    d = hub / f"models--{repo.replace('/', '--')}"
-    snap = d / "snapshots" / h
-    (d / "blobs").mkdir(parents=True)
-    snap.mkdir(parents=True)
-    (d / "refs").mkdir()
-    (d / "refs" / "main").write_text(h)
-    save_file(model.state_dict(), d / "blobs" / "w")
-    try:
-        (snap / "model.safetensors").symlink_to(d / "blobs" / "w")
-    except OSError:
-        shutil.copy(d / "blobs" / "w", snap / "model.safetensors")
-    keep = ("tag", "input_size", "interpolation", "crop_pct", "crop_mode", "mean", "std",
-            "num_classes", "first_conv", "classifier", "license")
-    cfg = {k: v for k, v in dict(model.pretrained_cfg).items() if k in keep}
-    (snap / "config.json").write_text(json.dumps({
-        "architecture": arch, "num_classes": model.num_classes, "model_args": args,
-        "pretrained_cfg": cfg}))
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """Images (3 labels × 3, plus a copy of image 0 under ``dup/``), each model's weights in a
@@ -93,7 +69,7 @@ def world(tmp_path_factory):
         refs[n] = _reference(arch, seed=seed)
         files[n] = root / f"{n}.pth"
         torch.save({"state_dict": refs[n].state_dict()}, files[n])
-        _hf_repo(root / "hf" / "hub", repo, refs[n], real, args, f"{seed + 1:x}" * 40)
+        _hf_repo(root / "hf", repo, refs[n], real, args, f"{seed + 1:x}" * 40, linked=True)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HF_HOME", str(root / "hf"))
         mp.delenv("HF_HUB_CACHE", raising=False)
@@ -198,7 +174,7 @@ def test_end_to_end(world, tmp_path, n, source):
 
 
 def _serve(c, layer, i0, dup, grid, size, image_file, rise: bool):
-    from server_schema import checked_client
+    from server_schema import checked_client, poll_job
 
     from vfsearch.server import create_app
 
@@ -217,7 +193,7 @@ def _serve(c, layer, i0, dup, grid, size, image_file, rise: bool):
             job = cl.post(url, json={"id": rid, "method": "rise",
                                      "params": {"n_masks": 8, "cells": 4, "auc_steps": 2}})
             assert job.status_code in (200, 202), job.text
-            j = _poll(cl, job.json()["job"])
+            j = poll_job(cl, job.json()["job"], timeout=60)
             assert j["status"] == "done", j
             assert np.array(j["result"]["saliency"]).shape == (size, size)
             assert j["result"]["score"] == pytest.approx(s["matches"][1]["score"], abs=2e-3)
@@ -231,16 +207,6 @@ def _serve(c, layer, i0, dup, grid, size, image_file, rise: bool):
         top = r.json()["matches"]
         assert {m["id"] for m in top} == {i0, dup}
         assert top[0]["score"] == pytest.approx(1.0, abs=1e-3)
-
-
-def _poll(client, job, timeout=60):
-    t = time.time()
-    while True:
-        j = client.get(f"/api/jobs/{job}").json()
-        if j["status"] != "running":
-            return j
-        assert time.time() - t < timeout, j
-        time.sleep(0.05)
 
 
 @pytest.mark.parametrize("n,size,min_hit", [("vit-reg4", 224, 0.75), ("swin", 128, 0.5)])
