@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import warnings
@@ -397,32 +398,47 @@ def test_tighten_rescans_the_images_that_can_reach_the_top(backend, dtype):
     assert cand[np.argsort(-exact)[:5]].all()
 
 
-@pytest.mark.skipif(not hasattr(__import__("mmap"), "PROT_READ"), reason="needs mmap protections")
-@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "numpy"])
-@pytest.mark.parametrize("precision", ["fast", "fine"])
-def test_no_read_past_the_features(backend, precision):
-    """Features that end right before an unreadable page: no kernel reads past them (the fast
-    paths read whole 32/64-byte blocks of a cell; the last image must not overrun)."""
+@contextlib.contextmanager
+def ending_at_a_guard_page(feats: np.ndarray):
+    """A copy of ``feats`` whose last byte is followed by an unreadable (PROT_NONE) page: a
+    kernel that reads past the features crashes."""
     import ctypes
     import mmap
 
-    rng = np.random.default_rng(5)
-    n, H, W, C = 3, 3, 4, 40
-    feats, sqn, scale, qerr2, deq, orig = make_feats(rng, n, H, W, C, "int8")
     page = mmap.PAGESIZE
-    nbytes = feats.nbytes
-    total = (nbytes + page - 1) // page * page + page
+    total = (feats.nbytes + page - 1) // page * page + page
     buf = mmap.mmap(-1, total, prot=mmap.PROT_READ | mmap.PROT_WRITE)
     try:
         base = ctypes.addressof(ctypes.c_char.from_buffer(buf))
         guard = base + total - page
         libc = ctypes.CDLL(None, use_errno=True)
         libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-        start = guard - nbytes
-        arr = np.frombuffer(buf, dtype=np.int8, count=nbytes,
-                            offset=start - base).reshape(feats.shape)
+        arr = np.frombuffer(buf, dtype=feats.dtype, count=feats.size,
+                            offset=guard - feats.nbytes - base).reshape(feats.shape)
         arr[:] = feats
         assert libc.mprotect(guard, page, 0) == 0  # PROT_NONE: any read there is a crash
+        try:
+            yield arr
+        finally:
+            assert libc.mprotect(guard, page, mmap.PROT_READ | mmap.PROT_WRITE) == 0
+            del arr
+    finally:
+        try:
+            buf.close()
+        except BufferError:  # an exported view is still alive; the mapping goes with the process
+            pass
+
+
+@pytest.mark.skipif(not hasattr(__import__("mmap"), "PROT_READ"), reason="needs mmap protections")
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "numpy"])
+@pytest.mark.parametrize("precision", ["fast", "fine"])
+def test_no_read_past_the_features(backend, precision):
+    """Features that end right before an unreadable page: no kernel reads past them (the fast
+    paths read whole 32/64-byte blocks of a cell; the last image must not overrun)."""
+    rng = np.random.default_rng(5)
+    n, H, W, C = 3, 3, 4, 40
+    feats, sqn, scale, qerr2, deq, orig = make_feats(rng, n, H, W, C, "int8")
+    with ending_at_a_guard_page(feats) as arr:
         wts = soft_mask(rng, H, W, box=(0, 1, 2, 3), density=1.0)
         qfeat = query_feats(rng, H, W, C, "int8")
         q = K.PreparedQuery.from_grid(qfeat, wts)
@@ -431,13 +447,6 @@ def test_no_read_past_the_features(backend, precision):
                          precision=precision,
                          threads=threads)
             check(res, deq, orig, wts, qfeat, "int8")
-        assert libc.mprotect(guard, page, mmap.PROT_READ | mmap.PROT_WRITE) == 0
-        del arr
-    finally:
-        try:
-            buf.close()
-        except BufferError:  # an exported view is still alive; the mapping goes with the process
-            pass
 
 
 def test_angle_bound_covers_asin_and_stays_close():
@@ -849,24 +858,10 @@ def test_tighten_rescans_in_place(backend):
 @pytest.mark.parametrize("C", [37, 40, 64])
 def test_no_layout_reads_past_the_features(backend, C):
     """Every lane layout (masked and padded reads) on features that end at an unreadable page."""
-    import ctypes
-    import mmap
-
     rng = np.random.default_rng(C)
     n, H, W = 2, 6, 5
     feats, sqn, scale, qerr2, deq, orig = make_feats(rng, n, H, W, C, "int8")
-    page = mmap.PAGESIZE
-    total = (feats.nbytes + page - 1) // page * page + page
-    buf = mmap.mmap(-1, total, prot=mmap.PROT_READ | mmap.PROT_WRITE)
-    try:
-        base = ctypes.addressof(ctypes.c_char.from_buffer(buf))
-        guard = base + total - page
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-        arr = np.frombuffer(buf, dtype=np.int8, count=feats.nbytes,
-                            offset=guard - feats.nbytes - base).reshape(feats.shape)
-        arr[:] = feats
-        assert libc.mprotect(guard, page, 0) == 0
+    with ending_at_a_guard_page(feats) as arr:
         for box in ((2, 1, 3, 3), (0, 0, H, W)):
             wts = _region(H, W, box, rng, density=1.0)
             qfeat = query_feats(rng, H, W, C, "int8")
@@ -879,13 +874,6 @@ def test_no_layout_reads_past_the_features(backend, C):
                     res = K.scan(arr, sqn, q, scale=scale, qerr2=qerr2, backend=backend,
                                  precision=precision, path=path)
                     check(res, deq, orig, wts, qfeat, "int8")
-        assert libc.mprotect(guard, page, mmap.PROT_READ | mmap.PROT_WRITE) == 0
-        del arr
-    finally:
-        try:
-            buf.close()
-        except BufferError:
-            pass
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
