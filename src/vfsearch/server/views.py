@@ -191,26 +191,22 @@ class Views:
         d["concepts"] = self._shared_concepts(e, st.query, rid, d.get("offset"))
         return _clean(d)
 
-    @staticmethod
-    def _shared_concepts(e, query, rid: int, offset) -> dict | None:
+    def _shared_concepts(self, e, query, rid: int, offset) -> dict | None:
         """Which stored concepts of the query's layer the match shares with its query (the
-        dictionary's, else the saliency method's); None for a global query, or when no concepts
-        were computed for the layer."""
+        dictionary's, else the saliency method's; the app's loaded sets); None for a global
+        query, or when no concepts were computed for the layer."""
         from types import SimpleNamespace
 
         from ..concepts import METHODS as CONCEPT_METHODS
-        from ..concepts import load_concepts, shared_concepts
-        from ..errors import NotFound
+        from ..concepts import shared_concepts
 
         if query.mode == "global" or offset is None:
             return None
         for method in CONCEPT_METHODS:
-            try:
-                cs = load_concepts(e.cache, query.layer, method)
-            except NotFound:
-                continue
-            match = SimpleNamespace(id=int(rid), offset=tuple(int(v) for v in offset))
-            return shared_concepts(e.cache, query, match, concepts=cs)
+            hit = self.state.concepts.get(e, query.layer, method)
+            if hit is not None:
+                match = SimpleNamespace(id=int(rid), offset=tuple(int(v) for v in offset))
+                return shared_concepts(e.cache, query, match, concepts=hit[0])
         return None
 
     def explain(self, sid: str, rid, method: str = "exact",
