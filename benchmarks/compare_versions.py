@@ -83,21 +83,22 @@ def main() -> None:
     a = json.loads(_run(old / "src", QUERIES, str(work / "cache")))
     b = json.loads(_run(ROOT / "src", QUERIES, str(work / "cache")))
     assert len(a) == len(b)
-    bad = [(x["layer"], x["image"], x["kind"], key) for x, y in zip(a, b, strict=True)
-           for key in KEYS if x[key] != y[key]]
-    n_bad = sum(any(x[key] != y[key] for key in KEYS) for x, y in zip(a, b, strict=True))
+    pairs = list(zip(a, b, strict=True))
+    # per field, the queries (by position) whose old and new values differ
+    diff = {key: [j for j, (x, y) in enumerate(pairs) if x[key] != y[key]] for key in KEYS}
+    n_bad = len(set().union(*diff.values()))
     print(f"{len(a)} queries compared between {args.old} and this checkout: "
           f"{len(a) - n_bad} identical in every field")
     for key in KEYS:
-        diff = [x for x, y in zip(a, b, strict=True) if x[key] != y[key]]
-        line = f"  {key}: {len(a) - len(diff)} of {len(a)} identical"
-        if key == "all_scores" and diff:
-            worst = max(abs(u - v) for x, y in zip(a, b, strict=True)
-                        for u, v in zip(x[key], y[key], strict=True)
+        line = f"  {key}: {len(a) - len(diff[key])} of {len(a)} identical"
+        if key == "all_scores" and diff[key]:
+            worst = max(abs(u - v) for j in diff[key]
+                        for u, v in zip(a[j][key], b[j][key], strict=True)
                         if u is not None and v is not None)
             line += (f" (the scan's scores of images outside the exact refine; largest "
                      f"difference {worst:.2e})")
         print(line)
+    bad = [(a[j]["layer"], a[j]["image"], a[j]["kind"], key) for key in KEYS for j in diff[key]]
     for b_ in bad[:10]:
         print("  differs:", b_)
     sys.exit(1 if bad else 0)
