@@ -292,8 +292,9 @@ def test_end_to_end(server, page, small_cache, sample_dir, tmp_path):
     pg2.close()
 
     # open a result large, then search from the matched region
+    n = searches(pg)  # counted before the change: the search may finish before a later count
     pg.select_option("#compare", "")
-    wait_search(pg, searches(pg) + 1)
+    wait_search(pg, n + 1)
     pg.locator(".pane[data-pane='0'] .card").first.click()
     pg.wait_for_selector("#modal:not([hidden])")
     pg.wait_for_timeout(200)
