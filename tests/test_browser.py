@@ -770,3 +770,66 @@ def test_map_of_50k_images_loads_and_pans(big_map_cache, page):
         assert ci is not None and 0 <= ci < pg.evaluate("window.vfs.MAP.grid.length")
     finally:
         next(gen, None)
+
+
+# -- a full-mode cache: padded grids, portraits turned --------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def full_server(tmp_path_factory):
+    """A cache in index mode full: a 2:1 panorama, its right half, a portrait and a landscape."""
+    from vfsearch import index
+    from vfsearch.datasets import _FILES, _source_dir
+
+    d = tmp_path_factory.mktemp("full_imgs")
+    photo = lambda n: Image.open(_source_dir() / _FILES[n]).convert("RGB")  # noqa: E731
+    cat = photo("cat").resize((512, 512))
+    pano = Image.new("RGB", (1024, 512))
+    pano.paste(photo("astronaut").resize((512, 512)), (0, 0))
+    pano.paste(cat, (512, 0))
+    pano.save(d / "a_pano.png")
+    cat.save(d / "b_half.png")
+    photo("coffee").transpose(Image.Transpose.ROTATE_90).save(d / "c_portrait.png")
+    photo("coffee").save(d / "d_coffee.png")
+    c = index(d, tmp_path_factory.mktemp("full_cache") / "c", mode="full", layers=["blocks.10"],
+              workers=0, progress=False).cache
+    yield from _serve(c)
+
+
+def test_full_mode_cache_in_the_page(full_server, page):
+    """A portrait's query grid is its own (turned) one, a stroke at its bottom border searches,
+    heat maps draw on each result's own grid, and a match is boxed at the panorama's border."""
+    pg = page
+    pg.goto(full_server)
+    pg.wait_for_selector("body[data-ready='1']")
+    pg.click("#ds-grid .thumb[data-id='2']")  # the portrait
+    pg.wait_for_function("window.vfs.S.query && window.vfs.S.query.id === 2")
+    grid = pg.evaluate("window.vfs.S.query.geometry.cells['blocks.10']")
+    assert (grid["rows"], grid["cols"]) == (24, 16) and grid["box"] == [0, 0, 400, 600]
+    w, h = pg.evaluate("window.vfs.S.query.size")
+    pg.click("[data-tool=paint]")
+    n = searches(pg)
+    stroke(pg, [(w * 0.3, h * 0.97), (w * 0.5, h * 0.99), (w * 0.7, h * 0.97)])
+    wait_search(pg, n + 1)
+    err = pg.evaluate("window.vfs.S.panes[0].error && String(window.vfs.S.panes[0].error.message)")
+    assert not err, err
+    q = pg.evaluate("window.vfs.S.panes[0].ctx.query")
+    assert q["grid"] == [32, 16] and q["cell_box"][0] + q["cell_box"][2] == 24  # the last row
+    pg.click("#overlay-mode [data-mode='heat']")
+    pg.wait_for_selector(".pane[data-pane='0'] .card[data-drawn='heat'] >> nth=2")
+    pg.screenshot(path=str(SHOTS / "full_mode_heat.png"))
+    pg.click("#overlay-mode [data-mode='region']")
+    # the right half found in the panorama's right half
+    pg.click("#ds-grid .thumb[data-id='1']")
+    pg.wait_for_function("window.vfs.S.query && window.vfs.S.query.id === 1")
+    n = searches(pg)
+    pg.click("[data-tool=box]")
+    a, b = image_to_page(pg, 8, 8), image_to_page(pg, 504, 504)
+    pg.mouse.move(*a)
+    pg.mouse.down()
+    pg.mouse.move(*b, steps=6)
+    pg.mouse.up()
+    wait_search(pg, n + 1)
+    top = pg.evaluate("window.vfs.S.panes[0].matches[0]")
+    assert top["id"] == 0 and top["box"][0] >= 480 and abs(top["box"][2] - 1024) <= 16
+    pg.screenshot(path=str(SHOTS / "full_mode_border.png"))

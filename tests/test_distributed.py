@@ -68,6 +68,33 @@ def test_distributed_index_and_search_equal_the_local_path(cluster, images, mode
         assert np.array_equal(x.scores, y.scores)
 
 
+def test_full_mode_on_the_cluster_equals_the_local_path(cluster, images, model, tmp_path):
+    """Index mode full (portraits stored transposed, padding zeroed) written by the workers,
+    and its two-orientation scan on the workers: the same bytes and results as locally."""
+    for i in range(3):
+        photo(160, 240, seed=10 + i).save(images / f"zp{i}.png")  # portraits
+    kw = dict(model=model, layers=["blocks.10"], chunk=4, batch_size=4, progress=False,
+              mode="full")
+    try:
+        local = index(images, tmp_path / "local", workers=0, threads=1, **kw).cache
+        dist = index(images, tmp_path / "dist", scheduler="test-cluster", **kw).cache
+    finally:
+        for i in range(3):
+            (images / f"zp{i}.png").unlink()
+    assert local.transposed("blocks.10").sum() >= 3
+    a, b = _arrays(local), _arrays(dist)
+    for name in a:
+        assert np.array_equal(a[name], b[name]), name
+    portrait = int(np.flatnonzero(local.transposed("blocks.10"))[0])
+    qs = [make_query(local, portrait, box=(20, 40, 140, 200)), make_query(local, 3, whole=True)]
+    r_local = search_many(local, qs, k=6, return_scores=True)
+    r_dist = search_many(local, qs, k=6, return_scores=True, scheduler="test-cluster")
+    for x, y in zip(r_local, r_dist, strict=True):
+        assert list(x.ids) == list(y.ids)
+        assert [m.offset for m in x] == [m.offset for m in y]
+        assert np.array_equal(x.scores, y.scores)
+
+
 def test_killing_a_worker_mid_search_still_completes_identically(cluster, images, model, tmp_path):
     lc, client = cluster
     c = index(images, tmp_path / "c", model=model, layers=["blocks.10"], chunk=2, workers=0,

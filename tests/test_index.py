@@ -214,8 +214,8 @@ def test_unknown_model_and_layer_and_unwritable_output(tmp_path, model):
         index(src, tmp_path / "c", model="no-such-net", progress=False)
     with pytest.raises(UnknownLayer, match="no hookable layer 'blocks.99'"):
         index(src, tmp_path / "c2", model=model, layers=["blocks.99"], progress=False)
-    with pytest.raises(BadParameter, match="'full'.*cannot be searched yet") as e:
-        index(src, tmp_path / "c3", model=model, mode="full", progress=False)
+    with pytest.raises(BadParameter, match="unknown preprocessing mode 'panorama'") as e:
+        index(src, tmp_path / "c3", model=model, mode="panorama", progress=False)
     assert e.value.param == "mode"
     assert not (tmp_path / "c").exists() and not (tmp_path / "c2").exists()
     assert not (tmp_path / "c3").exists()

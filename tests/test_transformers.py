@@ -229,6 +229,31 @@ def test_full_mode_rounds_the_padded_input_to_whole_patches(weights):
     assert lm.transform_for("crop") == lm.transform
 
 
+def test_full_mode_index_of_a_vit_equals_its_forward_per_image(weights, folder, tmp_path):
+    """A ViT in index mode full: each image (landscape and portrait) at its own padded input,
+    the tokens of its own patches stored (portraits transposed, padding zero), searchable."""
+    imgs = tmp_path / "imgs"
+    shutil.copytree(folder, imgs)
+    photo(200, 330, seed=9).save(imgs / "9.png")  # a portrait
+    path = weights["vit"][1]
+    ref = _reference("vfs_tiny_vit", seed=1, dynamic_img_size=True)  # the same weights, any size
+    lm = load_model("timm:vfs_tiny_vit", path)
+    c = index(imgs, tmp_path / "c", model=lm, layers=["blocks.0"], mode="full", dtype="f32",
+              refine="none", engine="eager", workers=0, progress=False).cache
+    assert c.grid("blocks.0") == (16, 32) and c.transposed("blocks.0").sum() == 1
+    for i in range(len(c)):
+        img = Image.open(c.abspath(i)).convert("RGB")
+        x = torch.from_numpy(c.transform.to_array(img))[None]
+        want = _intermediates(ref, x, 0)[0]
+        fr = c.frame(i, "blocks.0")
+        assert want.shape[:2] == fr.grid
+        assert relative_error(c.features(i, "blocks.0"), want * fr.valid_cells()[..., None]) <= REL
+    portrait = int(np.flatnonzero(c.transposed("blocks.0"))[0])
+    res = search(c, portrait, box=(20, 200, 180, 330), layer="blocks.0", k=3, exclude_self=False)
+    assert res[0].id == portrait and res[0].score == pytest.approx(1.0, abs=1e-5)
+    assert np.allclose(res[0].box, (16, 198, 184, 330), atol=16)
+
+
 def test_wrong_input_size_and_weights_that_do_not_fit(weights, folder, tmp_path):
     with pytest.raises(BadParameter, match=r"not a multiple of .* patch size 14.*224 or 238"):
         load_model("timm:vfs_tiny_dinov2", weights["dino"][1], input_size=230)

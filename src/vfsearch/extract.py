@@ -75,7 +75,7 @@ def _draft_open(path, transform: Transform, thumb_size: int, max_pixels: int):
         w, h = im.size
         if w * h > max_pixels or w < 1 or h < 1:
             return None
-        if transform.mode == "crop":
+        if transform.mode in ("crop", "full"):  # the shorter side goes to `resize`
             k = max(transform.resize / min(w, h), thumb_size / max(w, h))
         else:
             k = max(transform.size / w, transform.size / h, thumb_size / max(w, h))

@@ -137,7 +137,7 @@ class Frame:
         """``grid`` as the layer stores it; turned to the image's orientation if needed."""
         r, c = int(grid[0]), int(grid[1])
         iw, ih = geometry.input
-        if r != c and (iw < ih) != (c < r):
+        if r != c and iw != ih and (iw < ih) != (c < r):  # only a padded input is turned
             return cls(geometry, c, r, True)
         return cls(geometry, r, c)
 
@@ -166,9 +166,58 @@ class Frame:
         return self.stored(self.valid)
 
     @property
+    def stored_grid(self) -> tuple[int, int]:
+        """The layer's grid as it is stored (``grid`` transposed for a transposed image)."""
+        return self.stored(self.grid)
+
+    @property
+    def padded(self) -> bool:
+        """Whether part of this image's grid is padding (cells with no image content)."""
+        return self.valid != self.grid
+
+    def valid_cells(self) -> np.ndarray:
+        """(rows, cols) float32: 1 on the cells that hold image content, 0 on padding."""
+        m = np.zeros(self.grid, np.float32)
+        r, c = self.valid
+        m[:r, :c] = 1.0
+        return m
+
+    def to_stored(self, x: np.ndarray) -> np.ndarray:
+        """A feature map (rows, cols, C) in this image's orientation → the layer's stored
+        orientation, padding cells set to zero (what every cache of a padded layout holds)."""
+        x = np.asarray(x)
+        if tuple(x.shape[:2]) != self.grid:
+            raise ValueError(f"features {x.shape} do not match the image's grid {self.grid}")
+        if self.padded:
+            r, c = self.valid
+            x = x.copy()
+            x[r:] = 0
+            x[:, c:] = 0
+        return np.ascontiguousarray(x.transpose(1, 0, 2)) if self.transposed else x
+
+    def from_stored(self, x: np.ndarray) -> np.ndarray:
+        """A stored feature map (or any per-cell array) → this image's orientation."""
+        x = np.asarray(x)
+        if not self.transposed:
+            return x
+        axes = (1, 0) + tuple(range(2, x.ndim))
+        return np.ascontiguousarray(x.transpose(axes))
+
+    @property
     def cell(self) -> tuple[float, float]:
         """(width, height) of one cell in model-input pixels."""
         return self.geometry.input[0] / self.cols, self.geometry.input[1] / self.rows
+
+    def drawn(self) -> dict:
+        """The grid as the page draws it over the image: the cells holding image content
+        (``rows`` × ``cols``) and the box they cover in original pixels (not clipped: a last,
+        partly filled cell of a padded grid reaches past the image's edge)."""
+        r, c = self.valid
+        cw, ch = self.cell
+        x0, y0 = self.geometry.to_image(0, 0)
+        x1, y1 = self.geometry.to_image(c * cw, r * ch)
+        return {"rows": int(r), "cols": int(c),
+                "box": [round(float(v), 3) for v in (x0, y0, x1, y1)]}
 
     def cells_to_image(self, box_cells: Box) -> Box:
         """A box in fractional cell units (x0, y0, x1, y1) → original pixels, clipped."""

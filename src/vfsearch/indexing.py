@@ -192,10 +192,6 @@ def _index(images, out: Path, existing: bool, *, model, layers, dtype, refine, m
            workers, device, image_root, label_from, label_pattern, chunk, compression,
            thumb_size, max_pixels, weights, progress, log, check_disk, max_batches, scheduler,
            threads, engine, draft, input_size, t0) -> IndexReport:
-    if mode == "full":  # the geometry exists (transforms, geometry.Frame); the search does not
-        raise BadParameter("index mode 'full' (whole images at native aspect) cannot be searched "
-                           "yet; use 'crop' (the model's centre crop) or 'squash' (the whole "
-                           "image resized to a square)", param="mode")
     imageset = images if isinstance(images, ImageSet) else discover(
         images, image_root=image_root, label_from=label_from, label_pattern=label_pattern)
     lm = model if isinstance(model, LoadedModel) else load_model(model, weights, input_size)

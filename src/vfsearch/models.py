@@ -700,7 +700,7 @@ def list_layers(
         return fn
 
     ml = model_layout(module)
-    hw = (transform.size, transform.size)
+    hw = tuple(int(v) for v in getattr(transform, "input_shape", (transform.size,) * 2))
     try:
         for name, m in module.named_modules():
             if not name or (layer_filter is not None and not layer_filter(name, m)):
@@ -718,7 +718,7 @@ def list_layers(
         if calls.get(name, 0) != 1 or lay is None or shapes[name][0] != 1:
             continue
         h, w, c = lay.shape(shapes[name])
-        if h != w:
+        if h * hw[1] != w * hw[0]:  # not a grid laid evenly on the input
             continue
         leaf = _last_leaf(mods[name])
         out.append(
@@ -727,7 +727,7 @@ def list_layers(
                 kind=type(mods[name]).__name__,
                 channels=int(c),
                 grid=(int(h), int(w)),
-                stride=transform.size / w,
+                stride=hw[1] / w,
                 nonnegative=isinstance(leaf, _NONNEG),
                 default=(name == default_layer),
                 layout=lay.kind,

@@ -127,11 +127,14 @@ def layer_specs(meta: dict, layer: str) -> list[ArraySpec]:
     return specs
 
 
-def encode_features(x: np.ndarray, meta: dict, layer: str) -> dict[str, np.ndarray]:
-    """NHWC float32 features of one layer → every per-layer array of the layout (by name)."""
+def encode_features(x: np.ndarray, meta: dict, layer: str, cells: np.ndarray | None = None
+                    ) -> dict[str, np.ndarray]:
+    """NHWC float32 features of one layer → every per-layer array of the layout (by name).
+    ``cells``: each row's number of valid cells when padding cells (zeros) are part of the grid
+    (the ``full`` index mode), so ``pooled`` is the mean over the image's own cells."""
     info = meta["layer_info"][layer]
     q, scale, sqn, qerr2 = quantize(x, meta["dtype"], info["nonnegative"])
-    out = {"features": q, "sqnorm": sqn, "pooled": pooled(x)}
+    out = {"features": q, "sqnorm": sqn, "pooled": pooled(x, cells)}
     if meta["dtype"] == "int8":
         out["scale"], out["qerr2"] = scale, qerr2
         if meta["refine"] != "none":
@@ -139,12 +142,16 @@ def encode_features(x: np.ndarray, meta: dict, layer: str) -> dict[str, np.ndarr
     return out
 
 
-def pooled(x: np.ndarray) -> np.ndarray:
-    """Mean over the cells of NHWC features (float64 sums: identical bytes on every run)."""
+def pooled(x: np.ndarray, cells: np.ndarray | None = None) -> np.ndarray:
+    """Mean over the cells of NHWC features (float64 sums: identical bytes on every run);
+    ``cells`` (per row): divide the sum by that many valid cells (padding cells are zero)."""
     x = np.asarray(x)
     if x.shape[0] == 0:
         return np.zeros((0, x.shape[-1]), np.float32)
-    return x.astype(np.float64).mean(axis=(1, 2)).astype(np.float32)
+    if cells is None:
+        return x.astype(np.float64).mean(axis=(1, 2)).astype(np.float32)
+    s = x.astype(np.float64).sum(axis=(1, 2))
+    return (s / np.maximum(np.asarray(cells, np.float64), 1.0)[:, None]).astype(np.float32)
 
 
 def quantize(x: np.ndarray, dtype: str, nonnegative: bool):

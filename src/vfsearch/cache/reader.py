@@ -13,6 +13,7 @@ import numpy as np
 import zarr
 
 from ..errors import CacheError, CacheMismatch, CacheNotFound, NotFound, UnknownLayer
+from ..geometry import Frame
 from ..transforms import Transform
 from . import versions
 from .layout import INDEXED, PENDING, SKIPPED, derived_key, image_key, layer_key, meta_key
@@ -118,7 +119,10 @@ class FeatureCache:
 
     @property
     def transform(self) -> Transform:
-        return Transform.from_dict(self.meta["transform"])
+        t = self.__dict__.get("_transform")
+        if t is None:
+            t = self.__dict__["_transform"] = Transform.from_dict(self.meta["transform"])
+        return t
 
     @property
     def layers(self) -> list[str]:
@@ -277,6 +281,30 @@ class FeatureCache:
         w, h = self.sizes[self._check_id(i)]
         return int(w), int(h)
 
+    # -- per-image grids (the ``full`` mode pads and turns them) ---------------------------------
+    @property
+    def padded(self) -> bool:
+        """Whether the layers' grids hold padding and portrait images transposed (index mode
+        ``full``): each image then has its own :meth:`frame`."""
+        return self.transform.mode == "full"
+
+    def frame(self, i: int, layer: str | None = None) -> Frame:
+        """Image ``i``'s geometry with ``layer``'s grid, in the image's own orientation."""
+        return self.transform.frame(*self.image_size(i), self.grid(layer))
+
+    def image_grid(self, i: int, layer: str | None = None) -> tuple[int, int]:
+        """(rows, cols) of image ``i``'s feature map as :meth:`features` returns it."""
+        return self.frame(i, layer).grid if self.padded else self.grid(layer)
+
+    def transposed(self, layer: str | None = None) -> np.ndarray:
+        """(N,) bool: the rows whose grid the layer stores transposed (portrait images of a
+        ``full`` cache; the scan matches them with the transposed query)."""
+        r, c = self.grid(layer)
+        if not self.padded or r == c:
+            return np.zeros(len(self), bool)
+        w, h = self.sizes[:, 0], self.sizes[:, 1]
+        return (h > w) & self.valid
+
     def info(self) -> dict:
         """A summary for ``vfsearch info`` (JSON-serialisable)."""
         st = self.status
@@ -367,10 +395,16 @@ class FeatureCache:
             yield self.read(layer, s, min(len(self), s + rows))
 
     def features(self, i: int, layer: str | None = None, exact: bool = True) -> np.ndarray:
-        """One image's feature map (H, W, C) as float32 (from the refine copy when ``exact``)."""
+        """One image's feature map (H, W, C) as float32 (from the refine copy when ``exact``),
+        in the image's own orientation (:meth:`image_grid`; padding cells of a ``full`` cache
+        are zero)."""
         layer = layer or self.default_layer
         self.layer_info(layer)
         i = self._check_id(i)
+        f = self._stored_features(i, layer, exact)
+        return self.frame(i, layer).from_stored(f) if self.padded else f
+
+    def _stored_features(self, i: int, layer: str, exact: bool) -> np.ndarray:
         ref = self._arr(layer, "refine")
         if exact and ref is not None:
             return self._refine_rows(ref, [i])[0]
@@ -384,7 +418,8 @@ class FeatureCache:
 
     def rows_features(self, layer: str, ids) -> np.ndarray:
         """Float32 feature maps (m, H, W, C) of rows ``ids``, as exact as the cache allows
-        (the refine copy, else the dequantised features, from RAM when the layer is loaded)."""
+        (the refine copy, else the dequantised features, from RAM when the layer is loaded), as
+        the layer stores them (a ``full`` cache's portraits transposed: :meth:`transposed`)."""
         ids = np.asarray(ids, dtype=np.int64)
         ex = self.exact_rows(layer, ids)
         if ex is not None:

@@ -105,6 +105,10 @@ class CacheWriter:
     def chunk(self) -> int:
         return int(self.meta["chunk"])
 
+    @property
+    def transform(self) -> Transform:
+        return Transform.from_dict(self.meta["transform"])
+
     def __len__(self) -> int:
         key = image_key("status")
         return int(self.root[key].shape[0]) if key in self.root else 0
@@ -184,6 +188,7 @@ class CacheWriter:
         idx = np.array(sorted(rows)) - s
         layers = list(self.meta["layers"] if layers is None else layers)
         adding = layers != list(self.meta["layers"])
+        transform = self.transform
         if not adding:
             sizes = self.root[image_key("size")][sl] if not full else np.zeros((e - s, 2), np.int32)
             stats = self.root[image_key("stat")][sl] if not full else np.zeros((e - s, 2), np.int64)
@@ -200,10 +205,16 @@ class CacheWriter:
             good = [(r - s, rec.features[layer]) for r, rec in sorted(rows.items())
                     if rec.features is not None]
             x = np.zeros((len(good), h, w, info["channels"]), np.float32)
-            for k, (_j, v) in enumerate(good):
-                x[k] = v
+            cells = np.full(len(good), h * w, np.int64)
+            for k, (j, v) in enumerate(good):
+                if transform.mode == "full":  # portraits transposed, padding zeroed
+                    frame = transform.frame(*rows[s + j].size, (h, w))
+                    x[k] = frame.to_stored(v)
+                    cells[k] = int(np.prod(frame.valid))
+                else:
+                    x[k] = v
             gj = np.array([j for j, _ in good], dtype=np.int64)
-            for name, vals in encode_features(x, self.meta, layer).items():
+            for name, vals in encode_features(x, self.meta, layer, cells).items():
                 arr = self.root[layer_key(layer, name)]
                 data = np.zeros((e - s,) + arr.shape[1:], arr.dtype) if full else arr[sl]
                 if not full:

@@ -27,10 +27,12 @@ from ._util import echo_json, err
 @click.option("--refine", type=click.Choice(["f32", "f16", "none"]), default="f32",
               show_default=True,
               help="Higher-precision copy kept with int8 so search results are exact.")
-@click.option("--mode", type=click.Choice(["crop", "squash", "whole"]), default="crop",
+@click.option("--mode", type=click.Choice(["crop", "squash", "full", "whole"]), default="crop",
               show_default=True,
               help="crop = the model's centre crop; squash = the whole image resized to a square "
-                   "(keeps borders, not the aspect; 'whole' is its old name).")
+                   "(keeps borders, not the aspect; 'whole' is its old name); full = the whole "
+                   "image at the crop's scale with its aspect kept (every pixel searchable; "
+                   "about 2.6x the disk and scan time of crop).")
 @click.option("--image-root", type=click.Path(path_type=Path), default=None,
               help="Store paths relative to this folder (default: the source folder).")
 @click.option("--label-from", type=click.Choice(["parent", "none"]), default="parent",

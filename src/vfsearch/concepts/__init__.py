@@ -78,6 +78,11 @@ def discover(cache, layer: str | None = None, method: str = "dictionary", *,
     if method not in METHODS:
         raise BadParameter(f"unknown concept method {method!r}; use {' or '.join(METHODS)}",
                            param="method")
+    if cache.padded:
+        raise BadParameter("concept discovery reads the layer's cells as stored and does not "
+                           "support caches indexed in mode 'full' (padded, turned grids) yet; "
+                           "index the images in mode 'crop' or 'squash' for concepts",
+                           param="cache")
     if method == "dictionary":
         from .dictionary import discover_dictionary
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import kernel
+from .orient import OrientedQuery, scan_block
 
 __all__ = ["scan_distributed"]
 
@@ -29,12 +29,16 @@ def _scan_task(path: str, layer: str, start: int, stop: int, pqs, backend: str, 
     bounds of this block's own top ``tighten_k`` candidates)."""
     if delay:
         time.sleep(delay)
-    data = _open(path).read(layer, start, stop)
+    cache = _open(path)
+    data = cache.read(layer, start, stop)
+    turned = cache.transposed(layer)[start:stop]
     out = []
     for pq in pqs:
-        r = kernel.scan(data.features, data.sqnorm, pq, scale=data.scale, qerr2=data.qerr2,
-                        threads=1, backend=backend, tighten_k=tighten_k)
-        out.append((r.score, r.offset, r.upper, r.lower))
+        r = OrientedQuery.of(pq).scan(
+            data, turned if turned.any() else None,
+            lambda d, q, ids: scan_block(d, q, ids, backend=backend, threads=1,
+                                         tighten_k=tighten_k))
+        out.append((r["score"], r["offset"], r["upper"], r["lower"]))
     return start, out
 
 

@@ -71,7 +71,7 @@ class Query:
         """This query image restricted to ``mask`` (image resolution, 0–1); ``None`` = the
         whole of what the model sees (an all-ones grid)."""
         if mask is None:
-            return dataclasses.replace(self, weights=np.ones(self.grid, np.float32),
+            return dataclasses.replace(self, weights=self.frame.valid_cells(),
                                        box=self.geometry.crop, mask=None, mode="whole")
         weights = self.frame.mask_weights(mask)
         ys, xs = np.nonzero(mask > 0)
@@ -89,9 +89,11 @@ class Query:
         """This query image as a global query (its mean-pooled features)."""
         from ..cache.layout import pooled as mean_pool
 
-        p = mean_pool(self.features[None])[0] if pooled is None else np.asarray(pooled, np.float32)
-        return dataclasses.replace(self, weights=np.ones(self.grid, np.float32),
-                                   box=self.geometry.crop, mask=None, mode="global", pooled=p)
+        view = self.frame.valid_cells()
+        p = (mean_pool(self.features[None], [view.sum()])[0] if pooled is None
+             else np.asarray(pooled, np.float32))
+        return dataclasses.replace(self, weights=view, box=self.geometry.crop, mask=None,
+                                   mode="global", pooled=p)
 
 
 _EXTRA_MODELS: dict[tuple[str, str], object] = {}
@@ -148,13 +150,18 @@ def query_from_features(cache: FeatureCache, features: np.ndarray, size: tuple[i
                         layer: str, *, source_id: int | None = None, label: str = "") -> Query:
     """The whole-image query of an image whose ``features`` (H, W, C) on ``layer`` are known;
     restrict it to a region with :meth:`Query.with_region`."""
-    grid = tuple(cache.layer_info(layer)["grid"])
+    size = (int(size[0]), int(size[1]))
+    frame = cache.transform.frame(*size, cache.grid(layer))
+    grid = frame.grid  # the cache's grid, in this image's orientation
     if tuple(features.shape[:2]) != grid:
         raise CacheMismatch(f"query features {features.shape} do not match the cache grid {grid}")
-    size = (int(size[0]), int(size[1]))
-    geom = cache.transform.geometry(*size)
+    view = frame.valid_cells()  # all ones but on a padded (full-mode) grid
+    features = np.asarray(features, dtype=np.float32)
+    if frame.padded:
+        features = features * view[..., None]  # padding is zero, as the cache stores it
+    geom = frame.geometry
     return Query(features=np.ascontiguousarray(features, dtype=np.float32),
-                 weights=np.ones(grid, np.float32), image_size=size, geometry=geom,
+                 weights=view, image_size=size, geometry=geom,
                  box=geom.crop, layer=layer, model=cache.model, weights_hash=cache.weights_hash,
                  source_id=source_id, mask=None, label=label, mode="whole")
 
@@ -254,7 +261,10 @@ def check_query(cache: FeatureCache, q: Query) -> None:
                        f"{cache.model} ({cache.weights_hash})")
     if q.layer not in cache.layers:
         raise BadQuery(f"query layer {q.layer!r} is not in this cache ({', '.join(cache.layers)})")
-    if (tuple(q.weights.shape) != cache.grid(q.layer)
+    grids = {cache.grid(q.layer)}
+    if cache.padded:  # a portrait query image's grid is the layer's, transposed
+        grids.add(cache.grid(q.layer)[::-1])
+    if (tuple(q.weights.shape) not in grids
             or q.features.shape[-1] != cache.layer_info(q.layer)["channels"]):
         raise BadQuery("query features do not match the cache's layer shape")
     if q.mode not in MODES:

@@ -13,6 +13,7 @@ from ..cache import FeatureCache, LayerData
 from ..errors import BadQuery
 from ..geometry import carry_box, offset_rc
 from . import kernel
+from .orient import OrientedQuery, scan_block
 from .query import Query, check_query, make_query
 
 __all__ = ["Match", "SearchResult", "exact_scores", "search", "search_many"]
@@ -77,7 +78,7 @@ class SearchResult:
             from .global_search import cell_shares
 
             return cell_shares(self.query.pooled, self.cache.features(i, self.query.layer))[0]
-        feats = self.cache.features(i, self.query.layer)[None]
+        feats = self.cache.features(i, self.query.layer)[None]  # in the image's orientation
         _, _, maps = exact_scores(feats, self.query.weights, self.query.features)
         return maps[0]
 
@@ -132,7 +133,7 @@ def exact_scores(feats: np.ndarray, weights: np.ndarray, qfeat: np.ndarray, bloc
     r0, c0 = ys.min(), xs.min()
     h, w = ys.max() - r0 + 1, xs.max() - c0 + 1
     m, H, W, _ = feats.shape
-    A, B = H - h + 1, W - w + 1
+    A, B = max(0, H - h + 1), max(0, W - w + 1)  # none where the box does not fit
     m2 = weights[ys, xs].astype(np.float64) ** 2
     q = qfeat[ys, xs].astype(np.float64)  # (K, C)
     qnorm = np.sqrt((m2 * (q * q).sum(1)).sum())
@@ -151,24 +152,14 @@ def exact_scores(feats: np.ndarray, weights: np.ndarray, qfeat: np.ndarray, bloc
         sc[~np.isfinite(sc)] = 0.0
         maps[s:s + block] = sc
     flat = maps.reshape(m, -1)
+    if not A * B:
+        return np.full(m, -np.inf), np.zeros(m, np.int64), maps
     off = flat.argmax(axis=1) if m else np.zeros(0, np.int64)
     best = flat[np.arange(m), off] if m else np.zeros(0)
     return best, off, maps
 
 
 # -- scanning --------------------------------------------------------------------------------
-
-
-def _scan_block(data: LayerData, pq, backend: str, threads: int | None,
-                tighten_k: int | None = None, floor: float = -np.inf):
-    if backend.startswith("torch"):
-        from . import torch_backend
-
-        device = backend.split(":", 1)[1] if ":" in backend else "cpu"
-        return torch_backend.scan(data.features, data.sqnorm, pq, scale=data.scale,
-                                  qerr2=data.qerr2, device=device)
-    return kernel.scan(data.features, data.sqnorm, pq, scale=data.scale, qerr2=data.qerr2,
-                       threads=threads, backend=backend, tighten_k=tighten_k, tighten_floor=floor)
 
 
 def _blocks(cache: FeatureCache, layer: str, memory: int | None) -> Iterable[LayerData]:
@@ -196,25 +187,33 @@ def _default_memory(cache: FeatureCache, layer: str) -> int | None:
 
 
 def _scan_all(cache, layer, pqs, *, memory, backend, threads, tighten_k: int | None = None):
-    """Scan every block for every query. With ``tighten_k``, the images of each block that could
-    still reach the top ``tighten_k`` (given the best lower bounds seen so far) are re-scanned
-    with the int16 query where the fast path rounded it to int8, so few need the exact refine."""
+    """Scan every block for every query (:class:`OrientedQuery`, or a plain prepared query).
+    With ``tighten_k``, the images of each block that could still reach the top ``tighten_k``
+    (given the best lower bounds seen so far) are re-scanned with the int16 query where the fast
+    path rounded it to int8, so few need the exact refine."""
     n = len(cache)
+    oqs = [OrientedQuery.of(p) for p in pqs]
+    turned = cache.transposed(layer)
+    turned = turned if turned.any() else None
     outs = [{k: np.empty(n, dt) for k, dt in (("score", np.float32), ("offset", np.int32),
                                                 ("upper", np.float32), ("lower", np.float32))}
-            for _ in pqs]
-    best_lower = [np.full(0, -np.inf, np.float32) for _ in pqs]  # the top tighten_k lowers so far
+            for _ in oqs]
+    best_lower = [np.full(0, -np.inf, np.float32) for _ in oqs]  # the top tighten_k lowers so far
     for data in _blocks(cache, layer, memory):
         sl = slice(data.start, data.start + data.n)
-        for j, (pq, out) in enumerate(zip(pqs, outs, strict=True)):
+        for j, (oq, out) in enumerate(zip(oqs, outs, strict=True)):
             floor = -np.inf
             if tighten_k and len(best_lower[j]) >= tighten_k:
                 floor = float(best_lower[j].min())
-            r = _scan_block(data, pq, backend, threads, tighten_k, floor)
-            out["score"][sl], out["offset"][sl] = r.score, r.offset
-            out["upper"][sl], out["lower"][sl] = r.upper, r.lower
+            r = oq.scan(data, None if turned is None else turned[sl],
+                        lambda d, pq, ids, f=floor: scan_block(
+                            d, pq, ids, backend=backend, threads=threads, tighten_k=tighten_k,
+                            floor=f))
+            for key in out:
+                out[key][sl] = r[key]
             if tighten_k:
-                b = np.concatenate([best_lower[j], r.lower])
+                lw = r["lower"][np.isfinite(r["lower"])]
+                b = np.concatenate([best_lower[j], lw])
                 best_lower[j] = (b if len(b) <= tighten_k
                                  else np.partition(b, -tighten_k)[-tighten_k:])
     return outs
@@ -239,16 +238,16 @@ def _topk(values: np.ndarray, k: int) -> np.ndarray:
 
 def _finish(cache: FeatureCache, q: Query, out: dict, *, k: int, exclude_self: bool,
             return_scores: bool, dedup: float | None, exact: bool, backend: str = "auto",
-            threads: int | None = None) -> SearchResult:
+            threads: int | None = None, oq: OrientedQuery | None = None) -> SearchResult:
     n = len(cache)
-    valid = cache.valid.copy()
+    turned = cache.transposed(q.layer)
+    oq = oq or _oriented(cache, q, turned)
+    valid = cache.valid & oq.fits_rows(turned)  # a region too large for an image: not ranked
     if exclude_self and q.source_id is not None:
         valid[q.source_id] = False
     score = out["score"].astype(np.float32)
     score[~valid] = -np.inf
     offset = out["offset"].copy()
-    info = cache.layer_info(q.layer)
-    H, W = info["grid"]
     r0, c0, h, w = q.cell_box
     stats = {"refined": 0, "candidates": 0}
     want = _want(k, dedup)
@@ -262,7 +261,7 @@ def _finish(cache: FeatureCache, q: Query, out: dict, *, k: int, exclude_self: b
         stats["candidates"] = int(len(cand))
         rows, _ = cache.exact_rows(q.layer, cand, norms=False)  # one read per row (format 3)
         kb = backend if backend in kernel.BACKENDS else "auto"
-        best, off = kernel.exact_best(rows, q.weights, q.features, backend=kb, threads=threads)
+        best, off = oq.exact(rows, turned[cand], backend=kb, threads=threads)
         score[cand] = best.astype(np.float32)
         offset[cand] = off
         stats["refined"] = int(len(cand))
@@ -279,12 +278,18 @@ def _finish(cache: FeatureCache, q: Query, out: dict, *, k: int, exclude_self: b
     paths, labels = cache.paths, cache.labels
     qframe, origin = q.frame, (r0, c0)
     for rank, i in enumerate(top, start=1):
-        a, b = offset_rc(offset[i], (H, W), w)
+        a, b = offset_rc(offset[i], cache.image_grid(int(i), q.layer), w)
         size = cache.image_size(int(i))
-        box = carry_box(qframe, q.box, origin, cache.transform.frame(*size, (H, W)), (a, b))
+        box = carry_box(qframe, q.box, origin, cache.frame(int(i), q.layer), (a, b))
         matches.append(Match(int(i), float(score[i]), rank, str(paths[i]), str(labels[i]), (a, b),
                              box, size))
     return SearchResult(q, cache, matches, score if return_scores else None, stats)
+
+
+def _oriented(cache: FeatureCache, q: Query, turned: np.ndarray) -> OrientedQuery:
+    """The query prepared for the scan of ``q.layer`` (upright, and transposed where the layer
+    stores rows transposed)."""
+    return OrientedQuery(q.features, q.weights, cache.grid(q.layer), bool(turned.any()))
 
 
 def _want(k: int, dedup: float | None) -> int:
@@ -427,7 +432,8 @@ def search_many(
     tighten = _want(k, dedup) + 1 if exact else None
     for layer, js in by_layer.items():
         mem = _default_memory(cache, layer) if memory == "auto" else memory
-        pqs = [kernel.PreparedQuery.from_grid(queries[j].features, queries[j].weights) for j in js]
+        turned = cache.transposed(layer)
+        pqs = [_oriented(cache, queries[j], turned) for j in js]
         if scheduler:
             from ..cluster import get_client
             from .dask_backend import scan_distributed
@@ -438,8 +444,8 @@ def search_many(
         else:
             outs = _scan_all(cache, layer, pqs, memory=mem, backend=backend, threads=threads,
                              tighten_k=tighten)
-        for j, out in zip(js, outs, strict=True):
+        for j, out, oq in zip(js, outs, pqs, strict=True):
             results[j] = _finish(cache, queries[j], out, k=k, exclude_self=exclude_self,
                                  return_scores=return_scores, dedup=dedup, exact=exact,
-                                 backend=backend, threads=threads)
+                                 backend=backend, threads=threads, oq=oq)
     return results

@@ -75,7 +75,8 @@ def sample_queries(arms: Sequence[Arm], n: int, seed: int = 0,
 
     Regions are random boxes of ``region_cells`` (min, max) cells per side of the coarsest grid
     among the arms, placed on that grid inside the model's centre crop (so every arm sees exactly
-    the same cells), and rounded inwards to whole original pixels. The same images are used for
+    the same cells; in a ``full`` cache, on the image's own cells of that grid), and rounded
+    inwards to whole original pixels. The same images are used for
     every kind (paired comparisons).
     """
     if not arms:
@@ -97,6 +98,7 @@ def sample_queries(arms: Sequence[Arm], n: int, seed: int = 0,
     rng = np.random.default_rng(seed)
     pick = rng.choice(common, size=min(n, len(common)), replace=False)
     grid = min(min(a.cache.grid(a.layer)) for a in arms)
+    coarse = min((a.cache.grid(a.layer) for a in arms), key=min)
     tf = ref.transform
     cell = tf.size / grid
     lo_c, hi_c = region_cells
@@ -105,11 +107,17 @@ def sample_queries(arms: Sequence[Arm], n: int, seed: int = 0,
     for i in pick:
         w, h = ref.image_size(int(i))
         geom = tf.geometry(w, h)
+        rows = cols = grid
+        cw = ch = cell
+        if ref.padded:  # a full-mode cache: regions within the image's own cells
+            fr = tf.frame(w, h, coarse)
+            (rows, cols), (cw, ch) = fr.valid, fr.cell
         # draw the region for every image (kept even if kind "region" is unused: same stream)
         hc, wc = (int(v) for v in rng.integers(lo_c, hi_c + 1, 2))
-        r0, c0 = int(rng.integers(0, grid - hc + 1)), int(rng.integers(0, grid - wc + 1))
-        x0, y0 = geom.to_image(c0 * cell, r0 * cell)
-        x1, y1 = geom.to_image((c0 + wc) * cell, (r0 + hc) * cell)
+        hc, wc = min(hc, rows), min(wc, cols)
+        r0, c0 = int(rng.integers(0, rows - hc + 1)), int(rng.integers(0, cols - wc + 1))
+        x0, y0 = geom.to_image(c0 * cw, r0 * ch)
+        x1, y1 = geom.to_image((c0 + wc) * cw, (r0 + hc) * ch)
         x0, y0 = math.ceil(max(0.0, x0) - 1e-6), math.ceil(max(0.0, y0) - 1e-6)
         x1, y1 = math.floor(min(float(w), x1) + 1e-6), math.floor(min(float(h), y1) + 1e-6)
         if x1 <= x0:

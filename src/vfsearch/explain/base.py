@@ -151,6 +151,11 @@ class Explainer:
         t0 = time.perf_counter()
         if not self.cache.valid[self.cache._check_id(result_id)]:
             raise BadQuery(f"image {result_id} was not indexed", param="result_id")
+        if self.runs_model and self.cache.padded:
+            raise BadQuery(f"the {self.name!r} explanation runs the model on perturbed square "
+                           "inputs and does not support caches indexed in mode 'full' yet; use "
+                           "'exact' or 'feature' (they read the cached features)",
+                           param="method")
         ctl = Control(progress, cancel)
         ctl.check()
         ex = self._explain(query, int(result_id), ctl)

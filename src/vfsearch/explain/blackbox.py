@@ -119,7 +119,8 @@ class ModelExplainer(Explainer):
             return scorer, x, xb, ref, float(pooled_cosine(ref[None], q.pooled)[0]), (0, 0)
         ref = self._result_features(q, rid)
         best, off, _ = exact_scores(ref[None], q.weights, q.features)
-        return scorer, x, xb, ref, float(best[0]), offset_rc(off[0], q.grid, q.cell_box[3])
+        return scorer, x, xb, ref, float(best[0]), offset_rc(off[0], ref.shape[:2],
+                                                             q.cell_box[3])
 
     def _query_inputs(self, q: Query) -> tuple[np.ndarray, np.ndarray]:
         qimg = self.query_image

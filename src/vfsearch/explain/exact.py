@@ -20,7 +20,7 @@ def cell_shares(q: Query, feats: np.ndarray):
     best, off, maps = exact_scores(feats[None], q.weights, q.features)
     ys, xs = np.nonzero(q.weights > 0)
     r0, c0 = ys.min(), xs.min()
-    a, b = offset_rc(off[0], q.grid, int(xs.max() - c0 + 1))
+    a, b = offset_rc(off[0], feats.shape[:2], int(xs.max() - c0 + 1))  # the result's own grid
     m2 = q.weights[ys, xs].astype(np.float64) ** 2
     qv = q.features[ys, xs].astype(np.float64)
     xv = feats[ys - r0 + a, xs - c0 + b].astype(np.float64)
@@ -31,7 +31,8 @@ def cell_shares(q: Query, feats: np.ndarray):
     return float(best[0]), (a, b), ys, xs, per
 
 
-def pooled_shares(qvec: np.ndarray, feats: np.ndarray, pooled: np.ndarray | None = None):
+def pooled_shares(qvec: np.ndarray, feats: np.ndarray, pooled: np.ndarray | None = None,
+                  view: np.ndarray | None = None):
     """The exact split of a global score, the cosine of ``pooled`` (the image's stored
     mean-pooled vector; default: the mean of ``feats``) with ``qvec``, over the image's cells
     and channels: (cells (H, W), channels (C,), residual); each sums to the cosine.
@@ -39,10 +40,14 @@ def pooled_shares(qvec: np.ndarray, feats: np.ndarray, pooled: np.ndarray | None
     cos = q̂·p/|p| = Σᵢ q̂·(fᵢ + e)/(HW·|p|) with e = p − mean(f): each cell's share is its
     features' dot product with the unit query vector, the cells' common residual ``e`` (zero
     when ``feats`` are the exact features; the 8-bit rounding of a cache without a float copy
-    otherwise) spread evenly; ``residual`` = q̂·e/|p|, its part of the score."""
+    otherwise) spread evenly; ``residual`` = q̂·e/|p|, its part of the score. ``view`` (H, W):
+    1 on the image's own cells, 0 on padding (a full-mode grid; the mean is over its cells and
+    padding gets no share)."""
     f = np.asarray(feats, np.float64)
     H, W = f.shape[:2]
-    mean = f.mean(axis=(0, 1))
+    view = np.ones((H, W)) if view is None else np.asarray(view, np.float64)
+    cnt = max(1.0, float(view.sum()))
+    mean = (f * view[..., None]).sum(axis=(0, 1)) / cnt
     p = mean if pooled is None else np.asarray(pooled, np.float64).reshape(-1)
     n = float(np.linalg.norm(p))
     qn = float(np.linalg.norm(np.asarray(qvec, np.float64)))
@@ -50,7 +55,7 @@ def pooled_shares(qvec: np.ndarray, feats: np.ndarray, pooled: np.ndarray | None
         return np.zeros((H, W)), np.zeros(f.shape[-1]), 0.0
     qh = np.asarray(qvec, np.float64).reshape(-1) / qn
     e = p - mean
-    cells = ((f + e) @ qh) / (H * W * n)
+    cells = ((f + e) @ qh) * view / (cnt * n)
     return cells, qh * p / n, float(e @ qh / n)
 
 
@@ -81,8 +86,9 @@ class ExactExplainer(Explainer):
         feats = self._result_features(q, rid)
         rvec = np.asarray(self.cache.pooled(q.layer, [rid])[0], np.float64)
         score = float(pooled_cosine(rvec[None], q.pooled)[0])  # the match's global score
-        rmap, chan, resid = pooled_shares(q.pooled, feats, rvec)
-        qmap, _, qresid = pooled_shares(rvec, q.features, q.pooled)
+        rview = self.cache.frame(rid, q.layer).valid_cells()
+        rmap, chan, resid = pooled_shares(q.pooled, feats, rvec, rview)
+        qmap, _, qresid = pooled_shares(rvec, q.features, q.pooled, q.frame.valid_cells())
         H, W = rmap.shape
         return Explanation("exact", rid, score, (0, 0), rmap, qmap, "grid", extra={
             "cell_shares": [{"result_cell": [int(y), int(x)], "share": float(rmap[y, x])}
@@ -101,7 +107,7 @@ class ExactExplainer(Explainer):
         H, W = q.weights.shape
         r0, c0 = ys.min(), xs.min()
         qmap = np.zeros((H, W))
-        rmap = np.zeros((H, W))
+        rmap = np.zeros(feats.shape[:2])  # the result's own grid
         cell = per.sum(1)
         qmap[ys, xs] = cell
         rmap[ys - r0 + a, xs - c0 + b] = cell
@@ -131,7 +137,10 @@ def top_patches(cache: FeatureCache, layer: str, channel: int, n: int = 6) -> li
     for j in idx:
         i, rem = divmod(int(j), H * W)
         y, x = divmod(rem, W)
-        box = cache.transform.frame(*cache.image_size(i), (H, W)).cell_image_box(y, x)
+        frame = cache.transform.frame(*cache.image_size(i), (H, W))
+        if frame.transposed:  # stored transposed (a portrait of a full-mode cache)
+            y, x = x, y
+        box = frame.cell_image_box(y, x)
         out.append({"id": i, "cell": [y, x], "activation": float(flat[j]),
                     "box": [round(v, 1) for v in box], "label": str(cache.labels[i])})
     return out
@@ -166,5 +175,5 @@ class FeatureOcclusionExplainer(Explainer):
         s, _, _ = exact_scores(occluded, q.weights, q.features)
         sal = (best[0] - s).reshape(H, W)
         return Explanation("feature", rid, float(best[0]),
-                           offset_rc(off[0], q.grid, q.cell_box[3]), sal, None,
+                           offset_rc(off[0], (H, W), q.cell_box[3]), sal, None,
                            "grid")

@@ -9,11 +9,11 @@ from __future__ import annotations
 import numpy as np
 
 from ..engine import Query
-from ..geometry import carry_affine, carry_box, offset_rc
+from ..geometry import Frame, carry_affine, carry_box, offset_rc
 from .entry import CacheEntry
 
-__all__ = ["MAX_CURVE_POINTS", "curve", "image_record", "match_boxes", "match_record",
-           "query_record"]
+__all__ = ["MAX_CURVE_POINTS", "curve", "geometry_record", "image_record", "match_boxes",
+           "match_record", "query_record"]
 
 MAX_CURVE_POINTS = 2000
 
@@ -27,7 +27,17 @@ def image_record(e: CacheEntry, i: int, brief: bool = False) -> dict:
         return rec
     rec["valid"] = bool(e.cache.valid[i])
     rec["meta"] = meta(e, i)
-    rec["geometry"] = e.transform.geometry(*size).to_dict()
+    rec["geometry"] = geometry_record(e, size)
+    return rec
+
+
+def geometry_record(e: CacheEntry, size, layers=None) -> dict:
+    """An image's geometry under ``e``'s transform, with ``cells``: each layer's grid as drawn
+    over the image (:meth:`~vfsearch.geometry.Frame.drawn`)."""
+    g = e.transform.geometry(*size)
+    rec = g.to_dict()
+    rec["cells"] = {layer: Frame.of(g, e.cache.grid(layer)).drawn()
+                    for layer in (layers or e.cache.layers)}
     return rec
 
 
@@ -42,7 +52,8 @@ def query_record(q: Query, echo: dict) -> dict:
         "image": echo, "layer": q.layer, "grid": list(q.grid), "cell_box": [r0, c0, h, w],
         "weights": np.round(q.weights[r0:r0 + h, c0:c0 + w].astype(np.float64), 4).tolist(),
         "n_cells": q.n_cells, "box": [round(v, 2) for v in q.box],
-        "image_size": list(q.image_size), "geometry": q.geometry.to_dict(),
+        "image_size": list(q.image_size),
+        "geometry": {**q.geometry.to_dict(), "cells": {q.layer: q.frame.drawn()}},
         "label": q.label, "mode": q.mode, "notes": list(q.notes),
     }
     if "concept" in echo:  # a concept search: the query image is virtual (the model input)
@@ -53,7 +64,7 @@ def query_record(q: Query, echo: dict) -> dict:
 def match_record(e: CacheEntry, q: Query, i: int, rank: int, score: float, offset, box) -> dict:
     """One match: where it matched (offset, box in its own pixels) and the query's carry."""
     size = e.size(i)
-    frame = e.transform.frame(*size, q.grid)
+    frame = e.cache.frame(int(i), q.layer)
     r0, c0, _h, _w = q.cell_box
     return {
         "id": int(i), "rank": int(rank), "score": round(float(score), 6),
@@ -72,8 +83,8 @@ def match_boxes(e: CacheEntry, q: Query, ids, offsets) -> list[tuple]:
     qframe = q.frame
     out = []
     for i, o in zip(ids, offsets, strict=True):
-        a, b = offset_rc(o, q.grid, w)
-        frame = e.transform.frame(*e.size(int(i)), q.grid)
+        a, b = offset_rc(o, e.cache.image_grid(int(i), q.layer), w)
+        frame = e.cache.frame(int(i), q.layer)
         out.append(((a, b), carry_box(qframe, q.box, (r0, c0), frame, (a, b))))
     return out
 

@@ -40,7 +40,14 @@ from ..masks import box_mask, decode_spec, fit_mask
 from .concepts import Concepts
 from .entry import CacheEntry
 from .lru import LRU
-from .records import curve, image_record, match_boxes, match_record, query_record
+from .records import (
+    curve,
+    geometry_record,
+    image_record,
+    match_boxes,
+    match_record,
+    query_record,
+)
 from .stored import StoredSearch, Upload
 
 log = logging.getLogger("vfsearch.server")
@@ -272,8 +279,7 @@ class AppState:
     def upload_record(self, u: Upload) -> dict:
         """An upload with the model's view of it for every open cache (their transforms differ)."""
         return {"upload": u.id, "name": u.name, "size": list(u.size),
-                "geometry": {n: e.transform.geometry(*u.size).to_dict()
-                             for n, e in self.caches.items()}}
+                "geometry": {n: geometry_record(e, u.size) for n, e in self.caches.items()}}
 
     # -- queries and searches -------------------------------------------------------------------
     def resolve_image(self, e: CacheEntry, ref: dict) -> tuple[int | Upload, dict]:
@@ -351,6 +357,8 @@ class AppState:
         if not c.valid[i]:
             return make_query(c, i, whole=True, layer=layer)  # raises the usual error
         feats = e.rows_features(layer, np.array([i]))[0]
+        if c.padded:  # stored turned for a portrait: the image's own orientation
+            feats = c.frame(i, layer).from_stored(feats)
         return query_from_features(c, feats, e.size(i), layer, source_id=i, label=e.label(i))
 
     def _region_query(self, base: Query, region: dict) -> Query:
@@ -428,14 +436,23 @@ class AppState:
     def _offsets(self, e: CacheEntry, st: StoredSearch, ids: np.ndarray):
         """(best scores, offset indices, score maps) of rows ``ids``; for a global query the
         pooled cosine, offset 0 and each cell's share of the score as its map."""
-        feats = e.rows_features(st.layer, ids)
         q = st.query
+        if e.cache.padded:  # each image's own grid (full mode): one at a time, maps of any shape
+            parts = [self._offsets_of(q, e.cache.features(int(i), st.layer)[None]) for i in ids]
+            if not parts:
+                return np.zeros(0), np.zeros(0, np.int64), []
+            return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
+                    [p[2][0] for p in parts])
+        return self._offsets_of(q, e.rows_features(st.layer, ids))
+
+    @staticmethod
+    def _offsets_of(q, feats):
         if q.mode == "global":
             from ..engine.global_search import cell_shares
 
             maps = np.stack([cell_shares(q.pooled, f)[0] for f in feats]) if len(feats) else \
                 np.zeros((0, *q.grid))
-            return maps.sum(axis=(1, 2)), np.zeros(len(ids), np.int64), maps
+            return maps.sum(axis=(1, 2)), np.zeros(len(feats), np.int64), maps
         best, off, maps = exact_scores(feats, q.weights, q.features)
         return best, off, maps
 
@@ -498,7 +515,9 @@ class AppState:
                "maps": {}}
         if len(arr):
             _, _, maps = self._offsets(e, st, arr)
-            out["maps"] = {str(int(i)): np.round(maps[j], 4).tolist() for j, i in enumerate(arr)}
+            # (no map where the query's box does not fit the image's grid: it has no offsets)
+            out["maps"] = {str(int(i)): np.round(maps[j], 4).tolist() for j, i in enumerate(arr)
+                           if np.size(maps[j])}
         return out
 
     def export(self, sid: str, k: int | None = None) -> tuple[dict, list[dict]]:

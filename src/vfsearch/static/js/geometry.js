@@ -25,8 +25,9 @@ export function carryTransform(ctx, m, R) {
   return { t: [a, 0, 0, d, e, f], clip: [R.x + kx * clip[0], R.y + ky * clip[1], R.x + kx * clip[2], R.y + ky * clip[3]] };
 }
 
-/** Where geometry g's model-input square lands on a canvas showing the image at R with scale
- * kx, ky (canvas px per image px): [X0, Y0, X1, Y1]. */
+/** Where geometry g's model input (input = [width, height]) lands on a canvas showing the image
+ * at R with scale kx, ky (canvas px per image px): [X0, Y0, X1, Y1]. */
 export function inputRect(g, R, kx, ky) {
-  return [R.x + (kx * g.left) / g.sx, R.y + (ky * g.top) / g.sy, R.x + (kx * (g.size + g.left)) / g.sx, R.y + (ky * (g.size + g.top)) / g.sy];
+  const [iw, ih] = g.input || [g.size, g.size];
+  return [R.x + (kx * g.left) / g.sx, R.y + (ky * g.top) / g.sy, R.x + (kx * (iw + g.left)) / g.sx, R.y + (ky * (ih + g.top)) / g.sy];
 }

@@ -47,7 +47,7 @@ export function drawResult(canvas, img, m, ctx, mode, heat, { cssSize = null, ou
     // query's maps are per-cell shares of the score: windows of 1 × 1, the heat response says so)
     const A = heat.length, B = heat[0].length;
     const [, , h, w] = ctx.heatBox || ctx.query.cell_box;
-    const [Hg, Wg] = ctx.query.grid;
+    const Hg = A + h - 1, Wg = B + w - 1;  // this image's grid (its own in a full-mode cache)
     const cell = new Float32Array(Hg * Wg).fill(-Infinity);
     for (let a = 0; a < A; a++)
       for (let b = 0; b < B; b++) {

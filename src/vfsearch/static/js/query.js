@@ -29,7 +29,9 @@ function updateGrid() {
   if (!S.query) return;
   const li = layerInfo(S.choice);
   const g = queryGeometry(S.query, S.choice.cache);
-  brush.setGrid({ rows: li.grid[0], cols: li.grid[1], crop: g.crop });
+  // the layer's cells as drawn on this image (a padded, full-mode grid: only the image's own cells)
+  const cells = g.cells && g.cells[S.choice.layer];
+  brush.setGrid(cells ? { rows: cells.rows, cols: cells.cols, crop: cells.box } : { rows: li.grid[0], cols: li.grid[1], crop: g.crop });
   S.query.geometry = g;
   renderQueryMeta();
 }
@@ -44,7 +46,7 @@ export function renderQueryMeta(extra = null) {
   else parts.push(el("span", {}, "upload ", el("b", { text: q.name || q.upload })));
   if (q.label) parts.push(el("b", { text: q.label }));
   parts.push(el("span", { class: "pill", title: "image size (pixels)", text: `${q.size[0]}×${q.size[1]}` }));
-  parts.push(el("span", { class: "pill", title: "feature grid of this layer: rows × cols × channels, over the centre crop", text: `${li.grid[0]}×${li.grid[1]}×${li.channels}` }));
+  parts.push(el("span", { class: "pill", title: "feature grid of this layer: rows × cols × channels, over what the model sees (its centre crop, unless indexed in mode squash or full)", text: `${li.grid[0]}×${li.grid[1]}×${li.channels}` }));
   const qi = extra || (S.panes[0] && S.panes[0].ctx && S.panes[0].ctx.query);
   const mode = qi ? qi.mode || "region" : queryMode();
   if (qi && mode === "global") parts.push(el("span", { class: "pill hot", title: "similar images: the cosine of the mean-pooled features of the whole images", text: "similar images" }));
