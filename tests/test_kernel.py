@@ -821,6 +821,40 @@ def test_every_lane_layout_matches_the_reference(backend, dtype, precision):
             check(res, deq, orig, wts, qfeat, dtype)
 
 
+@pytest.mark.parametrize("backend", SIMD)
+@pytest.mark.parametrize("dtype", ["uint8", "int8"])
+def test_channels_lane_sums_at_384_channels(backend, dtype):
+    """The int8-query channels layout that sums each (cell, k) dot's lanes per offset in float
+    (AVX-512; AVX2 runs its own channels kernel here): transformer grids of 384 channels (and
+    one ragged width), a cell at each corner, a box planted at the last offsets, the whole
+    grid; scores, offsets and bounds as the float64 model, forced and chosen (auto), and an
+    image scanned alone (odd n, ids) exactly as when scanned in a pair."""
+    rng = np.random.default_rng(zlib.crc32(f"lsum{backend}{dtype}".encode()))
+    cases = [  # (H, W, C, box (y0, x0, h, w))
+        (16, 16, 384, (0, 0, 1, 1)), (16, 16, 384, (15, 15, 1, 1)), (14, 14, 384, (5, 4, 3, 3)),
+        (16, 16, 384, (0, 0, 16, 16)), (14, 14, 384, (0, 2, 14, 12)), (9, 7, 389, (6, 4, 3, 3)),
+    ]
+    for H, W, C, box in cases:
+        n = 3
+        feats, sqn, scale, qerr2, deq, orig = make_feats(rng, n, H, W, C, dtype)
+        y0, x0, h, w = box
+        wts = _region(H, W, box, rng, density=1.0 if h * w == 1 else 0.8)
+        qfeat = query_feats(rng, H, W, C, dtype)
+        if h * w > 1:  # the query region at the box's last offset of image 1
+            x = orig.copy()
+            x[1, H - h:, W - w:] = 1.5 * qfeat[y0:y0 + h, x0:x0 + w]
+            feats, sqn, scale, qerr2, deq, orig = requantise(x, dtype)
+        q = K.PreparedQuery.from_grid(qfeat, wts)
+        kw = {"scale": scale, "qerr2": qerr2, "backend": backend, "precision": "fast"}
+        for path in ("channels", "auto"):
+            res = K.scan(feats, sqn, q, path=path, **kw)
+            check(res, deq, orig, wts, qfeat, dtype)
+        res = K.scan(feats, sqn, q, path="channels", **kw)
+        sub = K.scan(feats, sqn, q, path="channels", ids=[2, 0, 1], **kw)
+        for f in ("score", "offset", "upper", "lower"):
+            np.testing.assert_array_equal(getattr(sub, f), getattr(res, f)[[2, 0, 1]])
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_scanning_a_subset_by_row_id(backend):
     """ids: the rows given (any order, repeats), as if those rows were scanned on their own."""

@@ -139,6 +139,8 @@ typedef struct {
     int32_t dst[GMAX];   /* where each dot goes in the (K, H*W) dot array: k*HW + cell */
     const void *q[GMAX]; /* the group's query rows */
     int32_t corr[16];    /* int8 query on int8 features: 128 * sum(q row), subtracted */
+    int32_t pos[GMAX];   /* lane sums (AVX-512, int8 query): the offset's grid position */
+    int32_t kq[GMAX];    /* ... and the query cell k of each dot */
 } group_t;
 
 typedef struct {
@@ -180,6 +182,11 @@ typedef struct {
     const int32_t *fcorr, *fcorrlo, *fidx, *fcell0;
     const float *fwq;
     int fP, fstep;
+    /* channels in lanes, lane sums (AVX-512, int8 query): see scan_lsum_avx512 */
+    float *lsum;            /* per image (2), per grid position 8 float lane sums */
+    const float *wqf;       /* per k: sq_k as float */
+    const int32_t *cv8;     /* signed features: per k, 128 * each ymm lane's query bytes (8) */
+    double slack;           /* what finish_image adds to the bounds for float rounding */
 } scan_t;
 
 /* the row of output i */
@@ -240,15 +247,15 @@ VFS_INLINE void finish_image(const scan_t *s, int64_t i) {
     if (!(best > -INFINITY)) best = num[0]; /* NaN guard */
     double up, lo;
     if (!s->is8) {
-        up = best + VFS_SLACK;
-        lo = best - VFS_SLACK;
+        up = best + s->slack;
+        lo = best - s->slack;
     } else if (!bounds) { /* no feature error: delta = 0 everywhere */
-        up = best + s->eps_q + VFS_SLACK;
-        lo = best - (s->eps_q + VFS_SLACK);
+        up = best + s->eps_q + s->slack;
+        lo = best - (s->eps_q + s->slack);
     } else {
         if (!(U > -INFINITY)) U = best + VFS_PI; /* NaN guard */
-        up = U + s->eps_q + VFS_SLACK;
-        lo = best - (s->eps_q + qe[bp] + VFS_SLACK);
+        up = U + s->eps_q + s->slack;
+        lo = best - (s->eps_q + qe[bp] + s->slack);
     }
     s->out_score[i] = (float)best;
     s->out_offset[i] = (bp / W) * OW + bp % W;
@@ -257,7 +264,7 @@ VFS_INLINE void finish_image(const scan_t *s, int64_t i) {
 }
 
 /* Pass B for one image: num/den/qe per offset (summed over k in order) from its
- * dots D (K, H*W), then the epilogue. */
+ * dots D (K, H*W), then the epilogue. D NULL: num is already there (den, qe only). */
 VFS_INLINE void offsets_image(const scan_t *s, const double *restrict D, int64_t i) {
     const int W = s->W, HW = s->H * s->W;
     const int OH = s->H - s->h + 1, OW = s->W - s->w + 1, K = s->K;
@@ -266,16 +273,18 @@ VFS_INLINE void offsets_image(const scan_t *s, const double *restrict D, int64_t
     const int64_t r = row_of(s, i);
     const float *restrict sn = s->sqnorm + r * HW;
     const float *restrict qr = s->qerr2 ? s->qerr2 + r * HW : NULL;
-    for (int p = 0; p < L; ++p) num[p] = den[p] = qe[p] = 0.0;
+    for (int p = 0; p < L; ++p) den[p] = qe[p] = 0.0;
+    if (D)
+        for (int p = 0; p < L; ++p) num[p] = 0.0;
     for (int k = 0; k < K; ++k) {
         const double wk = s->wq[k], mk = s->wm[k];
         const int off = s->dy[k] * W + s->dx[k];
-        const double *restrict d = D + (int64_t)k * HW + off;
         const float *restrict sr = sn + off;
-        for (int p = 0; p < L; ++p) {
-            num[p] += wk * d[p];
-            den[p] += mk * (double)sr[p];
+        if (D) {
+            const double *restrict d = D + (int64_t)k * HW + off;
+            for (int p = 0; p < L; ++p) num[p] += wk * d[p];
         }
+        for (int p = 0; p < L; ++p) den[p] += mk * (double)sr[p];
         if (qr) {
             const float *restrict er = qr + off;
             for (int p = 0; p < L; ++p) qe[p] += mk * (double)er[p];
@@ -887,6 +896,137 @@ VFS_INLINE VFS_AVX512 void dotq8_switch(const uint8_t *const *xs, const group_t 
     }
 VFS_Q8_ENTRY(u8, 0)
 VFS_Q8_ENTRY(i8, 1)
+
+/* ------------------------------------------------------------------------ */
+/* 8-bit features, int8 query: channels in lanes, lane sums per offset       */
+/* ------------------------------------------------------------------------ */
+/*
+ * The channels layout (one dot per valid (cell, k) pair, the cell's bytes loaded once for all
+ * its k, two images at a time) without the horizontal sum per pair, the (K, H*W) dot array and
+ * pass B's num: each pair's 16 int32 lanes are folded to 8, corrected (signed features),
+ * converted to float and added, times scale(cell) * sq_k, into the 8 float lanes of its
+ * offset's grid position (lsum: 32 bytes per position, p = cell - off_k, in L1). After the
+ * image's last cell each position's 8 lanes are summed (3 levels) into num; den and qe are
+ * pass B's (double). About 8 instructions per pair where the horizontal sum, the scatter and
+ * pass B took ~25 (measured, Zen 4, 16x16x384: 4.4 us of overhead per image -> ~1.5).
+ *
+ * Rounding (u = 2^-24): each lane's int32 partial dot d is exact; the conversion, the product
+ * scale * sq_k and the fma's add cost <= 3u per term, a lane's K terms (K - 1)u more and the
+ * 8-lane sum 3u: |num - num~| <= (K + 5)u sum |t| <= (K + 5)u (1 + eps_q) |q||x| (the lanes'
+ * |d| sum to at most sum_c |q_c x_c|, then Cauchy-Schwarz as in "offsets in lanes"), so the
+ * score moves by at most (K + 5)u (1 + eps_q) < (3K + 8)u: CIL_SLACK(K) on the bounds.
+ */
+VFS_INLINE VFS_AVX512 void lsum_dots_NG(const uint8_t *const *x, const group_t *grp, int C,
+                                        const float *sc, float *const *F, const float *wqf,
+                                        const int32_t *cv8, const int NI, const int G,
+                                        const int sgn) {
+    __m512i acc[2][GMAX];
+    const int8_t *qq[GMAX];
+    const __m512i flip = _mm512_set1_epi8((char)0x80);
+#pragma GCC unroll 2
+    for (int u = 0; u < NI; ++u)
+#pragma GCC unroll 12
+        for (int g = 0; g < G; ++g) acc[u][g] = _mm512_setzero_si512();
+#pragma GCC unroll 12
+    for (int g = 0; g < G; ++g) qq[g] = (const int8_t *)grp->q[g];
+    for (int j = 0; j < C; j += 64) {
+        /* the last block is a masked load: no read past the cell (query bytes there are 0) */
+        const __mmask64 m = j + 64 <= C ? ~(__mmask64)0 : (((__mmask64)1 << (C - j)) - 1);
+        __m512i xv[2];
+#pragma GCC unroll 2
+        for (int u = 0; u < NI; ++u) {
+            xv[u] = _mm512_maskz_loadu_epi8(m, (const void *)(x[u] + j));
+            if (sgn) xv[u] = _mm512_xor_si512(xv[u], flip);
+        }
+#pragma GCC unroll 12
+        for (int g = 0; g < G; ++g) {
+            const __m512i qv = _mm512_load_si512((const void *)(qq[g] + j));
+#pragma GCC unroll 2
+            for (int u = 0; u < NI; ++u) acc[u][g] = dpbusd_acc512(acc[u][g], xv[u], qv);
+        }
+    }
+#pragma GCC unroll 2
+    for (int u = 0; u < NI; ++u) {
+        const __m256 su = _mm256_set1_ps(sc[u]);
+#pragma GCC unroll 12
+        for (int g = 0; g < G; ++g) {
+            const int k = grp->kq[g];
+            __m256i h = _mm256_add_epi32(_mm512_castsi512_si256(acc[u][g]),
+                                         _mm512_extracti64x4_epi64(acc[u][g], 1));
+            if (sgn) h = _mm256_sub_epi32(h, _mm256_loadu_si256((const __m256i *)(cv8 + 8 * k)));
+            const __m256 w = _mm256_mul_ps(su, _mm256_broadcast_ss(wqf + k));
+            float *f = F[u] + 8 * (int64_t)grp->pos[g];
+            _mm256_store_ps(f, _mm256_fmadd_ps(_mm256_cvtepi32_ps(h), w, _mm256_load_ps(f)));
+        }
+    }
+}
+
+/* num[p] = the sum of position p's 8 lanes, for p < L (rounded up to 8); the lanes are zeroed
+ * for the next image */
+VFS_INLINE VFS_AVX512 void lsum_fold(float *F, double *num, int L) {
+    const __m256 z = _mm256_setzero_ps();
+    for (int p = 0; p < L; p += 8) {
+        __m256 v[8];
+#pragma GCC unroll 8
+        for (int j = 0; j < 8; ++j) {
+            v[j] = _mm256_load_ps(F + 8 * (p + j));
+            _mm256_store_ps(F + 8 * (p + j), z);
+        }
+        const __m256 h12 = _mm256_hadd_ps(_mm256_hadd_ps(v[0], v[1]), _mm256_hadd_ps(v[2], v[3]));
+        const __m256 h34 = _mm256_hadd_ps(_mm256_hadd_ps(v[4], v[5]), _mm256_hadd_ps(v[6], v[7]));
+        const __m256 r = _mm256_add_ps(_mm256_permute2f128_ps(h12, h34, 0x20),
+                                       _mm256_permute2f128_ps(h12, h34, 0x31));
+        _mm256_storeu_pd(num + p, _mm256_cvtps_pd(_mm256_castps256_ps128(r)));
+        _mm256_storeu_pd(num + p + 4, _mm256_cvtps_pd(_mm256_extractf128_ps(r, 1)));
+    }
+}
+
+VFS_INLINE VFS_AVX512 void lsum_switch(const uint8_t *const *xs, const group_t *grp, int G,
+                                       int C, const float *sc, float *const *F,
+                                       const scan_t *s, const int NI, const int sgn) {
+#define CALL(g) lsum_dots_NG(xs, grp, C, sc, F, s->wqf, s->cv8, NI, g, sgn)
+    VFS_SWITCH_G(CALL)
+#undef CALL
+}
+
+static VFS_AVX512 void scan_lsum_avx512(const scan_t *s, const int sgn) {
+    const int HW = s->H * s->W, C = s->C;
+    const int L = (s->H - s->h) * s->W + (s->W - s->w + 1);
+    const int64_t img_bytes = (int64_t)HW * C;
+    float *FA = s->lsum, *FB = s->lsum + 8 * ((int64_t)HW + 8);
+    for (int64_t i = 0; i < s->n;) {
+        const int NI = i + 1 < s->n ? 2 : 1;
+        const int64_t ra = row_of(s, i), rb = NI == 2 ? row_of(s, i + 1) : ra;
+        const uint8_t *ia = s->feats + ra * img_bytes, *ib = s->feats + rb * img_bytes;
+        const float *sa = s->scale + ra * HW, *sb = s->scale + rb * HW;
+        /* the next two images (by row: ids may jump), prefetched cell by cell into L2 */
+        const uint8_t *pa = i + 2 < s->n ? s->feats + row_of(s, i + 2) * img_bytes : NULL;
+        const uint8_t *pb = i + 3 < s->n ? s->feats + row_of(s, i + 3) * img_bytes : NULL;
+        float *const F[2] = {FA, FB};
+        for (int gi = 0, cp = -1; gi < s->ngroups; ++gi) {
+            const group_t *g = &s->groups[gi];
+            const int c = g->cell;
+            const uint8_t *xs[2] = {ia + (int64_t)c * C, ib + (int64_t)c * C};
+            const float sc[2] = {sa[c], sb[c]};
+            if (c != cp) { /* a cell's groups are consecutive */
+                for (int64_t o = (int64_t)c * C; pa && o < (int64_t)(c + 1) * C; o += 64) {
+                    __builtin_prefetch(pa + o, 0, 2);
+                    if (pb) __builtin_prefetch(pb + o, 0, 2);
+                }
+                cp = c;
+            }
+            if (NI == 2)
+                lsum_switch(xs, g, g->G, C, sc, F, s, 2, sgn);
+            else
+                lsum_switch(xs, g, g->G, C, sc, F, s, 1, sgn);
+        }
+        for (int u = 0; u < NI; ++u) {
+            lsum_fold(F[u], s->num, L);
+            offsets_image(s, NULL, i + u);
+        }
+        i += NI;
+    }
+}
 
 /* ------------------------------------------------------------------------ */
 /* 8-bit features, offsets in lanes                                          */
@@ -1745,7 +1885,13 @@ enum { PATH_AUTO = 0, PATH_CHANNELS = 1, PATH_OFFSETS = 2, PATH_SINGLE = 3 };
  * DESIGN.md section 5, 7x7 to 28x28 grids, 40 to 1280 channels, 3x3 queries) of the two
  * layouts: channels in lanes = per valid (cell, k) pair one dot of ceil(C / 64) (AVX2: 32)
  * vector steps plus its horizontal sum; offsets in lanes = K x channel groups x position
- * vectors dot steps, the transpose (per cell and 64 channels) and the per-position sums. */
+ * vectors dot steps, the transpose (per cell and 64 channels) and the per-position sums.
+ * AVX-512 with the int8 query (lane sums, scan_lsum_avx512): the channels cost is fitted on a
+ * Zen 4 (512-bit operations split in two; streamed, 64-byte aligned features: 0.6 ns per pair
+ * and 64 channels + 1.8 ns per pair) and divided by 1.45, the ratio of the offsets layout's
+ * time there to this model of it: on Zen 4 the offsets layout's unaligned 64-byte loads cost
+ * about twice what they do on the Zen 5 of the fit (16x16x384: offsets 11.9 us, channels 9.5
+ * us, the model said 8.3 vs 10.8). The Zen 5 choices measured above are kept. */
 static int choose_offsets_path(int level, int H, int W, int C, int h, int w, int K, int fine) {
     const int OH = H - h + 1, OW = W - w + 1, HW = H * W;
     const int VL = level == LV_AVX512 ? 16 : 8;
@@ -1755,7 +1901,8 @@ static int choose_offsets_path(int level, int H, int W, int C, int h, int w, int
     double offs, chan;
     if (level == LV_AVX512) {
         offs = (fine ? 0.9 : 0.45) * D + 1.6 * T + 0.2 * KL;
-        chan = (0.91 * pairs * ((C + 63) / 64) + 0.67 * pairs) * (fine ? 1.15 : 1.0);
+        chan = fine ? (0.91 * pairs * ((C + 63) / 64) + 0.67 * pairs) * 1.15
+                    : 0.41 * pairs * ((C + 63) / 64) + 1.24 * pairs;
     } else {
         offs = (fine ? 1.5 : 0.75) * D + 1.6 * T + 0.3 * KL;
         chan = 0.55 * pairs * ((C + 31) / 32) + 0.62 * pairs;
@@ -1823,6 +1970,8 @@ int vfs_scan(int level, int dtype, const void *feats, int64_t n, int H, int W, i
     }
 #endif
     const int lanes = offsets || single; /* the setup both share */
+    /* channels in lanes with lane sums (AVX-512, int8 query): scan_lsum_avx512 */
+    const int lsum = level == LV_AVX512 && qfmt == QF_I8 && !lanes;
     const int VL = level == LV_AVX512 ? 16 : 8;
     const int L = (OH - 1) * W + OW, NV = (L + VL - 1) / VL, G4 = (C + 3) / 4;
     const int HWs = (HW + 15) / 16 * 16;
@@ -1860,10 +2009,24 @@ int vfs_scan(int level, int dtype, const void *feats, int64_t n, int H, int W, i
         T = (int32_t *)aligned_alloc(64, (size_t)(GT * (int64_t)HWs + 64) * 4);
         accm = (int32_t *)malloc((size_t)(G4 > GT ? (int64_t)K * NV * VL * 2 + 16 : 16) * 4);
     }
+    /* lane sums: 2 images x (HW + 8) positions x 8 floats, the query rows (64-byte aligned
+     * copy), sq_k as float (K), the signed corrections (8 K) */
+    float *lbuf = NULL;
+    const size_t lfl = 16 * ((size_t)HW + 8), lqb = (size_t)K * (size_t)qstride;
+    if (lsum) {
+        const size_t bytes = 4 * lfl + lqb + 4 * 9 * (size_t)K + 64;
+        lbuf = (float *)aligned_alloc(64, (bytes + 63) / 64 * 64);
+        if (lbuf) {
+            memset(lbuf, 0, bytes);
+            memcpy(lbuf + lfl, qdata, lqb);
+        }
+    }
+    const void *qrows = lbuf ? (const void *)(lbuf + lfl) : qdata;
     if (lanes) /* rows (2 K QW words), corr (2K), offk (K), cvec (32 K), vmask (HW / 8 + 64 B) */
         q4 = (int32_t *)calloc((size_t)(2 * (int64_t)K * QW + 35 * (int64_t)K + HW / 32 + 16), 4);
     if (!groups || !scratch || !kbuf || (need_ovr && !ovr) || (offsets && (!T || !accm)) ||
-        (lanes && !q4)) {
+        (lanes && !q4) || (lsum && !lbuf)) {
+        free(lbuf);
         free(groups);
         free(scratch);
         free(kbuf);
@@ -1896,8 +2059,10 @@ int vfs_scan(int level, int dtype, const void *feats, int64_t n, int H, int W, i
             g->G = G;
             for (int t = 0; t < G; ++t) {
                 const int k = kbuf[2 * (t0 + t)];
-                g->q[t] = (const uint8_t *)qdata + (int64_t)k * qstride;
+                g->q[t] = (const uint8_t *)qrows + (int64_t)k * qstride;
                 g->dst[t] = k * HW + c;
+                g->kq[t] = k;
+                g->pos[t] = c - (dy[k] * W + dx[k]);
                 g->corr[t] = qfmt != QF_I16 && dtype == DT_I8 ? 128 * qsum8((const int8_t *)g->q[t], C) : 0;
             }
             t0 += G;
@@ -1937,6 +2102,7 @@ int vfs_scan(int level, int dtype, const void *feats, int64_t n, int H, int W, i
     s.wm = wm;
     s.qnorm = qnorm;
     s.eps_q = is8 ? eps_q : 0.0;
+    s.slack = VFS_SLACK;
     s.out_score = out_score;
     s.out_offset = out_offset;
     s.out_upper = out_upper;
@@ -1946,6 +2112,19 @@ int vfs_scan(int level, int dtype, const void *feats, int64_t n, int H, int W, i
     s.qe = scratch + 2 * (HW + 64);
     s.dots = wm + K;
     s.ovr = ovr;
+    if (lsum) {
+        float *wqf = (float *)((uint8_t *)(lbuf + lfl) + lqb);
+        int32_t *cv8 = (int32_t *)(wqf + K);
+        for (int k = 0; k < K; ++k) {
+            const int8_t *q = (const int8_t *)qdata + (int64_t)k * qstride;
+            wqf[k] = qscale[k];
+            for (int c = 0; c < C; ++c) cv8[8 * k + (c % 32) / 4] += 128 * q[c];
+        }
+        s.lsum = lbuf;
+        s.wqf = wqf;
+        s.cv8 = cv8;
+        s.slack = CIL_SLACK(K);
+    }
 
     if (lanes) {
         /* the query's int8 rows (fine: q = 128 hi + lo, both int8), zero past C, read as
@@ -2066,6 +2245,10 @@ int vfs_scan(int level, int dtype, const void *feats, int64_t n, int H, int W, i
             scan_cil_avx512(&s, dtype == DT_I8, fine);
             break;
         }
+        if (lsum) {
+            scan_lsum_avx512(&s, dtype == DT_I8);
+            break;
+        }
         if (qfmt == QF_I8) {
             if (dtype == DT_U8) scan_u8q8_avx512(&s);
             else scan_i8q8_avx512(&s);
@@ -2114,6 +2297,7 @@ int vfs_scan(int level, int dtype, const void *feats, int64_t n, int H, int W, i
     free(accm);
     free(q4);
     free(flatbuf);
+    free(lbuf);
     return 0;
 }
 
