@@ -219,3 +219,15 @@ def test_evaluation_regions_lie_on_each_images_own_cells(full):
     # (the rigid whole-image kind is left out: a whole landscape cannot match inside a portrait)
     lab = E.run_labels(arms, n=len(c), k=3, seed=0, n_boot=50, kinds=("region", "global"))
     assert len(lab["rows"]) == 2 * len(arms)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch", "generic"])
+def test_every_backend_scans_both_orientations_alike(full, backend):
+    c = full
+    for src, box in (("c_portrait", (40, 300, 260, 560)), ("a_pano", (600, 100, 900, 300))):
+        kw = dict(box=box, layer=LAYER, k=len(c), return_scores=True)
+        want = vfsearch.search(c, _id(c, src), **kw)
+        got = vfsearch.search(c, _id(c, src), backend=backend, **kw)
+        assert list(got.ids) == list(want.ids) and [m.offset for m in got] == \
+            [m.offset for m in want]
+        assert np.allclose(got.top_scores, want.top_scores, atol=1e-6)

@@ -32,7 +32,7 @@ from ._util import echo_json, err
               help="crop = the model's centre crop; squash = the whole image resized to a square "
                    "(keeps borders, not the aspect; 'whole' is its old name); full = the whole "
                    "image at the crop's scale with its aspect kept (every pixel searchable; "
-                   "about 2.6x the disk and scan time of crop).")
+                   "about 2.3x the disk and 3x the search time of crop).")
 @click.option("--image-root", type=click.Path(path_type=Path), default=None,
               help="Store paths relative to this folder (default: the source folder).")
 @click.option("--label-from", type=click.Choice(["parent", "none"]), default="parent",
