@@ -177,6 +177,7 @@ typedef struct {
     const int32_t *offk;    /* dy_k * W + dx_k */
     const uint8_t *vmask;   /* bit p % 8 of vmask[p / 8]: position p is a valid offset */
     int HWs, NV, G4, GT;    /* cells per group row, position vectors, groups, groups in T */
+    int NS;                 /* AVX-512: accm slots per k (NV + blocks: each block NB + 1) */
     /* one-offset path */
     const int8_t *q8, *q8lo; /* int8 query rows (K x QS; fine: high and low parts) */
     const int32_t *cvec;     /* signed features: per k, 128 * each lane's query bytes (2 x 16) */
@@ -1062,8 +1063,10 @@ static VFS_AVX512 void scan_lsum_avx512(const scan_t *s, const int sgn) {
  * rounding to float 3u more: |score - exact dequantised score| <= (3K + 8)u on top of what the
  * double kernels have; CIL_SLACK(K) adds it to every bound.
  */
-#define CIL_NB512 10 /* position vectors per block: 10 int32 + 10 float accumulators */
-#define CIL_NB512F 7 /* fine: 14 int32 + 7 float */
+#ifndef CIL_NB512
+#define CIL_NB512 11 /* position vectors per block: 12 int32 + 11 float accumulators */
+#endif
+#define CIL_NB512F 7 /* fine: 16 int32 + 7 float */
 #define CIL_NB2 4    /* AVX2: 4 int32 + 4 float accumulators (+ query, ones, temps) */
 #define CIL_NB2F 3
 #define CIL_TBYTES (32 << 10) /* transposed groups held at once (L1) */
@@ -1126,69 +1129,81 @@ VFS_INLINE VFS_AVX512 void cil_transpose512(const uint8_t *x, int HW, int C, int
 }
 
 /* One block of NB position vectors (positions 16 v0 ..): for every k, the int32 dots over the
- * ngc transposed groups in T (query groups gq0 ..); partial sums in accm unless this chunk of
- * groups is the first / last; at the last chunk, folded into num (float, k order):
- * num += wq_k * (scale(cell) * dot). */
+ * ngc transposed groups in T (query groups gq0 ..) at the NB + 1 cell vectors the block's
+ * positions read (cells 16 (v0 + off_k / 16) ..: aligned loads, which on Zen 4 cost half what
+ * the unaligned ones at 16 v0 + off_k do); partial sums in accm (slot: where this block's NB + 1
+ * vectors go, per k) unless this chunk of groups is the first / last; at the last chunk each
+ * cell vector becomes scale(cell) * dot in float, shifted by off_k % 16 lanes onto the positions
+ * (vpermt2ps) and folded into num (k order): num += wq_k * (scale(cell) * dot), the same
+ * arithmetic per position as an unaligned load of the cells would give. */
 VFS_INLINE VFS_AVX512 void cil_block512(const scan_t *s, const int32_t *T, int ngc, int gq0,
-                                        int v0, const int NB, const int fine, const int sgn,
-                                        const int first, const int last) {
-    const int K = s->K, HWs = s->HWs, NV = s->NV;
+                                        int v0, int slot, const int NB, const int fine,
+                                        const int sgn, const int first, const int last) {
+    const int K = s->K, HWs = s->HWs, NS = s->NS;
+    const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     __m512 nacc[CIL_NB512];
-#pragma GCC unroll 10
+#pragma GCC unroll 11
     for (int j = 0; j < NB; ++j) nacc[j] = _mm512_setzero_ps();
     for (int k = 0; k < K; ++k) {
-        __m512i A[CIL_NB512], B[CIL_NB512F];
-        int32_t *am = s->accm + ((int64_t)k * NV + v0) * 16 * (fine ? 2 : 1);
-#pragma GCC unroll 10
-        for (int j = 0; j < NB; ++j) {
+        __m512i A[CIL_NB512 + 1], B[CIL_NB512F + 1];
+        int32_t *am = s->accm + ((int64_t)k * NS + slot) * 16 * (fine ? 2 : 1);
+        const int off = s->offk[k];
+#pragma GCC unroll 12
+        for (int j = 0; j <= NB; ++j) {
             A[j] = first ? _mm512_setzero_si512() : _mm512_loadu_si512((const void *)(am + 16 * j));
             if (fine)
-                B[j] = first ? _mm512_setzero_si512() : _mm512_loadu_si512((const void *)(am + 16 * (NB + j)));
+                B[j] = first ? _mm512_setzero_si512()
+                             : _mm512_loadu_si512((const void *)(am + 16 * (NB + 1 + j)));
         }
         const int32_t *q = s->q4 + (int64_t)k * s->QW + gq0;
         const int32_t *ql = fine ? s->q4lo + (int64_t)k * s->QW + gq0 : q;
-        const int off = s->offk[k];
-        const int32_t *t = T + 16 * v0 + off;
+        const int c0 = v0 + (off >> 4); /* the block's first cell vector */
+        const int32_t *t = T + 16 * c0;
         for (int g = 0; g < ngc; ++g, t += HWs) {
             const __m512i qv = _mm512_set1_epi32(q[g]);
             if (fine) {
                 const __m512i qw = _mm512_set1_epi32(ql[g]);
-#pragma GCC unroll 10
-                for (int j = 0; j < NB; ++j) {
-                    const __m512i xv = _mm512_loadu_si512((const void *)(t + 16 * j));
+#pragma GCC unroll 12
+                for (int j = 0; j <= NB; ++j) {
+                    const __m512i xv = _mm512_load_si512((const void *)(t + 16 * j));
                     A[j] = dpbusd_acc512(A[j], xv, qv);
                     B[j] = dpbusd_acc512(B[j], xv, qw);
                 }
             } else {
-#pragma GCC unroll 10
-                for (int j = 0; j < NB; ++j)
-                    A[j] = dpbusd_acc512(A[j], _mm512_loadu_si512((const void *)(t + 16 * j)), qv);
+#pragma GCC unroll 12
+                for (int j = 0; j <= NB; ++j)
+                    A[j] = dpbusd_acc512(A[j], _mm512_load_si512((const void *)(t + 16 * j)), qv);
             }
         }
         if (!last) {
-#pragma GCC unroll 10
-            for (int j = 0; j < NB; ++j) {
+#pragma GCC unroll 12
+            for (int j = 0; j <= NB; ++j) {
                 _mm512_storeu_si512((void *)(am + 16 * j), A[j]);
-                if (fine) _mm512_storeu_si512((void *)(am + 16 * (NB + j)), B[j]);
+                if (fine) _mm512_storeu_si512((void *)(am + 16 * (NB + 1 + j)), B[j]);
             }
             continue;
         }
         const __m512i ch = _mm512_set1_epi32(sgn ? s->corr[k] : 0);
         const __m512i cl = _mm512_set1_epi32(sgn && fine ? s->corr[K + k] : 0);
         const __m512 w = _mm512_set1_ps((float)s->wq[k]);
-        const float *sd = s->sdf + 16 * v0 + off;
-#pragma GCC unroll 10
-        for (int j = 0; j < NB; ++j) {
-            __m512 d = _mm512_cvtepi32_ps(_mm512_sub_epi32(A[j], ch));
+        const float *sd = s->sdf + 16 * c0;
+        __m512 d[CIL_NB512 + 1];
+#pragma GCC unroll 12
+        for (int j = 0; j <= NB; ++j) {
+            __m512 e = _mm512_cvtepi32_ps(_mm512_sub_epi32(A[j], ch));
             if (fine)
-                d = _mm512_fmadd_ps(_mm512_set1_ps(128.0f), d,
+                e = _mm512_fmadd_ps(_mm512_set1_ps(128.0f), e,
                                     _mm512_cvtepi32_ps(_mm512_sub_epi32(B[j], cl)));
-            nacc[j] = _mm512_fmadd_ps(w, _mm512_mul_ps(_mm512_loadu_ps(sd + 16 * j), d), nacc[j]);
+            d[j] = _mm512_mul_ps(_mm512_loadu_ps(sd + 16 * j), e);
         }
+        const __m512i idx = _mm512_add_epi32(lane, _mm512_set1_epi32(off & 15));
+#pragma GCC unroll 11
+        for (int j = 0; j < NB; ++j)
+            nacc[j] = _mm512_fmadd_ps(w, _mm512_permutex2var_ps(d[j], idx, d[j + 1]), nacc[j]);
     }
     if (last) {
         float *num = s->numf + 16 * v0;
-#pragma GCC unroll 10
+#pragma GCC unroll 11
         for (int j = 0; j < NB; ++j) _mm512_storeu_ps(num + 16 * j, nacc[j]);
     }
 }
@@ -1204,18 +1219,19 @@ VFS_INLINE VFS_AVX512 void cil_block512(const scan_t *s, const int32_t *T, int n
     case 7: CALL(7); break;                                                                 \
     case 8: CALL(8); break;                                                                 \
     case 9: CALL(9); break;                                                                 \
-    default: CALL(10); break;                                                               \
+    case 10: CALL(10); break;                                                               \
+    default: CALL(11); break;                                                               \
     }
 
 VFS_INLINE VFS_AVX512 void cil_block512_n(const scan_t *s, const int32_t *T, int ngc, int gq0,
-                                          int v0, int nb, const int fine, const int sgn,
-                                          const int first, const int last) {
+                                          int v0, int slot, int nb, const int fine,
+                                          const int sgn, const int first, const int last) {
     if (fine) {
-#define CALL(v) cil_block512(s, T, ngc, gq0, v0, (v) > CIL_NB512F ? CIL_NB512F : (v), 1, sgn, first, last)
+#define CALL(v) cil_block512(s, T, ngc, gq0, v0, slot, (v) > CIL_NB512F ? CIL_NB512F : (v), 1, sgn, first, last)
         VFS_SWITCH_NB(CALL)
 #undef CALL
     } else {
-#define CALL(v) cil_block512(s, T, ngc, gq0, v0, (v), 0, sgn, first, last)
+#define CALL(v) cil_block512(s, T, ngc, gq0, v0, slot, (v) > CIL_NB512 ? CIL_NB512 : (v), 0, sgn, first, last)
         VFS_SWITCH_NB(CALL)
 #undef CALL
     }
@@ -1267,32 +1283,41 @@ VFS_INLINE VFS_AVX512 __m512 angle_bound512(__m512 d) {
     return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(d, _mm512_set1_ps(0.5f), _CMP_LT_OQ), _mm512_set1_ps((float)VFS_PI), v);
 }
 
-/* the epilogue, 16 positions at a time: what finish_image computes (in float) */
-static VFS_AVX512 void finish_cil512(const scan_t *s, int64_t i) {
+/* the epilogue, 16 positions at a time: what finish_image computes (in float), with den and qe
+ * summed per vector in registers (k order; masked loads past L, so nothing outside image r's
+ * sqnorm / qerr2 rows is read) */
+static VFS_AVX512 void finish_cil512(const scan_t *s, int64_t i, int64_t r) {
     const int L = (s->H - s->h) * s->W + (s->W - s->w + 1);
     const int bounds = s->qerr2 != NULL;
-    float *sc = s->numf, *fb = s->qef; /* scores and f, written over num / qe once read */
-    const float *den = s->denf;
+    const int HW = s->H * s->W, K = s->K;
+    const float *sn = s->sqnorm + r * HW, *qr = bounds ? s->qerr2 + r * HW : NULL;
+    float *sc = s->numf, *fb = s->qef; /* scores and f, written over num / qe */
     const __m512 iq = _mm512_set1_ps(s->qnorm > 0.0 ? (float)(1.0 / s->qnorm) : 0.0f);
     const __m512 one = _mm512_set1_ps(1.0f), zero = _mm512_setzero_ps();
     const __m512 pi = _mm512_set1_ps((float)VFS_PI);
     __m512 best = _mm512_set1_ps(-INFINITY), U = best;
     for (int p = 0; p < L; p += 16) {
         const __mmask16 valid = (__mmask16)(s->vmask[p >> 3] | (s->vmask[(p >> 3) + 1] << 8));
-        const __m512 d = _mm512_loadu_ps(den + p);
+        const __mmask16 in = L - p >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (L - p)) - 1);
+        __m512 d = zero, e = zero;
+        for (int k = 0; k < K; ++k) {
+            const __m512 mk = _mm512_set1_ps((float)s->wm[k]);
+            const int o = s->offk[k] + p;
+            d = _mm512_fmadd_ps(mk, _mm512_maskz_loadu_ps(in, sn + o), d);
+            if (bounds) e = _mm512_fmadd_ps(mk, _mm512_maskz_loadu_ps(in, qr + o), e);
+        }
         const __mmask16 ok = _mm512_cmp_ps_mask(d, zero, _CMP_GT_OQ);
         const __m512 inv = _mm512_div_ps(one, _mm512_sqrt_ps(_mm512_mask_blend_ps(ok, one, d)));
-        const __m512 r = _mm512_maskz_mul_ps(ok, _mm512_mul_ps(_mm512_loadu_ps(sc + p), inv), iq);
+        const __m512 rs = _mm512_maskz_mul_ps(ok, _mm512_mul_ps(_mm512_loadu_ps(sc + p), inv), iq);
         __m512 f = zero;
         if (bounds) {
-            const __m512 e = _mm512_loadu_ps(fb + p);
             const __mmask16 pos = _mm512_cmp_ps_mask(e, zero, _CMP_GT_OQ);
             const __m512 fv = angle_bound512(_mm512_mul_ps(_mm512_sqrt_ps(_mm512_max_ps(e, zero)), inv));
             f = _mm512_maskz_mov_ps(pos, _mm512_mask_blend_ps(ok, pi, fv));
         }
-        best = _mm512_mask_max_ps(best, valid, best, r);
-        U = _mm512_mask_max_ps(U, valid, U, _mm512_add_ps(r, f));
-        _mm512_storeu_ps(sc + p, r);
+        best = _mm512_mask_max_ps(best, valid, best, rs);
+        U = _mm512_mask_max_ps(U, valid, U, _mm512_add_ps(rs, f));
+        _mm512_storeu_ps(sc + p, rs);
         _mm512_storeu_ps(fb + p, f);
     }
     float bst = _mm512_reduce_max_ps(best), Us = _mm512_reduce_max_ps(U);
@@ -1338,12 +1363,12 @@ static VFS_AVX512 void scan_cil_avx512(const scan_t *s, const int sgn, const int
                 cil_transpose512(x, HW, C, cb, HWs, sgn, s->T + (cb * 16 - g0) * HWs, pf);
             for (int b = 0, v0 = 0; b < nblk; ++b) {
                 const int nb = (NV * (b + 1)) / nblk - (NV * b) / nblk;
-                cil_block512_n(s, s->T, ngc, g0, v0, nb, fine, sgn, g0 == 0, g0 + GT >= G4);
+                cil_block512_n(s, s->T, ngc, g0, v0, v0 + b, nb, fine, sgn, g0 == 0,
+                               g0 + GT >= G4);
                 v0 += nb;
             }
         }
-        cil_den(s, r, 16 * NV);
-        finish_cil512(s, i);
+        finish_cil512(s, i, r);
     }
 }
 
@@ -2012,7 +2037,7 @@ int vfs_scan(int level, int dtype, const void *feats, int64_t n, int H, int W, i
     const int QS = (C + 63) / 64 * 64, QW = QS / 4; /* int8 query row: bytes, words */
     if (offsets) {
         T = (int32_t *)aligned_alloc(64, (size_t)(GT * (int64_t)HWs + 64) * 4);
-        accm = (int32_t *)malloc((size_t)(G4 > GT ? (int64_t)K * NV * VL * 2 + 16 : 16) * 4);
+        accm = (int32_t *)malloc((size_t)(G4 > GT ? (int64_t)K * 2 * NV * VL * 2 + 16 : 16) * 4);
     }
     /* lane sums: 2 images x (HW + 8) positions x 8 floats, the query rows (64-byte aligned
      * copy), sq_k as float (K), the signed corrections (8 K) */
@@ -2183,6 +2208,7 @@ int vfs_scan(int level, int dtype, const void *feats, int64_t n, int H, int W, i
         s.vmask = vmask;
         s.HWs = HWs;
         s.NV = NV;
+        s.NS = 2 * NV;
         s.G4 = G4;
         s.GT = GT;
     }
