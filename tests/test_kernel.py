@@ -855,6 +855,43 @@ def test_channels_lane_sums_at_384_channels(backend, dtype):
             np.testing.assert_array_equal(getattr(sub, f), getattr(res, f)[[2, 0, 1]])
 
 
+@pytest.mark.parametrize("backend", SIMD)
+@pytest.mark.parametrize("dtype", ["uint8", "int8"])
+@pytest.mark.parametrize("precision", ["fast", "fine"])
+def test_offsets_layout_every_shift_block_and_chunk(backend, dtype, precision):
+    """The offsets layout reads each position block's cells as aligned vectors and shifts them
+    onto the positions by off_k % 16 lanes (AVX-512): queries whose cells cover every shift
+    (boxes a full row wide, odd widths), several position blocks (28 x 28), several channel
+    chunks carried in accm (16 x 16 x 150), 112 / 40 / odd channel counts, one cell at the last
+    offset and the whole grid; scores, offsets and bounds as the float64 model, and a subset of
+    rows by id exactly as those rows scanned with the rest."""
+    rng = np.random.default_rng(zlib.crc32(f"offs{backend}{dtype}{precision}".encode()))
+    cases = [  # (H, W, C, box (y0, x0, h, w))
+        (14, 14, 112, (0, 0, 2, 14)), (9, 17, 37, (1, 0, 2, 17)), (28, 28, 40, (11, 12, 3, 3)),
+        (16, 16, 150, (3, 2, 5, 9)), (14, 14, 112, (13, 13, 1, 1)), (12, 13, 69, (0, 0, 12, 13)),
+        (7, 7, 320, (1, 1, 4, 5)), (20, 9, 23, (0, 0, 3, 9)),
+    ]
+    for H, W, C, box in cases:
+        n = 4
+        feats, sqn, scale, qerr2, deq, orig = make_feats(rng, n, H, W, C, dtype)
+        y0, x0, h, w = box
+        wts = _region(H, W, box, rng, density=1.0 if h * w == 1 else 0.8)
+        qfeat = query_feats(rng, H, W, C, dtype)
+        x = orig.copy()  # the query region at the box's last offset of image 1
+        x[1, H - h:, W - w:] = 1.5 * qfeat[y0:y0 + h, x0:x0 + w]
+        feats, sqn, scale, qerr2, deq, orig = requantise(x, dtype)
+        q = K.PreparedQuery.from_grid(qfeat, wts)
+        kw = {"scale": scale, "qerr2": qerr2, "backend": backend, "precision": precision,
+              "path": "offsets"}
+        res = K.scan(feats, sqn, q, **kw)
+        check(res, deq, orig, wts, qfeat, dtype)
+        assert res.offset[1] == (H - h + 1) * (W - w + 1) - 1
+        ids = [3, 1, 1, 0]
+        sub = K.scan(feats, sqn, q, ids=ids, **kw)
+        for f in ("score", "offset", "upper", "lower"):
+            np.testing.assert_array_equal(getattr(sub, f), getattr(res, f)[ids])
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_scanning_a_subset_by_row_id(backend):
     """ids: the rows given (any order, repeats), as if those rows were scanned on their own."""

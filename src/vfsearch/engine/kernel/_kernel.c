@@ -1941,7 +1941,9 @@ enum { PATH_AUTO = 0, PATH_CHANNELS = 1, PATH_OFFSETS = 2, PATH_SINGLE = 3 };
  * and 64 channels + 1.8 ns per pair) and divided by 1.45, the ratio of the offsets layout's
  * time there to this model of it: on Zen 4 the offsets layout's unaligned 64-byte loads cost
  * about twice what they do on the Zen 5 of the fit (16x16x384: offsets 11.9 us, channels 9.5
- * us, the model said 8.3 vs 10.8). The Zen 5 choices measured above are kept. */
+ * us, the model said 8.3 vs 10.8). The Zen 5 choices measured above are kept. AVX2 with the
+ * 7-bit query: least squares over 12 grids on the Zen 4 (1 thread, streamed; the Zen 5 fit
+ * had 14x14x112 on channels at 4.9 us against offsets 3.5, 28x28x64 at 18.3 against 10.4). */
 static int choose_offsets_path(int level, int H, int W, int C, int h, int w, int K, int fine) {
     const int OH = H - h + 1, OW = W - w + 1, HW = H * W;
     const int VL = level == LV_AVX512 ? 16 : 8;
@@ -1953,10 +1955,13 @@ static int choose_offsets_path(int level, int H, int W, int C, int h, int w, int
         offs = (fine ? 0.9 : 0.45) * D + 1.6 * T + 0.2 * KL;
         chan = fine ? (0.91 * pairs * ((C + 63) / 64) + 0.67 * pairs) * 1.15
                     : 0.41 * pairs * ((C + 63) / 64) + 1.24 * pairs;
-    } else {
-        offs = (fine ? 1.5 : 0.75) * D + 1.6 * T + 0.3 * KL;
+    } else if (fine) {
+        offs = 1.5 * D + 1.6 * T + 0.3 * KL;
         chan = 0.55 * pairs * ((C + 31) / 32) + 0.62 * pairs;
-        if (fine) chan += 0.15 * pairs * (C % 16); /* the int16 kernel's scalar tail */
+        chan += 0.15 * pairs * (C % 16); /* the int16 kernel's scalar tail */
+    } else { /* 7-bit query: refitted on Zen 4 (12 grids 7x7 to 28x28, 40 to 1280 channels) */
+        offs = 0.47 * D + 3.3 * T + 0.2 * KL;
+        chan = 0.41 * pairs * ((C + 31) / 32) + 1.24 * pairs + 5.8 * HW;
     }
     return offs < chan;
 }
