@@ -170,7 +170,7 @@ typedef struct {
     int32_t *T;             /* one channel block of the image, transposed: 16 x HWs words */
     int32_t *accm;          /* int32 partial sums carried across channel blocks (K x NV x 16) */
     float *sdf;             /* the image's per-cell scales, zero past the image (H*W + 64) */
-    float *numf, *denf, *qef; /* per-position sums in float (H*W + 64 each) */
+    float *numf, *qef;      /* per-position num and scratch in float (H*W + 64 each) */
     const int32_t *q4;      /* per k: the query's 4-byte channel groups (K x G4); fine: high parts */
     const int32_t *q4lo;    /* fine: low parts (q = 128 hi + lo), else NULL */
     const int32_t *corr;    /* signed features: 128 * sum(q) per k (fine: hi then lo, 2K) */
@@ -1250,27 +1250,6 @@ VFS_INLINE VFS_AVX512 void cil_block512_n(const scan_t *s, const int32_t *T, int
     }
 }
 
-/* den / qe per position in float, k order (positions 0 .. NV*VL - 1; past L unused) */
-VFS_INLINE void cil_den(const scan_t *s, int64_t r, int npos) {
-    const int HW = s->H * s->W, K = s->K;
-    float *restrict den = s->denf, *restrict qe = s->qef;
-    const float *restrict sn = s->sqnorm + r * HW;
-    const float *restrict qr = s->qerr2 ? s->qerr2 + r * HW : NULL;
-    const int L = (s->H - s->h) * s->W + (s->W - s->w + 1);
-    (void)npos;
-    for (int p = 0; p < L; ++p) den[p] = qe[p] = 0.0f;
-    for (int k = 0; k < K; ++k) {
-        const float mk = (float)s->wm[k];
-        const int off = s->offk[k];
-        const float *restrict sr = sn + off;
-        for (int p = 0; p < L; ++p) den[p] += mk * sr[p];
-        if (qr) {
-            const float *restrict er = qr + off;
-            for (int p = 0; p < L; ++p) qe[p] += mk * er[p];
-        }
-    }
-}
-
 /* bounds and outputs from the best score, the max of score + f, and f at the argmax */
 static inline void cil_outputs(const scan_t *s, int64_t i, float bst, float Us, float fbp,
                                int bp) {
@@ -1534,11 +1513,13 @@ VFS_INLINE VFS_AVX2 __m256 angle_bound2(__m256 d) {
 }
 
 /* finish_cil512 with 8 lanes */
-static VFS_AVX2 void finish_cil2(const scan_t *s, int64_t i) {
+static VFS_AVX2 void finish_cil2(const scan_t *s, int64_t i, int64_t r) {
     const int L = (s->H - s->h) * s->W + (s->W - s->w + 1);
     const int bounds = s->qerr2 != NULL;
+    const int HW = s->H * s->W, K = s->K;
+    const float *sn = s->sqnorm + r * HW, *qr = bounds ? s->qerr2 + r * HW : NULL;
     float *sc = s->numf, *fb = s->qef;
-    const float *den = s->denf;
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     const __m256 iq = _mm256_set1_ps(s->qnorm > 0.0 ? (float)(1.0 / s->qnorm) : 0.0f);
     const __m256 one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
     const __m256 pi = _mm256_set1_ps((float)VFS_PI);
@@ -1547,13 +1528,20 @@ static VFS_AVX2 void finish_cil2(const scan_t *s, int64_t i) {
     for (int p = 0; p < L; p += 8) {
         const __m256 valid = _mm256_castsi256_ps(_mm256_cmpgt_epi32(
             _mm256_and_si256(_mm256_set1_epi32(s->vmask[p >> 3]), bits), _mm256_setzero_si256()));
-        const __m256 d = _mm256_loadu_ps(den + p);
+        /* den and qe in registers, k order; masked loads past L (nothing outside row r) */
+        const __m256i in = _mm256_cmpgt_epi32(_mm256_set1_epi32(L - p), lane);
+        __m256 d = zero, e = zero;
+        for (int k = 0; k < K; ++k) {
+            const __m256 mk = _mm256_set1_ps((float)s->wm[k]);
+            const int o = s->offk[k] + p;
+            d = _mm256_fmadd_ps(mk, _mm256_maskload_ps(sn + o, in), d);
+            if (bounds) e = _mm256_fmadd_ps(mk, _mm256_maskload_ps(qr + o, in), e);
+        }
         const __m256 ok = _mm256_cmp_ps(d, zero, _CMP_GT_OQ);
         const __m256 inv = _mm256_div_ps(one, _mm256_sqrt_ps(_mm256_blendv_ps(one, d, ok)));
         const __m256 r = _mm256_and_ps(ok, _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(sc + p), inv), iq));
         __m256 f = zero;
         if (bounds) {
-            const __m256 e = _mm256_loadu_ps(fb + p);
             const __m256 pos = _mm256_cmp_ps(e, zero, _CMP_GT_OQ);
             const __m256 fv = angle_bound2(_mm256_mul_ps(_mm256_sqrt_ps(_mm256_max_ps(e, zero)), inv));
             f = _mm256_and_ps(pos, _mm256_blendv_ps(pi, fv, ok));
@@ -1611,8 +1599,7 @@ static VFS_AVX2 void scan_cil_avx2(const scan_t *s, const int sgn, const int fin
                 v0 += nb;
             }
         }
-        cil_den(s, r, 8 * NV);
-        finish_cil2(s, i);
+        finish_cil2(s, i, r);
     }
 }
 
@@ -2222,7 +2209,6 @@ int vfs_scan(int level, int dtype, const void *feats, int64_t n, int H, int W, i
         float *fs = (float *)s.dots; /* HW + 64 doubles: room for two float arrays */
         s.sdf = fs;
         s.numf = (float *)s.num;
-        s.denf = (float *)s.den;
         s.qef = (float *)s.qe;
         s.q4 = qh;
         s.q4lo = fine ? ql : NULL;
