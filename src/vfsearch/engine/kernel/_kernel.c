@@ -1154,12 +1154,14 @@ VFS_INLINE VFS_AVX512 void cil_block512(const scan_t *s, const int32_t *T, int n
         __m512i A[CIL_NB512 + 1], B[CIL_NB512F + 1];
         int32_t *am = s->accm + ((int64_t)k * NS + slot) * 16 * (fine ? 2 : 1);
         const int off = s->offk[k];
+        /* signed features: the dots start at -128 sum(q) (exact int32), no subtraction later */
+        const __m512i ch = _mm512_set1_epi32(sgn ? -s->corr[k] : 0);
+        const __m512i cl = _mm512_set1_epi32(sgn && fine ? -s->corr[K + k] : 0);
 #pragma GCC unroll 12
         for (int j = 0; j <= NB; ++j) {
-            A[j] = first ? _mm512_setzero_si512() : _mm512_loadu_si512((const void *)(am + 16 * j));
+            A[j] = first ? ch : _mm512_loadu_si512((const void *)(am + 16 * j));
             if (fine)
-                B[j] = first ? _mm512_setzero_si512()
-                             : _mm512_loadu_si512((const void *)(am + 16 * (NB + 1 + j)));
+                B[j] = first ? cl : _mm512_loadu_si512((const void *)(am + 16 * (NB + 1 + j)));
         }
         const int32_t *q = s->q4 + (int64_t)k * s->QW + gq0;
         const int32_t *ql = fine ? s->q4lo + (int64_t)k * s->QW + gq0 : q;
@@ -1194,17 +1196,14 @@ VFS_INLINE VFS_AVX512 void cil_block512(const scan_t *s, const int32_t *T, int n
             }
             continue;
         }
-        const __m512i ch = _mm512_set1_epi32(sgn ? s->corr[k] : 0);
-        const __m512i cl = _mm512_set1_epi32(sgn && fine ? s->corr[K + k] : 0);
         const __m512 w = _mm512_set1_ps((float)s->wq[k]);
         const float *sd = s->sdf + 16 * c0;
         __m512 d[CIL_NB512 + 1];
 #pragma GCC unroll 12
         for (int j = 0; j <= NB; ++j) {
-            __m512 e = _mm512_cvtepi32_ps(_mm512_sub_epi32(A[j], ch));
+            __m512 e = _mm512_cvtepi32_ps(A[j]);
             if (fine)
-                e = _mm512_fmadd_ps(_mm512_set1_ps(128.0f), e,
-                                    _mm512_cvtepi32_ps(_mm512_sub_epi32(B[j], cl)));
+                e = _mm512_fmadd_ps(_mm512_set1_ps(128.0f), e, _mm512_cvtepi32_ps(B[j]));
             d[j] = _mm512_mul_ps(_mm512_loadu_ps(sd + 16 * j), e);
         }
         const __m512i idx = _mm512_add_epi32(lane, _mm512_set1_epi32(off & 15));
