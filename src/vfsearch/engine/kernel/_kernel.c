@@ -29,7 +29,12 @@
  * overlap the compute); one read of it costs ~0.7 us on one thread.
  * Zen 4 (EPYC, 512-bit operations split in two), one thread, CPU time, streamed, fast query,
  * lane sums: 16x16x384 channels 8.0 us vs offsets 11.9 (AVX2 11.0; one read 3.3); 14x14x384
- * 5.1 vs 9.2 (AVX2 8.1; read 2.5).
+ * 5.1 vs 9.2 (AVX2 8.1; read 2.5). Offsets layout with aligned cell-vector loads shifted in
+ * float, den in registers and the next image prefetched through the dots: 14x14x112 int8
+ * 3.6 -> 2.3-2.9 us (read 0.75; lane sums 3.7-4.7), 28x28x40 6.0 -> 4.5 (read 1.1; lane sums
+ * 14-18), 7x7x320 2.2 -> 2.0 (channels 1.0-1.2 stays the choice). Per image at 14x14x112 the
+ * dots are 9 k x 28 groups x 12 cell vectors of vpdpbusd (~1.3 us), the 26 16x16 transposes
+ * ~0.5, the epilogue ~0.25: the layout cannot reach 2.5x the read there.
  *
  * 8-bit features (uint8 / int8 with a per-cell float scale) are dotted in
  * exact int32 arithmetic with an integer query (Qi_k, per-cell scale sq_k):
