@@ -112,7 +112,26 @@ def test_features_rows_and_pooled(variant):
     assert np.allclose(d.sqnorm, (deq.astype(np.float64) ** 2).sum(-1), rtol=1e-4, atol=1e-5)
     whole = c.load("L")
     assert c.is_loaded("L") and np.array_equal(whole.features[5:20], d.features)
-    assert isinstance(c.fits_in_memory("L"), bool) and c.feature_nbytes("L") >= x.size // 4
+    assert c.fits_in_memory("L") and c.feature_nbytes("L") >= x.size // 4  # loaded: it fits
+
+
+def test_memory_budget_counts_the_page_cache_and_loaded_layers(small_cache, monkeypatch):
+    """Right after writing a large cache most RAM is page cache: what fits is judged on the
+    memory Linux can hand out (MemAvailable), and a layer already in RAM is never streamed."""
+    import os
+
+    from vfsearch.cache import reader
+    from vfsearch.engine import searcher
+
+    avail = reader.available_memory()
+    free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    assert avail >= free * 0.9 and avail > 0  # free memory plus what the kernel can reclaim
+    c = reader.FeatureCache(small_cache.path)
+    monkeypatch.setattr(reader, "available_memory", lambda: 1024)
+    assert not c.fits_in_memory("blocks.10")
+    assert searcher._default_memory(c, "blocks.10") == 1 << 30  # streamed
+    c.load("blocks.10")
+    assert c.fits_in_memory("blocks.10") and searcher._default_memory(c, "blocks.10") is None
 
 
 def test_search_equals_a_float64_reference(variant):

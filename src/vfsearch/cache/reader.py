@@ -355,12 +355,11 @@ class FeatureCache:
         return int(a.nbytes) + len(self) * h * w * per_cell
 
     def fits_in_memory(self, layer: str | None = None) -> bool:
-        """Whether a layer's scanned arrays fit comfortably (in half the available RAM)."""
-        try:
-            avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (ValueError, OSError):
-            avail = 8 << 30
-        return self.feature_nbytes(layer) < avail // 2
+        """Whether a layer's scanned arrays fit comfortably (in half the available RAM; a layer
+        already loaded fits)."""
+        if (layer or self.default_layer) in self._loaded:
+            return True
+        return self.feature_nbytes(layer) < available_memory() // 2
 
     def load(self, layer: str | None = None) -> LayerData:
         """All rows of a layer in memory (kept for later calls)."""
@@ -501,6 +500,23 @@ class FeatureCache:
     def __repr__(self) -> str:
         return (f"FeatureCache({str(self.path)!r}, model={self.model!r}, layers={self.layers}, "
                 f"images={len(self)}, dtype={self.dtype!r})")
+
+
+def available_memory() -> int:
+    """Bytes of RAM available to a new allocation: Linux's ``MemAvailable`` (free memory plus
+    the page cache it can reclaim — right after writing a large cache most RAM is page cache,
+    which ``SC_AVPHYS_PAGES`` counts as used), else the free pages, else 8 GiB."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return 8 << 30
 
 
 def open_cache(path: str | os.PathLike,
