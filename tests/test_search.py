@@ -302,6 +302,30 @@ def test_many_exact_copies_of_the_best_image_tie_and_rank_by_id(tmp_path):
     assert res.stats["candidates"] == 60  # exact ties cannot be told apart by bounds
 
 
+def test_exact_copies_are_scored_once_in_the_refine():
+    """The refine scores each distinct candidate row once: rows equal byte for byte share the
+    result; rows whose sampled values agree but differ elsewhere are still told apart."""
+    from vfsearch.engine import kernel
+    from vfsearch.engine.orient import OrientedQuery, unique_rows
+
+    rng = np.random.default_rng(7)
+    base = rng.standard_normal((5, 14, 14, 24)).astype(np.float32)
+    rows = base[[0, 1, 0, 2, 1, 0, 3, 4]].copy()
+    rows[7] = rows[6]
+    rows[7, 13, 13, 23] += 1e-3  # the last value: outside the sample (every 18th value)
+    first, inverse = unique_rows(rows)
+    assert np.array_equal(rows[first][inverse], rows)
+    assert sorted(first.tolist()) == [0, 1, 3, 6, 7]  # base 0, 1, 2, 3 and the altered copy
+    w = np.zeros((14, 14), np.float32)
+    w[5:8, 6:9] = 1
+    qf = base[2]
+    oq = OrientedQuery(qf, w, (14, 14), False)
+    got, off = oq.exact(rows, np.zeros(len(rows), bool))
+    want, woff = kernel.exact_best(rows, w, qf)
+    assert np.array_equal(got, want) and np.array_equal(off, woff)
+    assert unique_rows(rows[:1])[0].tolist() == [0]
+
+
 def _downgrade_to_format_2(path):
     """What a format-2 cache looked like: the refine copy zstd-compressed in 16-row chunks."""
     import zarr

@@ -43,6 +43,34 @@ def on_grid(features: np.ndarray, weights: np.ndarray, grid) -> tuple[np.ndarray
     return f, m
 
 
+def unique_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(first, inverse): indices of the distinct rows of ``rows`` (m, ...) and, for every row,
+    which of them it equals byte for byte (``rows[first][inverse]`` is ``rows``). Rows are
+    grouped by a sample of their values, then each is compared in full with its group's first
+    row, so equal samples of different rows never merge them."""
+    m = len(rows)
+    if m < 2:
+        return np.arange(m), np.arange(m)
+    flat = rows.reshape(m, -1)
+    sample = np.ascontiguousarray(flat[:, ::max(1, flat.shape[1] // 256)])
+    keys = sample.view(np.dtype((np.void, sample.shape[1] * sample.itemsize))).reshape(-1)
+    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    if len(first) == m:
+        return np.arange(m), np.arange(m)
+    # verify each row against its group's representative; a mismatch becomes its own row
+    reps = list(first)
+    inv = np.empty(m, np.int64)
+    for i in range(m):
+        g = int(inverse[i])
+        r = int(first[g])
+        inv[i] = g
+        if i != r and not np.array_equal(flat[i], flat[r]):
+            inv[i] = len(reps)
+            reps.append(i)
+    return np.asarray(reps, np.int64), inv
+
+
 class OrientedQuery:
     """A query prepared for the kernel on a layer stored as ``stored`` (rows, cols), upright
     and (where ``transposed`` rows exist) transposed."""
@@ -116,8 +144,11 @@ class OrientedQuery:
                 f, w = f.transpose(1, 0, 2), w.T
             if tuple(w.shape) != self.stored:
                 f, w = on_grid(f, w, self.stored)
-            b, o = kernel.exact_best(rows[ids] if len(ids) < m else rows, w, f, backend=backend,
-                                     threads=threads)
+            sub = rows[ids] if len(ids) < m else rows
+            first, inverse = unique_rows(sub)  # exact copies (camera traps, video): scored once
+            b, o = kernel.exact_best(sub[first] if len(first) < len(sub) else sub, w, f,
+                                     backend=backend, threads=threads)
+            b, o = b[inverse], o[inverse]
             best[ids] = b
             off[ids] = image_offsets(o, self.stored, self.h, self.w) if turned else o
         return best, off
