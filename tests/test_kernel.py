@@ -790,6 +790,21 @@ def _region(H, W, box, rng, density=0.8):
     return soft_mask(rng, H, W, box=box, density=density)
 
 
+def _planted_case(rng, n, H, W, C, box, dtype, plant):
+    """n images of 8-bit features, a query region ``box`` (y0, x0, h, w) with soft weights and
+    its query features; with ``plant``, the query region put (×1.5) at the box's last offset of
+    image 1. Returns (feats, sqn, scale, qerr2, deq, orig, weights, qfeat, prepared query)."""
+    feats, sqn, scale, qerr2, deq, orig = make_feats(rng, n, H, W, C, dtype)
+    y0, x0, h, w = box
+    wts = _region(H, W, box, rng, density=1.0 if h * w == 1 else 0.8)
+    qfeat = query_feats(rng, H, W, C, dtype)
+    if plant:
+        x = orig.copy()
+        x[1, H - h:, W - w:] = 1.5 * qfeat[y0:y0 + h, x0:x0 + w]
+        feats, sqn, scale, qerr2, deq, orig = requantise(x, dtype)
+    return feats, sqn, scale, qerr2, deq, orig, wts, qfeat, K.PreparedQuery.from_grid(qfeat, wts)
+
+
 @pytest.mark.parametrize("backend", SIMD)
 @pytest.mark.parametrize("dtype", ["uint8", "int8"])
 @pytest.mark.parametrize("precision", ["fast", "fine"])
@@ -806,15 +821,8 @@ def test_every_lane_layout_matches_the_reference(backend, dtype, precision):
     ]
     for H, W, C, box in cases:
         n = 3 if H * W * C > 40000 else 5
-        feats, sqn, scale, qerr2, deq, orig = make_feats(rng, n, H, W, C, dtype)
-        wts = _region(H, W, box, rng, density=1.0 if box[2] * box[3] == 1 else 0.8)
-        qfeat = query_feats(rng, H, W, C, dtype)
-        if box[2] * box[3] > 1:  # plant the query region at the box's last offset of image 1
-            x = orig.copy()
-            y0, x0, h, w = box
-            x[1, H - h:, W - w:] = 1.5 * qfeat[y0:y0 + h, x0:x0 + w]
-            feats, sqn, scale, qerr2, deq, orig = requantise(x, dtype)
-        q = K.PreparedQuery.from_grid(qfeat, wts)
+        feats, sqn, scale, qerr2, deq, orig, wts, qfeat, q = _planted_case(
+            rng, n, H, W, C, box, dtype, plant=box[2] * box[3] > 1)
         for path in PATHS:
             res = K.scan(feats, sqn, q, scale=scale, qerr2=qerr2, backend=backend,
                          precision=precision, path=path)
@@ -835,16 +843,8 @@ def test_channels_lane_sums_at_384_channels(backend, dtype):
         (16, 16, 384, (0, 0, 16, 16)), (14, 14, 384, (0, 2, 14, 12)), (9, 7, 389, (6, 4, 3, 3)),
     ]
     for H, W, C, box in cases:
-        n = 3
-        feats, sqn, scale, qerr2, deq, orig = make_feats(rng, n, H, W, C, dtype)
-        y0, x0, h, w = box
-        wts = _region(H, W, box, rng, density=1.0 if h * w == 1 else 0.8)
-        qfeat = query_feats(rng, H, W, C, dtype)
-        if h * w > 1:  # the query region at the box's last offset of image 1
-            x = orig.copy()
-            x[1, H - h:, W - w:] = 1.5 * qfeat[y0:y0 + h, x0:x0 + w]
-            feats, sqn, scale, qerr2, deq, orig = requantise(x, dtype)
-        q = K.PreparedQuery.from_grid(qfeat, wts)
+        feats, sqn, scale, qerr2, deq, orig, wts, qfeat, q = _planted_case(
+            rng, 3, H, W, C, box, dtype, plant=box[2] * box[3] > 1)
         kw = {"scale": scale, "qerr2": qerr2, "backend": backend, "precision": "fast"}
         for path in ("channels", "auto"):
             res = K.scan(feats, sqn, q, path=path, **kw)
@@ -872,15 +872,9 @@ def test_offsets_layout_every_shift_block_and_chunk(backend, dtype, precision):
         (7, 7, 320, (1, 1, 4, 5)), (20, 9, 23, (0, 0, 3, 9)),
     ]
     for H, W, C, box in cases:
-        n = 4
-        feats, sqn, scale, qerr2, deq, orig = make_feats(rng, n, H, W, C, dtype)
-        y0, x0, h, w = box
-        wts = _region(H, W, box, rng, density=1.0 if h * w == 1 else 0.8)
-        qfeat = query_feats(rng, H, W, C, dtype)
-        x = orig.copy()  # the query region at the box's last offset of image 1
-        x[1, H - h:, W - w:] = 1.5 * qfeat[y0:y0 + h, x0:x0 + w]
-        feats, sqn, scale, qerr2, deq, orig = requantise(x, dtype)
-        q = K.PreparedQuery.from_grid(qfeat, wts)
+        feats, sqn, scale, qerr2, deq, orig, wts, qfeat, q = _planted_case(
+            rng, 4, H, W, C, box, dtype, plant=True)  # a box at the last offset of image 1
+        _, _, h, w = box
         kw = {"scale": scale, "qerr2": qerr2, "backend": backend, "precision": precision,
               "path": "offsets"}
         res = K.scan(feats, sqn, q, **kw)

@@ -97,8 +97,8 @@ def sample_queries(arms: Sequence[Arm], n: int, seed: int = 0,
                         "(do the caches hold the same image set?)")
     rng = np.random.default_rng(seed)
     pick = rng.choice(common, size=min(n, len(common)), replace=False)
-    grid = min(min(a.cache.grid(a.layer)) for a in arms)
     coarse = min((a.cache.grid(a.layer) for a in arms), key=min)
+    grid = min(coarse)
     tf = ref.transform
     cell = tf.size / grid
     lo_c, hi_c = region_cells

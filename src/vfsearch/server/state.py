@@ -356,9 +356,7 @@ class AppState:
         c = e.cache
         if not c.valid[i]:
             return make_query(c, i, whole=True, layer=layer)  # raises the usual error
-        feats = e.rows_features(layer, np.array([i]))[0]
-        if c.padded:  # stored turned for a portrait: the image's own orientation
-            feats = c.frame(i, layer).from_stored(feats)
+        feats = c.features(i, layer)  # in the image's own orientation (a full cache's portraits)
         return query_from_features(c, feats, e.size(i), layer, source_id=i, label=e.label(i))
 
     def _region_query(self, base: Query, region: dict) -> Query:
