@@ -161,13 +161,9 @@ def scan_block(data, pq, ids=None, *, backend: str = "auto", threads: int | None
     if backend.startswith("torch"):
         from . import torch_backend
 
-        feats, sqn, scale, qerr2 = data.features, data.sqnorm, data.scale, data.qerr2
-        if ids is not None:
-            feats, sqn = feats[ids], sqn[ids]
-            scale = None if scale is None else scale[ids]
-            qerr2 = None if qerr2 is None else qerr2[ids]
         device = backend.split(":", 1)[1] if ":" in backend else "cpu"
-        return torch_backend.scan(feats, sqn, pq, scale=scale, qerr2=qerr2, device=device)
+        return torch_backend.scan(data.features, data.sqnorm, pq, scale=data.scale,
+                                  qerr2=data.qerr2, device=device, ids=ids)
     return kernel.scan(data.features, data.sqnorm, pq, scale=data.scale, qerr2=data.qerr2,
                        threads=threads, backend=backend, tighten_k=tighten_k,
                        tighten_floor=floor, ids=ids)

@@ -10,13 +10,16 @@ import math
 import numpy as np
 import torch
 
-from .kernel import PreparedQuery, ScanResult
+from .kernel import PreparedQuery, ScanResult, rows_by_id
 
 __all__ = ["scan"]
 
 
 def scan(feats, sqnorm, query: PreparedQuery, *, scale=None, qerr2=None, device: str = "cpu",
-         block: int = 4096) -> ScanResult:
+         block: int = 4096, ids=None) -> ScanResult:
+    """``ids``: scan only those rows (result i is row ``ids[i]``), as the kernel's scan."""
+    if ids is not None:
+        feats, sqnorm, scale, qerr2 = rows_by_id(ids, feats, sqnorm, scale, qerr2)
     n, H, W, C = feats.shape
     A, B = H - query.h + 1, W - query.w + 1
     dev = torch.device(device)

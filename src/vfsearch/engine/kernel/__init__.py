@@ -54,6 +54,7 @@ __all__ = [
     "available_backends",
     "exact_best",
     "read_floor",
+    "rows_by_id",
     "resolve_backend",
     "scan",
 ]
@@ -130,6 +131,13 @@ def _check_inputs(feats, sqnorm, query, scale, qerr2):
     return feats, sqnorm, scale, qerr2, is8
 
 
+def rows_by_id(ids, feats, sqnorm, scale=None, qerr2=None):
+    """Rows ``ids`` of a block's scanned arrays, copied (an absent array stays None): for the
+    backends that cannot scan a subset in place."""
+    take = lambda a: None if a is None else a[ids]  # noqa: E731
+    return feats[ids], sqnorm[ids], take(scale), take(qerr2)
+
+
 def scan(
     feats,
     sqnorm,
@@ -180,9 +188,7 @@ def scan(
     qfmt = qfmt_for(b, precision) if is8 else 0
     if b == "numpy":
         if ids is not None:
-            feats, sqnorm = feats[ids], sqnorm[ids]
-            scale = None if scale is None else scale[ids]
-            qerr2 = None if qerr2 is None else qerr2[ids]
+            feats, sqnorm, scale, qerr2 = rows_by_id(ids, feats, sqnorm, scale, qerr2)
         return scan_numpy(feats, sqnorm, query, scale, qerr2, threads=nthreads)
     lib = build.load().lib
     out = scan_c(lib, b, feats, sqnorm, query, scale, qerr2, threads=nthreads, qfmt=qfmt,
