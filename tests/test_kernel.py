@@ -349,6 +349,37 @@ def test_threads_and_chunks(backend, monkeypatch):
     np.testing.assert_array_equal(r.offset, base.offset[10:31])
 
 
+
+def test_run_split_pieces_cover_the_range_once(monkeypatch):
+    """The pieces taken in turn by the threads cover [0, n) exactly once, whatever n, threads
+    and pieces per thread; a slow thread leaves its share to the others."""
+    import threading
+    import time
+
+    for n, threads, pieces, least in [(1000, 2, 8, 32), (100, 3, 8, 32), (7, 4, 8, 1),
+                                      (64, 2, 1, 32), (5000, 8, 4, 16)]:
+        monkeypatch.setattr(dispatch, "PIECES_PER_THREAD", pieces)
+        got = dispatch.run_split(n, threads, lambda i0, i1: (i0, i1), min_per_thread=least)
+        got.sort()
+        assert got[0][0] == 0 and got[-1][1] == n
+        assert all(a[1] == b[0] and a[0] < a[1] for a, b in zip(got, got[1:], strict=False))
+        assert len(got) == max(1, min(min(threads, n // least) * pieces, n // least))
+    # one thread stalls on its first piece: the other thread does every other piece meanwhile
+    monkeypatch.setattr(dispatch, "PIECES_PER_THREAD", 8)
+    who: dict = {}
+    first = threading.Event()
+
+    def piece(i0, i1):
+        me = threading.get_ident()
+        if not first.is_set():
+            first.set()
+            time.sleep(1.0)
+        who.setdefault(me, []).append(i0)
+        return i0
+
+    assert sorted(dispatch.run_split(1600, 2, piece)) == list(range(0, 1600, 100))
+    assert sorted(len(v) for v in who.values()) == [1, 15]
+
 def test_backends_agree():
     rng = np.random.default_rng(10)
     for dtype in DTYPES:

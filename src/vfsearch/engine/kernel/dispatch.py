@@ -6,6 +6,7 @@ Nothing here builds or picks a backend (see :mod:`.build` and the package's ``sc
 from __future__ import annotations
 
 import ctypes
+import itertools
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -41,6 +42,7 @@ DTYPES = {
     np.dtype(np.float32): 3,
 }
 MIN_IMAGES_PER_THREAD = 32
+PIECES_PER_THREAD = 8  # run_split: pieces per thread, taken in turn (1 = an even split)
 POOL_MAX = 64  # threads are started lazily, only as many as ever used at once
 READ_ALIGN = 1 << 16  # read_split splits at multiples of this (whole 8-byte words per thread)
 
@@ -101,16 +103,36 @@ def _get_pool() -> ThreadPoolExecutor:
 
 
 def run_split(n: int, nthreads: int, fn, min_per_thread: int | None = None) -> list:
-    """Call fn(i0, i1) on `nthreads` contiguous ranges of [0, n) (fewer when n is small)."""
+    """Call fn(i0, i1) over contiguous ranges covering [0, n), on up to `nthreads` threads
+    (fewer when n is small); returns the calls' results (in no particular order).
+
+    The range is cut into :data:`PIECES_PER_THREAD` pieces per thread, and each thread takes
+    the next piece when it finishes one. On a laptop the search shares its cores with the
+    browser showing the results: an even split waits for the thread the browser slowed down,
+    these pieces let the other threads take over its share."""
     if min_per_thread is None:
         min_per_thread = MIN_IMAGES_PER_THREAD
-    t = max(1, min(nthreads, POOL_MAX, n // max(1, min_per_thread) or 1))
+    min_per_thread = max(1, min_per_thread)
+    t = max(1, min(nthreads, POOL_MAX, n // min_per_thread or 1))
     if t == 1:
         return [fn(0, n)]
-    bounds = [n * i // t for i in range(t + 1)]
+    pieces = max(t, min(t * PIECES_PER_THREAD, n // min_per_thread))
+    bounds = [n * i // pieces for i in range(pieces + 1)]
+    taken = itertools.count()
+    lock = threading.Lock()
+
+    def worker() -> list:
+        done = []
+        while True:
+            with lock:
+                i = next(taken)
+            if i >= pieces:
+                return done
+            done.append(fn(bounds[i], bounds[i + 1]))
+
     pool = _get_pool()
-    futs = [pool.submit(fn, bounds[i], bounds[i + 1]) for i in range(t)]
-    return [f.result() for f in futs]
+    futs = [pool.submit(worker) for _ in range(t)]
+    return [r for f in futs for r in f.result()]
 
 
 # --------------------------------------------------------------------------- #

@@ -109,10 +109,17 @@ export function toast(msg, kind = "error") {
   clearTimeout(toastTimer);
   toastTimer = setTimeout(() => (t.hidden = true), kind === "error" ? 7000 : 2500);
 }
+// The spinner appears only once a task has run for SPIN_AFTER ms: a quick search shows none (its
+// animation would repaint the page every frame, and on a 2-core laptop those frames take CPU
+// from the search the page is waiting for).
+const SPIN_AFTER = 400;
+let spinTimer;
 export function status(text, busy = false) {
   const s = $("#status");
   s.textContent = text;
-  s.classList.toggle("busy", busy);
+  clearTimeout(spinTimer);
+  s.classList.remove("busy");
+  if (busy) spinTimer = setTimeout(() => s.classList.add("busy"), SPIN_AFTER);
 }
 export function reportError(e) {
   if (e && e.name === "AbortError") return;
