@@ -350,6 +350,42 @@ def test_threads_and_chunks(backend, monkeypatch):
 
 
 
+SIMD8 = [b for b in BACKENDS if b in ("avx512", "avx2")]
+
+
+@pytest.mark.parametrize("backend", SIMD8)
+@pytest.mark.parametrize("dtype", ["uint8", "int8"])
+@pytest.mark.parametrize("path", ["auto", "offsets", "channels"])
+def test_cells_a_brush_barely_touched_are_dropped_within_the_bound(backend, dtype, path,
+                                                                   monkeypatch):
+    """A soft stroke leaves cells with weights of 0.001 at its edge. The fast query formats
+    round those rows to 0 (the kernels skip them) while their share stays under DROP_SHARE of
+    the rounding bound; the scores stay within the (slightly wider) bound of the exact ones,
+    the bounds hold, and the box (where the region fits) does not change."""
+    rng = np.random.default_rng(zlib.crc32(f"drop-{backend}-{dtype}-{path}".encode()))
+    n, H, W, C = 23, 14, 14, 112
+    feats, sqn, scale, qerr2, deq, orig = make_feats(rng, n, H, W, C, dtype)
+    wts = np.zeros((H, W))
+    wts[5:8, 4:7] = rng.uniform(0.6, 1.0, (3, 3))
+    wts[4, 3:8] = [0.002, 0.3, 0.5, 0.2, 0.004]  # the stroke's soft edge
+    wts[8, 3:8] = [0.001, 0.1, 0.2, 0.15, 0.003]
+    wts[5:8, 3] = 0.002
+    qfeat = query_feats(rng, H, W, C, dtype)
+    q = K.PreparedQuery.from_grid(qfeat, wts)
+    z = kq.quantised(q, kq.qfmt_for(backend))
+    light = np.flatnonzero(np.sqrt(q.m2) < 0.01)
+    zero = np.flatnonzero(~z.qi.any(axis=1))
+    assert len(light) == 7 and set(zero) == set(light), (light, zero)
+    assert np.all(z.sq[zero] == 0) and (q.h, q.w) == (5, 5)
+    monkeypatch.setattr(kq, "DROP_SHARE", 0.0)
+    whole = kq.quantised(K.PreparedQuery.from_grid(qfeat, wts), kq.qfmt_for(backend))
+    assert whole.qi.any(axis=1).all()
+    assert whole.eps_q < z.eps_q <= 1.1 * whole.eps_q + 1e-12
+    res = K.scan(feats, sqn, q, scale=scale, qerr2=qerr2, backend=backend, path=path)
+    assert res.eps_q == pytest.approx(z.eps_q)
+    check(res, deq, orig, wts, qfeat, dtype)
+
+
 def test_run_split_pieces_cover_the_range_once(monkeypatch):
     """The pieces taken in turn by the threads cover [0, n) exactly once, whatever n, threads
     and pieces per thread; a slow thread leaves its share to the others."""

@@ -1156,6 +1156,7 @@ VFS_INLINE VFS_AVX512 void cil_block512(const scan_t *s, const int32_t *T, int n
 #pragma GCC unroll 11
     for (int j = 0; j < NB; ++j) nacc[j] = _mm512_setzero_ps();
     for (int k = 0; k < K; ++k) {
+        if (s->wq[k] == 0.0) continue; /* a cell the query rounding dropped: its dots are 0 */
         __m512i A[CIL_NB512 + 1], B[CIL_NB512F + 1];
         int32_t *am = s->accm + ((int64_t)k * NS + slot) * 16 * (fine ? 2 : 1);
         const int off = s->offk[k];
@@ -1438,6 +1439,7 @@ VFS_INLINE VFS_AVX2 void cil_block2(const scan_t *s, const int32_t *T, int ngc, 
 #pragma GCC unroll 4
     for (int j = 0; j < NB; ++j) nacc[j] = _mm256_setzero_ps();
     for (int k = 0; k < K; ++k) {
+        if (s->wq[k] == 0.0) continue; /* a cell the query rounding dropped: its dots are 0 */
         __m256i A[CIL_NB2], B[CIL_NB2F];
         int32_t *am = s->accm + ((int64_t)k * NV + v0) * 8 * (fine ? 2 : 1);
 #pragma GCC unroll 4

@@ -74,11 +74,15 @@ function appendCards(p, pi, matches) {
 function drawCard(p, m) {
   if (!m._canvas || !m._canvas.isConnected) return;
   const heat = p.heat ? p.heat[m.id] : null;
-  drawResult(m._canvas, m._img, m, p.ctx, S.overlay, heat);
+  // every card of a pane has the same size: measured once (each canvas resized before the next
+  // card's size is read would lay the page out again, card by card)
+  if (!p.cardSize) p.cardSize = [m._canvas.clientWidth || 140, m._canvas.clientHeight || m._canvas.clientWidth || 140];
+  drawResult(m._canvas, m._img, m, p.ctx, S.overlay, heat, { cssSize: p.cardSize });
   m._canvas.parentElement.dataset.drawn = S.overlay;
 }
 
 export function redrawCards() {
+  for (const p of S.panes) p.cardSize = null; // the layout may have changed (a resize)
   for (const p of S.panes) if (p.matches) for (const m of p.matches) drawCard(p, m);
 }
 
