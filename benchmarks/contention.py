@@ -92,7 +92,8 @@ def main(argv=None) -> int:
     for s in splits:
         print(f"| {s} | {med[('idle', s)]:.1f} | {med[('busy', s)]:.1f} | "
               f"{med[('busy', s)] / med[('idle', s)]:.2f}× |")
-    print(f"pieces / even with the competitor: {med[('busy', 'pieces')] / med[('busy', 'even')]:.2f}×;"
+    busy = med[("busy", "pieces")] / med[("busy", "even")]
+    print(f"pieces / even with the competitor: {busy:.2f}×;"
           f" idle: {med[('idle', 'pieces')] / med[('idle', 'even')]:.2f}×; "
           f"load average {os.getloadavg()[0]:.1f}")
     return 0

@@ -248,6 +248,9 @@ def main(argv=None) -> int:
             pg.wait_for_selector("body[data-ready='1']")
             pg.wait_for_selector("#ds-grid .thumb >> nth=100")
             cells: list[int] = []
+            bodies: list[str] = []  # the searches the page sends, posted again without it below
+            pg.on("request", lambda r: bodies.append(r.post_data or "")
+                  if r.url.endswith("/api/search") and r.method == "POST" else None)
             procs = _processes()
             cpu0, wall0 = _cpu_seconds(procs), time.perf_counter()
             for n_done, s in enumerate(range(a.strokes), start=1):
@@ -277,9 +280,10 @@ def main(argv=None) -> int:
                 x0 = box["x"] + crop[0] * kx + (c0 + 0.5) * cw
                 y0 = box["y"] + crop[1] * ky + (r0 + 0.5) * chh
                 pg.evaluate("window.vfs.brush.clear({commit: false})")
-                if a.wait == "event":  # resolved by the page once this stroke's results are drawn
+                if a.wait == "event":  # resolved once this stroke's results are drawn; the
+                    # trailing 0 keeps evaluate from awaiting the promise here
                     pg.evaluate("window.__drawn = new Promise((r) => window.addEventListener("
-                                "'vfs:results', () => r(true), {once: true})); 0")  # 0: not awaited here
+                                "'vfs:results', () => r(true), {once: true})); 0")
                 pg.mouse.move(x0, y0)
                 pg.mouse.down()
                 for j in range(5):
@@ -287,7 +291,6 @@ def main(argv=None) -> int:
                                   steps=3)
                 pg.mouse.up()
                 if a.wait == "event":
-                    print("stroke", n_done, file=sys.stderr, flush=True)
                     pg.evaluate("window.__drawn")
                 pg.wait_for_function(f"window.vfs.timings.length >= {n_done} && "
                                      "document.body.dataset.state === 'idle'", timeout=60000)
@@ -314,7 +317,15 @@ def main(argv=None) -> int:
             ("    transport + JSON", [t["fetch"] - t["serverTotal"] for t in timings
                                       if t.get("serverTotal") is not None]),
             ("  results drawn (thumbs + overlays)", [t["draw"] for t in timings]),
+            ("    result cards (thumbs decoded)", col("cards")),
+            ("      drawing their canvases", col("cardDraw")),
+            ("    curve, strip, rest", [t["draw"] - t["cards"] for t in timings
+                                       if t.get("cards") is not None]),
         ]
+        # the same requests with no browser running: what the server's search costs alone
+        alone = [_post(base + "/api/search", json.loads(bd))["timing"]["search_ms"]
+                 for bd in bodies if bd]
+        rows.insert(4, ("      the same requests, no browser", alone))
         print(f"\nweb latency on {caches[0]['images']:,} images ({H}×{W}×{C} int8), k={a.k}, "
               f"{len(timings)} strokes of {statistics.median(cells):.0f} cells "
               f"(median; {min(cells)}–{max(cells)}), load average {os.getloadavg()[0]:.1f} "

@@ -21,7 +21,11 @@ int16 everywhere (``precision="fine"``), or, on the fast path, int8 (VNNI) /
 7-bit (AVX2). Each image's [lower, upper] bounds hold the exact score whatever
 the rounding (its effect is eps_q); ``tighten_k`` re-scans the images that could
 reach the top k with the int16 query (in place, by row id), so the fast path
-costs the refine step almost nothing.
+costs the refine step almost nothing. The fast formats also round to 0 the rows of
+cells a soft brush barely touched (weights ~0.001 at a stroke's edge) while their
+share stays under ``query.DROP_SHARE`` of the rounding bound; eps_q includes them,
+and the offsets kernels skip those rows (the box, and so where the region fits,
+does not change).
 
 The SIMD kernels put different things in their vector lanes, chosen per query by a
 cost model (``path``): the channels of one cell (one dot per (cell, query cell)
