@@ -299,6 +299,23 @@ def test_validation_errors_name_the_field(client):
     error(client.post("/api/uploads"), 400, "file")
 
 
+def test_search_leaves_out_the_thumbnails_the_page_holds(client):
+    """``known``: the ids whose thumbnails the page already holds are not sent inline again;
+    the rest are, and the matches are the same either way."""
+    body = {"cache": "small", "image": {"id": 0}, "box": [20, 20, 200, 200], "k": 6,
+            "thumbs": True}
+    full = client.post("/api/search", json=body).json()
+    ids = [m["id"] for m in full["matches"]]
+    assert set(full["thumbs"]) == {str(i) for i in ids}
+    held = ids[::2] + [10**6]  # an id the cache does not have is simply not a match
+    part = client.post("/api/search", json={**body, "known": held}).json()
+    assert [m["id"] for m in part["matches"]] == ids
+    assert set(part["thumbs"]) == {str(i) for i in ids[1::2]}
+    assert part["thumbs"] == {k: v for k, v in full["thumbs"].items() if int(k) not in held}
+    error(client.post("/api/search", json={**body, "known": [-1]}), 400, "known.0")
+    error(client.post("/api/search", json={**body, "known": list(range(2001))}), 400, "known")
+
+
 def test_a_failed_job_keeps_its_error_code(client, app):
     import time
 

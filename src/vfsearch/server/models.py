@@ -37,6 +37,7 @@ __all__ = [
 
 MAX_INT = 2**31 - 1  # bound for every integer a client sends (ids, ranks, offsets)
 MAX_K = 500  # most matches one search returns (AppState checks the same)
+MAX_KNOWN = 2000  # most thumbnail ids a search request may say the page holds
 Int = Annotated[int, Field(ge=-MAX_INT, le=MAX_INT)]
 Name = Annotated[str, Field(max_length=200)]
 
@@ -106,6 +107,10 @@ class SearchRequest(_Request):
     exclude_self: bool = True
     filter: ResultFilter | None = None
     thumbs: bool = False
+    known: Annotated[list[Annotated[int, Field(ge=0, le=MAX_INT)]],
+                     Field(max_length=MAX_KNOWN,
+                           description="with thumbs: ids whose thumbnails the page already "
+                                       "holds (not sent again)")] | None = None
 
 
 ParamValue = str | int | float | bool | None

@@ -410,8 +410,9 @@ class AppState:
             matches = [match_record(e, q, m.id, m.rank, m.score, m.offset, m.box)
                        for m in res.matches]
             total = int(np.isfinite(scores).sum())
-        thumbs = (self.inline_thumbs(e.name, [m["id"] for m in matches]) if body.get("thumbs")
-                  else None)
+        known = set(body.get("known") or ())  # thumbnails the page holds: not sent again
+        thumbs = (self.inline_thumbs(e.name, [m["id"] for m in matches if m["id"] not in known])
+                  if body.get("thumbs") else None)
         t4 = time.perf_counter()
         return {
             "thumbs": thumbs,

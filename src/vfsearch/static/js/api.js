@@ -50,6 +50,19 @@ export function loadImage(url) {
   return p;
 }
 
+/** Ids of `cache` whose thumbnails the image cache holds (searches send them as `known`, and
+ * the server leaves those out of its inline thumbnails); the latest `max`. */
+export function knownThumbs(cache, max = 1000) {
+  const prefix = thumbURL(cache, "");
+  const ids = [];
+  for (const url of imgCache.keys()) {
+    if (!url.startsWith(prefix)) continue;
+    const id = Number(url.slice(prefix.length));
+    if (Number.isInteger(id) && id >= 0) ids.push(id);
+  }
+  return ids.slice(-max);
+}
+
 /** Thumbnails the server sent inline (base64 JPEG) go straight into the image cache. */
 export function primeThumbs(cache, thumbs) {
   if (!thumbs) return;

@@ -1,7 +1,7 @@
 // Search: run the query (and the compare choice) on the server, then draw panes, curve and strip;
 // the search options in the top bar (top k, skip self).
 import { $, el } from "./util.js";
-import { api, primeThumbs, status, reportError } from "./api.js";
+import { api, knownThumbs, primeThumbs, status, reportError } from "./api.js";
 import { S, timings, shortChoice, queryMode } from "./state.js";
 import { brush, renderQueryMeta } from "./query.js";
 import { renderPanes } from "./results.js";
@@ -60,7 +60,7 @@ async function doSearch({ t0 = performance.now() } = {}) {
   const tEnc = performance.now();
   const choices = cq ? [{ cache: cq.cache, layer: cq.layer }] : [S.choice, ...(S.compare ? [S.compare] : [])];
   const body = cq ? () => ({ ...conceptBody(cq), k: S.k, filter: S.filter || undefined, thumbs: true })
-    : (c) => ({ cache: c.cache, layer: c.layer, image: imageRef(q), k: S.k, exclude_self: S.excludeSelf, filter: S.filter || undefined, thumbs: true, ...region });
+    : (c) => ({ cache: c.cache, layer: c.layer, image: imageRef(q), k: S.k, exclude_self: S.excludeSelf, filter: S.filter || undefined, thumbs: true, known: knownThumbs(c.cache), ...region });
   const settled = await Promise.allSettled(choices.map((c) => api("/api/search", { json: body(c), signal })));
   if (seq !== S.seq) return;
   const tServer = performance.now();
