@@ -11,6 +11,12 @@ import { updateOverlap } from "./compare.js";
 import { writeHash } from "./history.js";
 
 export async function renderPanes() {
+  // the thumbnails first (inline ones decode in a few ms): the cards are then built, laid out,
+  // drawn and painted once, not painted empty in a frame that comes while the images load
+  const panes = S.panes;
+  await Promise.all(panes.flatMap((p) => (p.matches || []).map((m) =>
+    loadImage(thumbURL(p.choice.cache, m.id)).catch(() => null))));
+  if (S.panes !== panes) return; // a newer search's panes replaced these meanwhile
   const wrap = $("#panes");
   const nodes = [];
   const draws = [];
