@@ -1112,7 +1112,7 @@ VFS_INLINE VFS_AVX512 void transpose16_epi32(__m512i *r) {
 /* channel block cb (bytes 64 cb .. +63) of image x into T: T[g * HWs + p] = bytes
  * 64 cb + 4 (g - g0) .. +3 of cell p, for the block's groups g0 <= g < g0 + ng */
 VFS_INLINE VFS_AVX512 void cil_transpose512(const uint8_t *x, int HW, int C, int cb, int HWs,
-                                            const int sgn, int32_t *T, const uint8_t *pf) {
+                                            const int sgn, int32_t *T) {
     const int j0 = cb * 64;
     const int nb = C - j0 < 64 ? C - j0 : 64;
     const __mmask64 m = nb == 64 ? ~(__mmask64)0 : (((__mmask64)1 << nb) - 1);
@@ -1127,7 +1127,6 @@ VFS_INLINE VFS_AVX512 void cil_transpose512(const uint8_t *x, int HW, int C, int
                 const int64_t o = (int64_t)(p0 + i) * C + j0;
                 r[i] = _mm512_maskz_loadu_epi8(m, (const void *)(x + o));
                 if (sgn) r[i] = _mm512_xor_si512(r[i], flip);
-                if (pf) __builtin_prefetch(pf + o, 0, 2);
             } else {
                 r[i] = _mm512_setzero_si512();
             }
@@ -1364,7 +1363,7 @@ static VFS_AVX512 void scan_cil_avx512(const scan_t *s, const int sgn, const int
         for (int g0 = 0; g0 < G4; g0 += GT) {
             const int ngc = G4 - g0 < GT ? G4 - g0 : GT;
             for (int cb = g0 / 16; cb * 16 < g0 + ngc; ++cb)
-                cil_transpose512(x, HW, C, cb, HWs, sgn, s->T + (cb * 16 - g0) * HWs, NULL);
+                cil_transpose512(x, HW, C, cb, HWs, sgn, s->T + (cb * 16 - g0) * HWs);
             for (int b = 0, v0 = 0; b < nblk; ++b) {
                 const int nb = (NV * (b + 1)) / nblk - (NV * b) / nblk;
                 cil_block512_n(s, s->T, ngc, g0, v0, v0 + b, nb, fine, sgn, g0 == 0,
