@@ -1347,7 +1347,9 @@ static VFS_AVX512 void scan_cil_avx512(const scan_t *s, const int sgn, const int
     const int HW = s->H * s->W, C = s->C, NV = s->NV, HWs = s->HWs, G4 = s->G4, GT = s->GT;
     const int nblk = cil_nblocks(NV, fine ? CIL_NB512F : CIL_NB512);
     const int64_t img_bytes = (int64_t)HW * C;
-    const int64_t lines = (img_bytes + 63) / 64, steps = (int64_t)s->K * G4 * nblk;
+    int kon = 0; /* query cells the dots visit (cil_block512 skips the rows rounded to 0) */
+    for (int k = 0; k < s->K; ++k) kon += s->wq[k] != 0.0;
+    const int64_t lines = (img_bytes + 63) / 64, steps = (int64_t)kon * G4 * nblk;
     for (int64_t i = 0; i < s->n; ++i) {
         const int64_t r = row_of(s, i);
         const uint8_t *x = s->feats + r * img_bytes;
