@@ -300,6 +300,94 @@ def test_many_exact_copies_of_the_best_image_tie_and_rank_by_id(tmp_path):
     in_slice = np.sort(copies[copies < 120])
     assert list(np.argsort(-ref, kind="stable")[:len(in_slice)]) == list(in_slice)
     assert res.stats["candidates"] == 60  # exact ties cannot be told apart by bounds
+    assert res.stats["read"] == 1  # ... but their digests say they are one row: read once
+
+
+def test_refine_digests_read_each_distinct_row_once_with_the_same_results(tmp_path):
+    """The digests of the refine rows (format 4) group exact copies: the refine reads one row
+    per distinct digest, and ranks, scores and offsets equal a refine that reads every
+    candidate (a cache without digests, as before format 4). Rows that differ in one value
+    have different digests."""
+    import shutil
+
+    import zarr
+
+    from vfsearch import open_cache
+    from vfsearch.cache.layout import row_digests
+
+    rng = np.random.default_rng(43)
+    base = rng.standard_normal((6, 9, 9, 40)).astype(np.float32)
+    base[5] = base[4]
+    base[5, 8, 8, 39] += 1e-6  # one value apart: another row
+    order = rng.integers(0, 6, 300)
+    order[:6] = np.arange(6)
+    c = _tiled_cache(tmp_path / "c", base, 0, order, chunk=64)
+    d = c._arr("L", "digest")[:]
+    assert d.shape == (300, 16) and d.dtype == np.uint8
+    assert np.array_equal(d, row_digests(c._arr("L", "refine")[:]))
+    same = (d[:, None, :] == d[None, :, :]).all(-1)
+    assert np.array_equal(same, order[:, None] == order[None, :])
+    shutil.copytree(tmp_path / "c", tmp_path / "plain")
+    root = zarr.open_group(str(tmp_path / "plain"), mode="r+")
+    del root["layers/L/digest"]
+    plain = open_cache(tmp_path / "plain")
+    assert plain.distinct_rows("L", np.arange(5)) is None
+    for qid, box in ((4, (3, 3, 3, 3)), (1, (0, 0, 2, 5))):
+        q = _region_query(c, qid, box)
+        a = search(c, q, k=12, return_scores=True)
+        b = search(plain, q, k=12, return_scores=True)
+        assert list(a.ids) == list(b.ids) and np.array_equal(a.scores, b.scores)
+        assert [m.offset for m in a] == [m.offset for m in b]
+        assert b.stats["read"] == b.stats["candidates"]
+        cand = a.stats["candidates"]
+        assert a.stats["read"] <= 6 and (cand <= 6 or a.stats["read"] < cand)
+
+
+def test_a_format_3_cache_gains_its_digests_by_a_resumable_upgrade(tmp_path):
+    import shutil
+
+    import zarr
+
+    from vfsearch import open_cache
+    from vfsearch.cache import upgrade
+    from vfsearch.cache.layout import FORMAT_VERSION
+
+    rng = np.random.default_rng(44)
+    base = rng.standard_normal((8, 5, 5, 12)).astype(np.float32)
+    fresh = _tiled_cache(tmp_path / "new", base, 0, rng.integers(0, 8, 200), chunk=32)
+    shutil.copytree(tmp_path / "new", tmp_path / "old")
+    root = zarr.open_group(str(tmp_path / "old"), mode="r+")
+    del root["layers/L/digest"]
+    root.attrs["vfsearch"] = {**root.attrs["vfsearch"], "format_version": 3}
+    calls = []
+
+    def stop_after_three(i, n):
+        calls.append(i)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        upgrade(tmp_path / "old", progress=stop_after_three)
+    half = open_cache(tmp_path / "old")
+    assert half.format_version == 3 and half.meta["upgrade_digest"] == {"L": 3}
+    rest = []
+    assert upgrade(tmp_path / "old", progress=lambda i, n: rest.append(i)) == ["L/digest"]
+    assert rest == [4, 5, 6, 7]  # 200 rows in chunks of 32: the 4 chunks left
+    up = open_cache(tmp_path / "old")
+    assert up.format_version == FORMAT_VERSION
+    assert np.array_equal(up._arr("L", "digest")[:], fresh._arr("L", "digest")[:])
+
+
+def test_equal_rows_stored_upright_and_transposed_are_scored_apart():
+    from vfsearch.engine.searcher import _split_groups
+
+    first, inverse = np.array([0, 1]), np.array([0, 1, 0, 0, 1])
+    turned = np.array([False, False, True, False, True])
+    f, inv = _split_groups((first, inverse), turned)
+    rows = np.array([10, 20, 10, 10, 20])  # what each candidate holds
+    keys = list(zip(rows.tolist(), turned.tolist(), strict=True))
+    assert len(f) == len(set(keys)) == 4
+    assert [keys[f[j]] for j in inv] == keys
 
 
 def test_exact_copies_are_scored_once_in_the_refine():
@@ -340,6 +428,7 @@ def _downgrade_to_format_2(path):
         a = root.create_array(key, shape=data.shape, chunks=(16,) + data.shape[1:],
                               dtype=data.dtype, fill_value=0, compressors=compressor("zstd"))
         a[:] = data
+        del root[f"layers/{layer}/digest"]  # format 4
     attrs = dict(root.attrs["vfsearch"])
     attrs["format_version"] = 2
     root.attrs["vfsearch"] = attrs
@@ -350,6 +439,7 @@ def test_a_format_2_cache_upgrades_in_place_resumably_to_the_same_results(tmp_pa
 
     from vfsearch import open_cache
     from vfsearch.cache import upgrade
+    from vfsearch.cache.layout import FORMAT_VERSION
     from vfsearch.cache.rows import raw_chunks
 
     rng = np.random.default_rng(41)
@@ -378,9 +468,10 @@ def test_a_format_2_cache_upgrades_in_place_resumably_to_the_same_results(tmp_pa
     assert open_cache(tmp_path / "old").format_version == 2
     upgrade(tmp_path / "old")  # resumes
     up = open_cache(tmp_path / "old")
-    assert up.format_version == 3 and raw_chunks(up._arr("L", "refine")) is not None
+    assert up.format_version == FORMAT_VERSION and raw_chunks(up._arr("L", "refine")) is not None
     assert not (tmp_path / "old" / "layers" / "L" / "refine.v3").exists()
     assert np.array_equal(up._arr("L", "refine")[:], fresh._arr("L", "refine")[:])
+    assert np.array_equal(up._arr("L", "digest")[:], fresh._arr("L", "digest")[:])
     c = search(up, q, k=8, return_scores=True)
     assert list(c.ids) == list(a.ids) and np.array_equal(c.scores, a.scores)
     assert upgrade(tmp_path / "old") == []  # nothing left to do

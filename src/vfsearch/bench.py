@@ -432,7 +432,10 @@ def build_tiled_cache(src, layer: str, n: int, path, vary: bool = True,
         thumbs = np.array(src.thumbnails(ids), dtype=object)
     feats = feats[:sources] if sources else feats
     M = len(feats)
+    from .cache.layout import FORMAT_VERSION
+
     stamp = {"n": n, "vary": vary, "sources": M, "layer": layer, "model": model,
+             "format": FORMAT_VERSION,
              "shape": list(feats.shape[1:]), "digest": float(np.float64(feats[:, 0, 0, :4]).sum())}
     sfile = path / "bench-stamp.json"
     if sfile.exists() and json.loads(sfile.read_text()) == stamp:

@@ -16,6 +16,8 @@ Nothing outside :mod:`vfsearch.cache` knows these names. Layout (format version 
     CACHE/layers/<layer>/qerr2      (N, H, W) float32   squared quantisation error (8-bit only)
     CACHE/layers/<layer>/refine     (N, H, W, C)        higher-precision copy for exact re-ranking,
                                                         uncompressed (format 3): one row, one read
+    CACHE/layers/<layer>/digest     (N, 16) uint8       BLAKE2b-128 of each refine row's bytes
+                                                        (format 4): exact copies are read once
     CACHE/layers/<layer>/pooled     (N, C) float32      mean of the (float) cells: global search
     CACHE/derived/<kind>/<layer>/<name>/...             stored results (maps, atlases, concepts)
 
@@ -28,6 +30,7 @@ written is complete.
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from dataclasses import dataclass
 
@@ -39,12 +42,13 @@ from ..errors import BadParameter, CacheError
 
 warnings.filterwarnings("ignore", message=".*does not have a Zarr V3 specification")
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 PENDING, INDEXED, SKIPPED = 0, 1, 2
 DTYPES = ("int8", "f16", "f32")
 REFINE = ("f32", "f16", "none")
 COMPRESSIONS = ("zstd", "lz4", "none")
 REFINE_CHUNK = 16
+DIGEST_BYTES = 16
 THUMB_CHUNK = 64
 
 IMAGE_TEXT = ("path", "label", "error")
@@ -122,8 +126,9 @@ def layer_specs(meta: dict, layer: str) -> list[ArraySpec]:
                   ArraySpec(layer_key(layer, "qerr2"), (h, w), np.float32, c)]
         if meta["refine"] != "none":
             rdt = np.float16 if meta["refine"] == "f16" else np.float32
-            specs.append(ArraySpec(layer_key(layer, "refine"), (h, w, ch), rdt,
-                                   min(c, REFINE_CHUNK), compressed=False))
+            specs += [ArraySpec(layer_key(layer, "refine"), (h, w, ch), rdt,
+                                min(c, REFINE_CHUNK), compressed=False),
+                      ArraySpec(layer_key(layer, "digest"), (DIGEST_BYTES,), np.uint8, c)]
     return specs
 
 
@@ -139,6 +144,19 @@ def encode_features(x: np.ndarray, meta: dict, layer: str, cells: np.ndarray | N
         out["scale"], out["qerr2"] = scale, qerr2
         if meta["refine"] != "none":
             out["refine"] = x.astype(np.float16 if meta["refine"] == "f16" else np.float32)
+            out["digest"] = row_digests(out["refine"])
+    return out
+
+
+def row_digests(rows: np.ndarray) -> np.ndarray:
+    """(m, DIGEST_BYTES) uint8: BLAKE2b-128 of each row's bytes (C order), so that the refine
+    step reads exact copies (camera traps, video frames, re-uploads) once. Equal digests are
+    taken as equal rows; a collision between two different rows has probability ~2^-128."""
+    rows = np.ascontiguousarray(rows)
+    out = np.empty((len(rows), DIGEST_BYTES), np.uint8)
+    for i, r in enumerate(rows):
+        out[i] = np.frombuffer(hashlib.blake2b(r.data, digest_size=DIGEST_BYTES).digest(),
+                               np.uint8)
     return out
 
 

@@ -441,6 +441,19 @@ class FeatureCache:
         f = self._refine_rows(ref, ids)
         return f, (np.einsum("nhwc,nhwc->nhw", f, f) if norms else None)
 
+    def distinct_rows(self, layer: str, ids) -> tuple[np.ndarray, np.ndarray] | None:
+        """(first, inverse) over rows ``ids`` by their refine digests: ``ids[first]`` are the
+        distinct refine rows and row j equals ``ids[first][inverse[j]]`` byte for byte, so the
+        refine step reads each distinct row once; None when the layer stores no digests (a
+        cache written before format 4 that was not upgraded)."""
+        if not self.has(layer, "digest"):
+            return None
+        ids = np.asarray(ids, dtype=np.int64)
+        d = np.ascontiguousarray(self._col(layer_key(layer, "digest"))[ids])
+        keys = d.view(np.dtype((np.void, d.shape[1]))).reshape(-1)
+        _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+        return first, inverse.reshape(-1)
+
     @staticmethod
     def _refine_rows(ref, ids) -> np.ndarray:
         """Rows of a refine copy as float32: one read per row where it is stored uncompressed

@@ -19,7 +19,7 @@ from ..errors import CacheMismatch, CacheOutdated
 from .layout import FORMAT_VERSION
 
 #: format version → per-layer arrays it added (what an older cache lacks)
-ADDED: dict[int, tuple[str, ...]] = {2: ("pooled",)}
+ADDED: dict[int, tuple[str, ...]] = {2: ("pooled",), 4: ("digest",)}
 #: format version → per-layer arrays it stores differently (an older cache has them and reads
 #: correctly, only slower): 3 keeps ``refine`` uncompressed, so that one row is one read
 RESTORED: dict[int, tuple[str, ...]] = {3: ("refine",)}

@@ -32,6 +32,7 @@ from .layout import (
     layer_specs,
     meta_key,
     pooled,
+    row_digests,
 )
 from .reader import FeatureCache
 from .rows import raw_chunks, read_rows
@@ -246,6 +247,9 @@ class CacheWriter:
         m = None
         for layer, arrays in encoded.items():
             self.meta["layer_info"][layer]  # noqa: B018 - KeyError for an unknown layer
+            if "refine" in arrays and "digest" not in arrays \
+                    and layer_key(layer, "digest") in self.root:
+                arrays = {**arrays, "digest": row_digests(np.asarray(arrays["refine"]))}
             for name, vals in arrays.items():
                 vals = np.asarray(vals)
                 m = len(vals)
@@ -347,7 +351,12 @@ class CacheWriter:
             for layer in self.meta["layers"]:
                 if self._upgrade_refine(layer, progress):
                     added.append(f"{layer}/refine (uncompressed)")
-        self.update_attrs(format_version=FORMAT_VERSION, upgrade={}, upgrade_refine={})
+        if "digest" in todo:
+            for layer in self.meta["layers"]:
+                if self._upgrade_digest(layer, progress):
+                    added.append(f"{layer}/digest")
+        self.update_attrs(format_version=FORMAT_VERSION, upgrade={}, upgrade_refine={},
+                          upgrade_digest={})
         return added
 
     def _upgrade_refine(self, layer: str, progress) -> bool:
@@ -388,6 +397,32 @@ class CacheWriter:
         shutil.rmtree(d_old, ignore_errors=True)
         state[layer] = "done"
         self.update_attrs(upgrade_refine=state)
+        return True
+
+    def _upgrade_digest(self, layer: str, progress) -> bool:
+        """Add a layer's refine-row digests (format 4), chunk by chunk (progress in the
+        ``upgrade_digest`` attribute, so an interrupted upgrade resumes). Returns whether the
+        layer has a refine copy to digest."""
+        specs = [sp for sp in layer_specs(self.meta, layer) if sp.key.endswith("/digest")]
+        if not specs or layer_key(layer, "refine") not in self.root:
+            return False
+        state = dict(self.meta.get("upgrade_digest") or {})
+        if state.get(layer) == "done":
+            return False
+        n = len(self)
+        self._ensure(specs[0], n)
+        src, dst = self.root[layer_key(layer, "refine")], self.root[specs[0].key]
+        chunk = self.chunk
+        nchunks = (n + chunk - 1) // chunk
+        for c in range(int(state.get(layer) or 0), nchunks):
+            s, e = c * chunk, min(n, (c + 1) * chunk)
+            dst[s:e] = row_digests(read_rows(src, s, e))
+            state[layer] = c + 1
+            self.update_attrs(upgrade_digest=state)
+            if progress:
+                progress(c + 1, nchunks)
+        state[layer] = "done"
+        self.update_attrs(upgrade_digest=state)
         return True
 
     def _upgrade_pooled(self, layer: str, progress) -> None:

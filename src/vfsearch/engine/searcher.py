@@ -259,9 +259,18 @@ def _finish(cache: FeatureCache, q: Query, out: dict, *, k: int, exclude_self: b
         L = lower[_topk(lower, kk)[-1]] if kk else -np.inf
         cand = np.flatnonzero(upper >= L)
         stats["candidates"] = int(len(cand))
-        rows, _ = cache.exact_rows(q.layer, cand, norms=False)  # one read per row (format 3)
         kb = backend if backend in kernel.BACKENDS else "auto"
-        best, off = oq.exact(rows, turned[cand], backend=kb, threads=threads)
+        # exact copies are read and scored once: by their stored digests (format 4) of the
+        # refine rows, together with their orientation
+        groups = cache.distinct_rows(q.layer, cand)
+        if groups is not None and turned[cand].any():
+            groups = _split_groups(groups, turned[cand])
+        read = cand if groups is None else cand[groups[0]]
+        rows, _ = cache.exact_rows(q.layer, read, norms=False)  # one read per row (format 3)
+        best, off = oq.exact(rows, turned[read], backend=kb, threads=threads)
+        if groups is not None:
+            best, off = best[groups[1]], off[groups[1]]
+        stats["read"] = int(len(read))
         score[cand] = best.astype(np.float32)
         offset[cand] = off
         stats["refined"] = int(len(cand))
@@ -284,6 +293,16 @@ def _finish(cache: FeatureCache, q: Query, out: dict, *, k: int, exclude_self: b
         matches.append(Match(int(i), float(score[i]), rank, str(paths[i]), str(labels[i]), (a, b),
                              box, size))
     return SearchResult(q, cache, matches, score if return_scores else None, stats)
+
+
+def _split_groups(groups: tuple[np.ndarray, np.ndarray], turned: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Groups of equal rows (first, inverse) split where their rows' orientation differs (a
+    stored row scores differently upright and transposed)."""
+    _, inverse = groups
+    _, first, inv = np.unique(inverse * 2 + turned.astype(np.int64), return_index=True,
+                              return_inverse=True)
+    return first, inv.reshape(-1)
 
 
 def _oriented(cache: FeatureCache, q: Query, turned: np.ndarray) -> OrientedQuery:
