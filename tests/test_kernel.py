@@ -516,6 +516,79 @@ def test_no_read_past_the_features(backend, precision):
             check(res, deq, orig, wts, qfeat, "int8")
 
 
+SIMD = [b for b in BACKENDS if b not in ("numpy", "generic")]
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "int8"])
+def test_the_interleaved_copy_scans_to_the_same_bits(dtype):
+    """The offsets path reading the cell-interleaved copy instead of transposing each image:
+    every output identical, on each SIMD level and precision, for odd channel counts, masks
+    from one cell to the whole grid, edge boxes, and rows by id; the copy's bytes are the same
+    from the compiled transposes as from numpy's."""
+    if not SIMD:
+        pytest.skip("no SIMD kernel on this machine")
+    rng = np.random.default_rng(60)
+    for H, W, C in ((14, 14, 112), (28, 28, 40), (5, 6, 13), (9, 9, 7), (4, 4, 1), (7, 7, 384)):
+        feats, sqn, scale, qerr2, deq, orig = make_feats(rng, 37, H, W, C, dtype)
+        inter = K.interleave(feats)
+        assert np.array_equal(inter.words, K.interleave(feats, backend="numpy").words)
+        assert inter.words.ctypes.data % 64 == 0 and inter.words.shape[0] == 37
+        boxes = [None, (0, 0, 1, 1), (H - 1, W - 1, 1, 1), (0, 0, H, W), (0, W - 2, H, 2)]
+        for box in boxes:
+            wts = soft_mask(rng, H, W, box=box)
+            qfeat = query_feats(rng, H, W, C, dtype)
+            q = K.PreparedQuery.from_grid(qfeat, wts)
+            ids = rng.permutation(37)[:11]
+            for backend in SIMD:
+                for precision in ("fast", "fine"):
+                    kw = dict(scale=scale, qerr2=qerr2, backend=backend, precision=precision,
+                              path="offsets")
+                    a = K.scan(feats, sqn, q, **kw)
+                    b = K.scan(feats, sqn, q, inter=inter, **kw)
+                    c = K.scan(feats, sqn, q, inter=inter, ids=ids, threads=2, **kw)
+                    for f in ("score", "offset", "upper", "lower"):
+                        assert np.array_equal(getattr(a, f), getattr(b, f)), (H, W, C, box, f)
+                        assert np.array_equal(getattr(a, f)[ids], getattr(c, f))
+                    if box is None and precision == "fine":
+                        check(b, deq, orig, wts, qfeat, dtype)
+
+
+def test_an_interleaved_copy_of_other_features_is_refused():
+    rng = np.random.default_rng(61)
+    feats, sqn, scale, qerr2, _deq, _orig = make_feats(rng, 4, 5, 5, 16, "uint8")
+    other = K.interleave(feats[:3])
+    q = K.PreparedQuery.from_grid(query_feats(rng, 5, 5, 16, "uint8"), soft_mask(rng, 5, 5))
+    with pytest.raises(ValueError, match="inter was made from"):
+        K.scan(feats, sqn, q, scale=scale, qerr2=qerr2, inter=other)
+    with pytest.raises(ValueError, match="8-bit"):
+        K.interleave(feats.astype(np.float32))
+
+
+@pytest.mark.skipif(not hasattr(__import__("mmap"), "PROT_READ"), reason="needs mmap protections")
+@pytest.mark.parametrize("backend", SIMD)
+def test_no_read_past_the_interleaved_copy(backend):
+    """An interleaved copy whose documented zero tail ends right before an unreadable page: the
+    offsets path's shifted reads of the last image's last group stay inside it."""
+    from vfsearch.engine.kernel.lanes import TAIL_WORDS, Interleaved
+
+    rng = np.random.default_rng(62)
+    for H, W, C in ((3, 4, 40), (7, 7, 13), (16, 16, 8)):
+        feats, sqn, scale, qerr2, deq, orig = make_feats(rng, 3, H, W, C, "int8")
+        full = K.interleave(feats)
+        flat = np.zeros(full.words.size + TAIL_WORDS, np.uint32)
+        flat[:full.words.size] = full.words.reshape(-1)
+        with ending_at_a_guard_page(flat) as buf:
+            inter = Interleaved(buf[:full.words.size].reshape(full.words.shape), full.shape,
+                                full.dtype)
+            wts = soft_mask(rng, H, W, box=(H - 2, W - 3, 2, 3), density=1.0)
+            qfeat = query_feats(rng, H, W, C, "int8")
+            q = K.PreparedQuery.from_grid(qfeat, wts)
+            for precision in ("fast", "fine"):
+                res = K.scan(feats, sqn, q, scale=scale, qerr2=qerr2, backend=backend,
+                             precision=precision, path="offsets", inter=inter)
+                check(res, deq, orig, wts, qfeat, "int8")
+
+
 def test_angle_bound_covers_asin_and_stays_close():
     d = np.concatenate([np.linspace(0, 0.5, 200001), [0.5, 0.7, 1.0, 3.0, np.inf]])
     f = numpy_path.angle_bound(d)

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from vfsearch import BadMask, BadQuery, index, make_query, search, search_many
-from vfsearch.engine import exact_scores
+from vfsearch.engine import exact_scores, kernel
 
 
 def _iou(a, b):
@@ -376,6 +376,31 @@ def test_a_format_3_cache_gains_its_digests_by_a_resumable_upgrade(tmp_path):
     up = open_cache(tmp_path / "old")
     assert up.format_version == FORMAT_VERSION
     assert np.array_equal(up._arr("L", "digest")[:], fresh._arr("L", "digest")[:])
+
+
+def test_a_loaded_layer_keeps_its_interleaved_copy_with_the_same_results(tmp_path):
+    """FeatureCache.interleave keeps the cell-interleaved copy beside the loaded layer; the
+    searches that scan it (the offsets path) give the same matches, scores and offsets."""
+    from vfsearch import open_cache
+
+    rng = np.random.default_rng(45)
+    base = rng.standard_normal((50, 14, 14, 24)).astype(np.float32)
+    _tiled_cache(tmp_path / "c", base, 0, rng.integers(0, 50, 400), chunk=64)
+    plain, fast = open_cache(tmp_path / "c"), open_cache(tmp_path / "c")
+    assert plain.load("L").inter is None
+    assert fast.interleave("L") and fast.load("L").inter is not None
+    assert fast.interleave("L")  # kept: made once
+    for qid, box in ((3, (5, 6, 3, 3)), (9, (0, 0, 14, 2)), (11, (13, 13, 1, 1))):
+        q = _region_query(plain, qid, box)
+        a, b = search(plain, q, k=10), search(fast, q, k=10)
+        assert list(a.ids) == list(b.ids) and np.array_equal(a.top_scores, b.top_scores)
+        assert [m.offset for m in a] == [m.offset for m in b]
+        pq = kernel.PreparedQuery.from_grid(q.features, q.weights)
+        d = fast.load("L")
+        kw = dict(scale=d.scale, qerr2=d.qerr2, path="offsets")  # the same path: bit for bit
+        x = kernel.scan(d.features, d.sqnorm, pq, **kw)
+        y = kernel.scan(d.features, d.sqnorm, pq, inter=d.inter, **kw)
+        assert np.array_equal(x.score, y.score) and np.array_equal(x.upper, y.upper)
 
 
 def test_equal_rows_stored_upright_and_transposed_are_scored_apart():

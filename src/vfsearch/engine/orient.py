@@ -166,4 +166,4 @@ def scan_block(data, pq, ids=None, *, backend: str = "auto", threads: int | None
                                   qerr2=data.qerr2, device=device, ids=ids)
     return kernel.scan(data.features, data.sqnorm, pq, scale=data.scale, qerr2=data.qerr2,
                        threads=threads, backend=backend, tighten_k=tighten_k,
-                       tighten_floor=floor, ids=ids)
+                       tighten_floor=floor, ids=ids, inter=getattr(data, "inter", None))

@@ -3,12 +3,15 @@ the summary the page shows, and loading a layer into RAM once."""
 
 from __future__ import annotations
 
+import logging
 import threading
 
 import numpy as np
 
 from ..cache import FeatureCache
 from ..errors import NotFound
+
+log = logging.getLogger("vfsearch.server")
 
 __all__ = ["CacheEntry"]
 
@@ -120,15 +123,27 @@ class CacheEntry:
         return layer
 
     def warm_up(self, layer: str) -> None:
-        """Load a layer into RAM once (searches then scan memory, not the disk)."""
+        """Load a layer into RAM once (searches then scan memory, not the disk), then make its
+        cell-interleaved copy in the background (later searches scan it: faster; searches
+        before it is ready scan the features as they are)."""
         if layer in self.warm:
             return
         with self.lock:
             if layer not in self.warm:
-                if self.cache.fits_in_memory(layer):
+                loaded = self.cache.fits_in_memory(layer)
+                if loaded:
                     self.cache.load(layer)
                     self.in_ram.add(layer)
                 self.warm.add(layer)
+                if loaded:
+                    threading.Thread(target=self._interleave, args=(layer,),
+                                     name="vfsearch-interleave", daemon=True).start()
+
+    def _interleave(self, layer: str) -> None:
+        try:
+            self.cache.interleave(layer)
+        except Exception as exc:  # noqa: BLE001 - only a speed-up: searches go on without it
+            log.warning("interleaving %s/%s failed: %s", self.name, layer, exc)
 
     def rows_features(self, layer: str, ids: np.ndarray) -> np.ndarray:
         """Float32 feature maps (m, H, W, C) of a few rows, as exact as the cache allows."""

@@ -48,15 +48,19 @@ import numpy as np
 from ...errors import BackendUnavailable, BadMask, BadParameter
 from . import build
 from .dispatch import DTYPES, LEVELS, PATHS, default_threads, exact_c, read_split, scan_c
+from .lanes import Interleaved, interleave, interleaved_nbytes
 from .numpy_path import exact_numpy, read_checksum, scan_numpy
 from .query import PRECISIONS, PreparedQuery, ScanResult, qfmt_for
 
 __all__ = [
     "BACKENDS",
+    "Interleaved",
     "PreparedQuery",
     "ScanResult",
     "available_backends",
     "exact_best",
+    "interleave",
+    "interleaved_nbytes",
     "read_floor",
     "rows_by_id",
     "resolve_backend",
@@ -156,6 +160,7 @@ def scan(
     tighten_floor: float = -math.inf,
     ids=None,
     path: str = "auto",
+    inter: Interleaved | None = None,
 ) -> ScanResult:
     """Best region-cosine score of `query` in each of the n images.
 
@@ -172,7 +177,9 @@ def scan(
     the int16 query, so the images that can reach a top k have tight bounds.
     ``ids`` (integers in [0, n)): scan only those rows (result i is row ``ids[i]``), without
     copying them. ``path`` ("auto", "channels", "offsets", "single") forces where the 8-bit
-    SIMD kernels put their lanes (for tests and benchmarks; "auto" picks by cost).
+    SIMD kernels put their lanes (for tests and benchmarks; "auto" picks by cost). ``inter``:
+    the features' cell-interleaved copy (:func:`interleave`), which the offsets path then reads
+    instead of transposing each image (same results; the cost model counts no transposes).
 
     Raises :class:`~vfsearch.errors.BadParameter` for an unknown ``precision`` or ``backend``
     and :class:`~vfsearch.errors.BackendUnavailable` for a backend this machine lacks.
@@ -194,9 +201,12 @@ def scan(
         if ids is not None:
             feats, sqnorm, scale, qerr2 = rows_by_id(ids, feats, sqnorm, scale, qerr2)
         return scan_numpy(feats, sqnorm, query, scale, qerr2, threads=nthreads)
+    if inter is not None and not inter.matches(feats):
+        raise ValueError(f"inter was made from features {inter.shape} {inter.dtype}, not "
+                         f"{feats.shape} {feats.dtype}")
     lib = build.load().lib
     out = scan_c(lib, b, feats, sqnorm, query, scale, qerr2, threads=nthreads, qfmt=qfmt,
-                 ids=ids, path=path)
+                 ids=ids, path=path, inter=inter)
     if qfmt and tighten_k and len(out.lower):
         k = min(int(tighten_k), len(out.lower))
         thr = max(float(tighten_floor), float(np.partition(out.lower, -k)[-k]))
@@ -204,7 +214,7 @@ def scan(
         if len(cand):  # the candidates' rows, re-scanned in place with the int16 query
             rows = cand if ids is None else ids[cand]
             sub = scan_c(lib, b, feats, sqnorm, query, scale, qerr2, threads=nthreads, qfmt=0,
-                         ids=rows, path=path)
+                         ids=rows, path=path, inter=inter)
             out.score[cand], out.offset[cand] = sub.score, sub.offset
             out.upper[cand], out.lower[cand] = sub.upper, sub.lower
             out.rescanned = len(cand)

@@ -115,7 +115,7 @@ int vfs_cpu_level(void) {
     return level;
 }
 
-int vfs_abi_version(void) { return 4; }
+int vfs_abi_version(void) { return 5; }
 
 /* ------------------------------------------------------------------------ */
 /* helpers                                                                   */
@@ -182,6 +182,7 @@ typedef struct {
     const int32_t *offk;    /* dy_k * W + dx_k */
     const uint8_t *vmask;   /* bit p % 8 of vmask[p / 8]: position p is a valid offset */
     int HWs, NV, G4, GT;    /* cells per group row, position vectors, groups, groups in T */
+    const int32_t *inter;   /* NULL, or every image already transposed (vfs_scan's inter) */
     int NS;                 /* AVX-512: accm slots per k (NV + blocks: each block NB + 1) */
     /* one-offset path */
     const int8_t *q8, *q8lo; /* int8 query rows (K x QS; fine: high and low parts) */
@@ -1126,7 +1127,7 @@ VFS_INLINE VFS_AVX512 void cil_transpose512(const uint8_t *x, int HW, int C, int
             if (i < nc) {
                 const int64_t o = (int64_t)(p0 + i) * C + j0;
                 r[i] = _mm512_maskz_loadu_epi8(m, (const void *)(x + o));
-                if (sgn) r[i] = _mm512_xor_si512(r[i], flip);
+                if (sgn) r[i] = _mm512_mask_add_epi8(r[i], m, r[i], flip); /* x + 128, 0 past C */
             } else {
                 r[i] = _mm512_setzero_si512();
             }
@@ -1349,7 +1350,11 @@ static VFS_AVX512 void scan_cil_avx512(const scan_t *s, const int sgn, const int
     const int64_t img_bytes = (int64_t)HW * C;
     int kon = 0; /* query cells the dots visit (cil_block512 skips the rows rounded to 0) */
     for (int k = 0; k < s->K; ++k) kon += s->wq[k] != 0.0;
-    const int64_t lines = (img_bytes + 63) / 64, steps = (int64_t)kon * G4 * nblk;
+    /* what one image occupies in the array the dots read: the features, or their
+     * transposed copy (inter) */
+    const int64_t istride = (int64_t)G4 * HWs, img_read = s->inter ? 4 * istride : img_bytes;
+    const uint8_t *src = s->inter ? (const uint8_t *)s->inter : s->feats;
+    const int64_t lines = (img_read + 63) / 64, steps = (int64_t)kon * G4 * nblk;
     for (int64_t i = 0; i < s->n; ++i) {
         const int64_t r = row_of(s, i);
         const uint8_t *x = s->feats + r * img_bytes;
@@ -1358,17 +1363,18 @@ static VFS_AVX512 void scan_cil_avx512(const scan_t *s, const int sgn, const int
          * 2.8 -> 2.2 us on Zen 4) */
         pf_cursor pc = {NULL, NULL, steps < lines};
         if (i + 1 < s->n) {
-            pc.p = s->feats + row_of(s, i + 1) * img_bytes;
-            pc.e = pc.p + img_bytes;
+            pc.p = src + row_of(s, i + 1) * img_read;
+            pc.e = pc.p + img_read;
         }
         cil_scales(s, r);
         for (int g0 = 0; g0 < G4; g0 += GT) {
             const int ngc = G4 - g0 < GT ? G4 - g0 : GT;
-            for (int cb = g0 / 16; cb * 16 < g0 + ngc; ++cb)
+            const int32_t *T = s->inter ? s->inter + r * istride + (int64_t)g0 * HWs : s->T;
+            for (int cb = g0 / 16; !s->inter && cb * 16 < g0 + ngc; ++cb)
                 cil_transpose512(x, HW, C, cb, HWs, sgn, s->T + (cb * 16 - g0) * HWs);
             for (int b = 0, v0 = 0; b < nblk; ++b) {
                 const int nb = (NV * (b + 1)) / nblk - (NV * b) / nblk;
-                cil_block512_n(s, s->T, ngc, g0, v0, v0 + b, nb, fine, sgn, g0 == 0,
+                cil_block512_n(s, T, ngc, g0, v0, v0 + b, nb, fine, sgn, g0 == 0,
                                g0 + GT >= G4, &pc);
                 v0 += nb;
             }
@@ -1585,7 +1591,7 @@ static VFS_AVX2 void finish_cil2(const scan_t *s, int64_t i, int64_t r) {
 static VFS_AVX2 void scan_cil_avx2(const scan_t *s, const int sgn, const int fine) {
     const int HW = s->H * s->W, C = s->C, NV = s->NV, HWs = s->HWs, G4 = s->G4, GT = s->GT;
     const int nblk = cil_nblocks(NV, fine ? CIL_NB2F : CIL_NB2);
-    const int64_t img_bytes = (int64_t)HW * C;
+    const int64_t img_bytes = (int64_t)HW * C, istride = (int64_t)G4 * HWs;
     for (int64_t i = 0; i < s->n; ++i) {
         const int64_t r = row_of(s, i);
         const uint8_t *x = s->feats + r * img_bytes;
@@ -1598,7 +1604,19 @@ static VFS_AVX2 void scan_cil_avx2(const scan_t *s, const int sgn, const int fin
         cil_scales(s, r);
         for (int g0 = 0; g0 < G4; g0 += GT) {
             const int ngc = G4 - g0 < GT ? G4 - g0 : GT;
-            for (int cb = g0 / 16; cb * 16 < g0 + ngc; ++cb)
+            if (s->inter) { /* the transposed chunk copied into T (L1): the unaligned loads of
+                             * the dots from elsewhere cost more than the copy */
+                const int32_t *src = s->inter + r * istride + (int64_t)g0 * HWs;
+                const int64_t nw = (int64_t)ngc * HWs;
+                const uint8_t *pn = pf ? (const uint8_t *)(s->inter + row_of(s, i + 1) * istride +
+                                                          (int64_t)g0 * HWs) : NULL;
+                for (int64_t o = 0; o < nw; o += 16) {
+                    _mm256_store_si256((__m256i *)(s->T + o), _mm256_load_si256((const __m256i *)(src + o)));
+                    _mm256_store_si256((__m256i *)(s->T + o + 8), _mm256_load_si256((const __m256i *)(src + o + 8)));
+                    if (pn) __builtin_prefetch(pn + 4 * o, 0, 2);
+                }
+            }
+            for (int cb = g0 / 16; !s->inter && cb * 16 < g0 + ngc; ++cb)
                 cil_transpose2(x, HW, C, cb, HWs, sgn, s->T + (cb * 16 - g0) * HWs, pf);
             for (int b = 0, v0 = 0; b < nblk; ++b) {
                 const int nb = (NV * (b + 1)) / nblk - (NV * b) / nblk;
@@ -1938,11 +1956,14 @@ enum { PATH_AUTO = 0, PATH_CHANNELS = 1, PATH_OFFSETS = 2, PATH_SINGLE = 3 };
  * us, the model said 8.3 vs 10.8). The Zen 5 choices measured above are kept. AVX2 with the
  * 7-bit query: least squares over 12 grids on the Zen 4 (1 thread, streamed; the Zen 5 fit
  * had 14x14x112 on channels at 4.9 us against offsets 3.5, 28x28x64 at 18.3 against 10.4). */
-static int choose_offsets_path(int level, int H, int W, int C, int h, int w, int K, int fine) {
+static int choose_offsets_path(int level, int H, int W, int C, int h, int w, int K, int fine,
+                               int pre) {
     const int OH = H - h + 1, OW = W - w + 1, HW = H * W;
     const int VL = level == LV_AVX512 ? 16 : 8;
     const double L = (double)(OH - 1) * W + OW, NV = ceil(L / VL), G4 = (C + 3) / 4;
-    const double D = (double)K * G4 * NV, T = (double)HW * ((C + 63) / 64), KL = (double)K * L;
+    /* pre: the images come transposed (vfs_scan's inter), so the transposes cost nothing */
+    const double D = (double)K * G4 * NV, T = pre ? 0.0 : (double)HW * ((C + 63) / 64);
+    const double KL = (double)K * L;
     const double pairs = (double)OH * OW * K;
     double offs, chan;
     if (level == LV_AVX512) {
@@ -1960,12 +1981,18 @@ static int choose_offsets_path(int level, int H, int W, int C, int h, int w, int
     return offs < chan;
 }
 
+/* inter: NULL, or the 8-bit images already transposed for the offsets path (what
+ * cil_transpose512 / cil_transpose2 write, for the whole image): row r at inter + r * G4 * HWs
+ * int32 words (G4 = ceil(C / 4), HWs = H * W rounded up to 16), word g * HWs + p = channels
+ * 4g .. 4g + 3 of cell p (zero past C and past H * W; signed features as x + 128), 64-byte
+ * aligned, with 64 zero words after the last row (the shifted reads of its last group).
+ * The offsets path then reads it instead of transposing; every other path ignores it. */
 int vfs_scan(int level, int dtype, const void *feats, int64_t n, int H, int W, int C,
              const float *scale, const float *sqnorm, const float *qerr2, int h, int w, int K,
              const int32_t *dy, const int32_t *dx, const float *m2, const void *qdata,
              const float *qscale, double qnorm, double eps_q, float *out_score,
              int32_t *out_offset, float *out_upper, float *out_lower, int qfmt,
-             const int64_t *ids, int64_t nids, int path) {
+             const int64_t *ids, int64_t nids, int path, const int32_t *inter) {
     if (n < 0 || H < 1 || W < 1 || C < 1 || h < 1 || w < 1 || h > H || w > W || K < 1)
         return -1;
     if (path < PATH_AUTO || path > PATH_SINGLE) return -1;
@@ -2015,7 +2042,8 @@ int vfs_scan(int level, int dtype, const void *feats, int64_t n, int H, int W, i
         single = O == 1 && (path == PATH_SINGLE ||
                             (path == PATH_AUTO && ((C % 4 == 0 && C <= 512) || C < 256)));
         offsets = !single && (path == PATH_OFFSETS ||
-                              (path == PATH_AUTO && choose_offsets_path(level, H, W, C, h, w, K, fine)));
+                              (path == PATH_AUTO &&
+                               choose_offsets_path(level, H, W, C, h, w, K, fine, inter != NULL)));
     }
 #endif
     const int lanes = offsets || single; /* the setup both share */
@@ -2050,7 +2078,7 @@ int vfs_scan(int level, int dtype, const void *feats, int64_t n, int H, int W, i
     int32_t *kbuf = (int32_t *)malloc(sizeof(int32_t) * (size_t)(2 * K));
     /* kernels that read past a cell's end: the AVX2 7-bit channels and one-offset kernels
      * (whole 32-byte blocks) and the AVX2 offsets transpose (whole dwords) */
-    const int need_ovr = level == LV_AVX2 && ((qfmt == QF_I7 && !offsets) || single || (offsets && C % 4));
+    const int need_ovr = level == LV_AVX2 && ((qfmt == QF_I7 && !offsets) || single || (offsets && C % 4 && !inter));
     uint8_t *ovr = need_ovr ? (uint8_t *)calloc((size_t)HW * (size_t)C + 64, 1) : NULL;
     int32_t *T = NULL, *accm = NULL, *q4 = NULL;
     const int QS = (C + 63) / 64 * 64, QW = QS / 4; /* int8 query row: bytes, words */
@@ -2229,6 +2257,7 @@ int vfs_scan(int level, int dtype, const void *feats, int64_t n, int H, int W, i
         s.NS = 2 * NV;
         s.G4 = G4;
         s.GT = GT;
+        s.inter = inter;
     }
 
     /* the flat one-offset layout (see scan_flat_avx512) */
@@ -2551,4 +2580,47 @@ uint64_t vfs_read_floor(const void *p, int64_t nbytes, int level) {
 #endif
     (void)level;
     return read_generic((const uint8_t *)p, nbytes);
+}
+
+/* ------------------------------------------------------------------------ */
+/* the cell-interleaved copy (vfs_scan's inter): n 8-bit images transposed   */
+/* ------------------------------------------------------------------------ */
+/* out: n * G4 * HWs int32 words (see vfs_scan), written in full (zeros past C and H * W);
+ * AVX-512 through the offsets path's own transpose, else word by word */
+#ifdef VFS_X86
+static VFS_AVX512 void interleave_avx512(const uint8_t *x, int HW, int C, int HWs, int G4,
+                                         int sgn, int32_t *out) {
+    for (int cb = 0; cb * 16 < G4; ++cb) {
+        int32_t *T = out + (int64_t)cb * 16 * HWs;
+        cil_transpose512(x, HW, C, cb, HWs, sgn, T);
+        const int ng = G4 - 16 * cb < 16 ? G4 - 16 * cb : 16;
+        for (int g = 0; g < ng; ++g)
+            for (int p = HW; p < HWs; ++p) T[(int64_t)g * HWs + p] = 0;
+    }
+}
+#endif
+
+int vfs_interleave(int level, const uint8_t *feats, int64_t n, int H, int W, int C, int sgn,
+                   int32_t *out) {
+    if (n < 0 || H < 1 || W < 1 || C < 1) return -1;
+    const int HW = H * W, HWs = (HW + 15) / 16 * 16, G4 = (C + 3) / 4;
+    const int64_t img = (int64_t)HW * C, stride = (int64_t)G4 * HWs;
+    for (int64_t i = 0; i < n; ++i) {
+        const uint8_t *x = feats + i * img;
+        int32_t *o = out + i * stride;
+#ifdef VFS_X86
+        if (level == LV_AVX512 && vfs_cpu_level() >= LV_AVX512) {
+            interleave_avx512(x, HW, C, HWs, G4, sgn, o);
+            continue;
+        }
+#endif
+        (void)level;
+        memset(o, 0, (size_t)stride * 4);
+        for (int p = 0; p < HW; ++p)
+            for (int c = 0; c < C; ++c) {
+                const uint8_t b = (uint8_t)(x[(int64_t)p * C + c] ^ (sgn ? 0x80 : 0));
+                ((uint8_t *)(o + (int64_t)(c / 4) * HWs + p))[c % 4] = b;
+            }
+    }
+    return 0;
 }

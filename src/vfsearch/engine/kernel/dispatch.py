@@ -23,6 +23,7 @@ __all__ = [
     "bind",
     "default_threads",
     "exact_c",
+    "interleave_c",
     "read_split",
     "run_split",
     "scan_c",
@@ -30,7 +31,7 @@ __all__ = [
 
 #: what ``vfs_abi_version()`` in _kernel.c returns for the signatures :func:`bind` declares;
 #: bump both together whenever an entry point's arguments change
-ABI_VERSION = 4
+ABI_VERSION = 5
 LEVELS = {"generic": 0, "avx2": 1, "avx512": 2}
 #: where an 8-bit scan puts its SIMD lanes: "auto" (by cost), "channels" (one dot per
 #: (cell, query cell) pair), "offsets" (16 / 8 offsets per vector from a transposed image)
@@ -61,6 +62,7 @@ def bind(lib: ctypes.CDLL) -> None:
         P, P, D, D,  # qdata, qscale, qnorm, eps_q
         P, P, P, P,  # score, offset, upper, lower
         N, P, I64, N,  # qfmt, ids (int64 rows or NULL), nids, path
+        P,  # inter: the images transposed for the offsets path (lanes.Interleaved) or NULL
     ]  # fmt: skip
     lib.vfs_scan.restype = N
     lib.vfs_exact.argtypes = [
@@ -69,6 +71,8 @@ def bind(lib: ctypes.CDLL) -> None:
         P, P,  # best (double), offset (int32)
     ]  # fmt: skip
     lib.vfs_exact.restype = N
+    lib.vfs_interleave.argtypes = [N, P, I64, N, N, N, N, P]  # level, feats, n, H, W, C, sgn, out
+    lib.vfs_interleave.restype = N
     lib.vfs_read_floor.argtypes = [P, I64, N]
     lib.vfs_read_floor.restype = ctypes.c_uint64
 
@@ -159,11 +163,13 @@ def scan_c(
     qfmt: int = 0,
     ids: np.ndarray | None = None,
     path: str = "auto",
+    inter=None,
 ) -> ScanResult:
     """``vfs_scan`` at ``backend``'s level over checked, C-contiguous inputs, split by image.
 
     ``ids`` (int64, each in [0, n)): scan only those rows, in that order (result i is row
-    ``ids[i]``) without copying them. ``path``: see :data:`PATHS`."""
+    ``ids[i]``) without copying them. ``path``: see :data:`PATHS`. ``inter``: the features'
+    :class:`~.lanes.Interleaved` copy (checked by the caller), read by the offsets path."""
     n, H, W, C = feats.shape
     if ids is not None:
         ids = np.ascontiguousarray(ids, dtype=np.int64)
@@ -196,7 +202,7 @@ def scan_c(
             query.h, query.w, query.K, _ptr(query.dy), _ptr(query.dx), _ptr(query.m2),
             _ptr(qdata), _ptr(qscale), float(query.qnorm), float(eps_q),
             _ptr(out.score, i0), _ptr(out.offset, i0), _ptr(out.upper, i0), _ptr(out.lower, i0),
-            qfmt, sel, nsel, code,
+            qfmt, sel, nsel, code, None if inter is None else _ptr(inter.words, r0),
         )  # fmt: skip
 
     for rc in run_split(m, threads, run):
@@ -204,6 +210,23 @@ def scan_c(
             raise RuntimeError(f"vfs_scan failed with code {rc} (backend {backend})")
     out.eps_q = float(eps_q)
     return out
+
+
+def interleave_c(lib, backend: str, feats: np.ndarray, out: np.ndarray, threads: int = 1) -> None:
+    """``vfs_interleave``: 8-bit ``feats`` (n, H, W, C), C-contiguous, into ``out`` (n, words
+    per image) uint32, split by image."""
+    n, H, W, C = feats.shape
+    sgn = int(feats.dtype == np.int8)
+
+    def run(i0: int, i1: int) -> int:
+        if i1 <= i0:
+            return 0
+        return lib.vfs_interleave(LEVELS[backend], _ptr(feats, i0), i1 - i0, H, W, C, sgn,
+                                  _ptr(out, i0))
+
+    for rc in run_split(n, threads, run):
+        if rc != 0:
+            raise RuntimeError(f"vfs_interleave failed with code {rc}")
 
 
 def exact_c(lib, backend: str, feats: np.ndarray, dy, dx, m2, Q, qnorm: float,
