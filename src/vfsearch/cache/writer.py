@@ -379,14 +379,7 @@ class CacheWriter:
                                    compressed=False, fill=spec.fill), n)
             dst = self.root[tmp]
             block = max(spec.chunk, self.chunk // spec.chunk * spec.chunk)
-            nblocks = (n + block - 1) // block
-            for b in range(int(state.get(layer) or 0), nblocks):
-                s, e = b * block, min(n, (b + 1) * block)
-                dst[s:e] = read_rows(src, s, e)
-                state[layer] = b + 1
-                self.update_attrs(upgrade_refine=state)
-                if progress:
-                    progress(b + 1, nblocks)
+            self._copy_rows(src, dst, n, block, layer, state, "upgrade_refine", None, progress)
             state[layer] = "swap"
             self.update_attrs(upgrade_refine=state)
         # the copy is complete: swap it in (each step is a rename, so a resumed run finishes it)
@@ -398,6 +391,20 @@ class CacheWriter:
         state[layer] = "done"
         self.update_attrs(upgrade_refine=state)
         return True
+
+    def _copy_rows(self, src, dst, n: int, block: int, layer: str, state: dict, attr: str,
+                   fn, progress) -> None:
+        """Rows of ``src`` (through ``fn`` if given) into ``dst``, ``block`` rows at a time from
+        the block ``state[layer]`` says comes next, recording each in the attribute ``attr``."""
+        nblocks = (n + block - 1) // block
+        for b in range(int(state.get(layer) or 0), nblocks):
+            s, e = b * block, min(n, (b + 1) * block)
+            rows = read_rows(src, s, e)
+            dst[s:e] = rows if fn is None else fn(rows)
+            state[layer] = b + 1
+            self.update_attrs(**{attr: state})
+            if progress:
+                progress(b + 1, nblocks)
 
     def _upgrade_digest(self, layer: str, progress) -> bool:
         """Add a layer's refine-row digests (format 4), chunk by chunk (progress in the
@@ -412,15 +419,8 @@ class CacheWriter:
         n = len(self)
         self._ensure(specs[0], n)
         src, dst = self.root[layer_key(layer, "refine")], self.root[specs[0].key]
-        chunk = self.chunk
-        nchunks = (n + chunk - 1) // chunk
-        for c in range(int(state.get(layer) or 0), nchunks):
-            s, e = c * chunk, min(n, (c + 1) * chunk)
-            dst[s:e] = row_digests(read_rows(src, s, e))
-            state[layer] = c + 1
-            self.update_attrs(upgrade_digest=state)
-            if progress:
-                progress(c + 1, nchunks)
+        self._copy_rows(src, dst, n, self.chunk, layer, state, "upgrade_digest", row_digests,
+                        progress)
         state[layer] = "done"
         self.update_attrs(upgrade_digest=state)
         return True
