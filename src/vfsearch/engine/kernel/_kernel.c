@@ -164,6 +164,7 @@ typedef struct {
     const group_t *groups;
     const int32_t *dy, *dx;
     const double *wq, *wm; /* per k: sq_k (8-bit) or 1, and m_k^2 */
+    const float *wmf;      /* m_k^2 as given (float; wm[k] == wmf[k]) */
     double qnorm, eps_q;
     float *out_score, *out_upper, *out_lower;
     int32_t *out_offset;
@@ -1541,14 +1542,24 @@ static VFS_AVX2 void finish_cil2(const scan_t *s, int64_t i, int64_t r) {
     for (int p = 0; p < L; p += 8) {
         const __m256 valid = _mm256_castsi256_ps(_mm256_cmpgt_epi32(
             _mm256_and_si256(_mm256_set1_epi32(s->vmask[p >> 3]), bits), _mm256_setzero_si256()));
-        /* den and qe in registers, k order; masked loads past L (nothing outside row r) */
-        const __m256i in = _mm256_cmpgt_epi32(_mm256_set1_epi32(L - p), lane);
+        /* den and qe in registers, k order; the last vector's loads masked past L (nothing
+         * outside row r), the others plain (p + 7 < L: every cell read lies in row r) */
         __m256 d = zero, e = zero;
-        for (int k = 0; k < K; ++k) {
-            const __m256 mk = _mm256_set1_ps((float)s->wm[k]);
-            const int o = s->offk[k] + p;
-            d = _mm256_fmadd_ps(mk, _mm256_maskload_ps(sn + o, in), d);
-            if (bounds) e = _mm256_fmadd_ps(mk, _mm256_maskload_ps(qr + o, in), e);
+        if (p + 8 <= L) {
+            for (int k = 0; k < K; ++k) {
+                const __m256 mk = _mm256_broadcast_ss(s->wmf + k);
+                const int o = s->offk[k] + p;
+                d = _mm256_fmadd_ps(mk, _mm256_loadu_ps(sn + o), d);
+                if (bounds) e = _mm256_fmadd_ps(mk, _mm256_loadu_ps(qr + o), e);
+            }
+        } else {
+            const __m256i in = _mm256_cmpgt_epi32(_mm256_set1_epi32(L - p), lane);
+            for (int k = 0; k < K; ++k) {
+                const __m256 mk = _mm256_broadcast_ss(s->wmf + k);
+                const int o = s->offk[k] + p;
+                d = _mm256_fmadd_ps(mk, _mm256_maskload_ps(sn + o, in), d);
+                if (bounds) e = _mm256_fmadd_ps(mk, _mm256_maskload_ps(qr + o, in), e);
+            }
         }
         const __m256 ok = _mm256_cmp_ps(d, zero, _CMP_GT_OQ);
         const __m256 inv = _mm256_div_ps(one, _mm256_sqrt_ps(_mm256_blendv_ps(one, d, ok)));
@@ -2177,6 +2188,7 @@ int vfs_scan(int level, int dtype, const void *feats, int64_t n, int H, int W, i
     s.groups = groups;
     s.wq = wq;
     s.wm = wm;
+    s.wmf = m2;
     s.qnorm = qnorm;
     s.eps_q = is8 ? eps_q : 0.0;
     s.slack = VFS_SLACK;
